@@ -1,0 +1,222 @@
+"""``JepaAgent/Reach-v0``: a planar 2-link arm, seen from above, reaching a goal shown only as an image.
+
+Follows Gymnasium's ``MujocoEnv`` recipe (XML asset, ``reset_model`` drawing from ``self.np_random``,
+reward breakdown in ``info``, truncation by ``TimeLimit``) but renders with ``mujoco.Renderer``:
+Gymnasium's MuJoCo renderer turns frames black when another env in the process closes.
+
+* Observation: ``{"pixels": uint8 [H, W, 3], "proprio": float32 [4]}`` with proprio = (joint angles,
+  joint velocities). The pixels never show the goal.
+* Action: ``[-1, 1]^2``, a joint-space displacement: the position servos' targets are set to
+  ``qpos + action * max_delta`` (clipped to the joint ranges), so equal actions give equal motions.
+* Goal: each reset samples a goal joint configuration (its end effector at least ``min_goal_distance``
+  from the start); available as a state (:meth:`ReachEnv.goal_state`) and as an image
+  (:meth:`ReachEnv.render_goal`, the scene rendered with the arm at the goal pose).
+* Success: ``info["is_success"]`` when the end effector is within ``success_threshold`` (default
+  0.01 m = 5% of the arm's 0.2 m reach, like Meta-World reach's 5 cm) of the goal end effector.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before importing mujoco; respect a user's choice
+import mujoco  # noqa: E402
+
+ASSET = Path(__file__).parent / "assets" / "reach.xml"
+LINK_LENGTHS = (0.1, 0.1)
+REACH = sum(LINK_LENGTHS)
+MAX_JOINT_SPEED = 1000.0  # rad/s: a bound for the observation space, far above what the servos reach
+
+
+def forward_kinematics(qpos: np.ndarray) -> np.ndarray:
+    """End-effector ``xy`` of the reach arm for joint angles ``qpos [..., 2]`` -> ``[..., 2]``."""
+    qpos = np.asarray(qpos, dtype=np.float64)
+    q1, q12 = qpos[..., 0], qpos[..., 0] + qpos[..., 1]
+    l1, l2 = LINK_LENGTHS
+    return np.stack([l1 * np.cos(q1) + l2 * np.cos(q12), l1 * np.sin(q1) + l2 * np.sin(q12)], axis=-1)
+
+
+class ReachEnv(gym.Env):
+    """Planar 2-link reaching from pixels; see the module docstring for the spaces and the goal."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        frame_skip: int = 20,
+        max_delta: float = 0.25,
+        success_threshold: float = 0.05 * REACH,
+        min_goal_distance: float = 0.25 * REACH,
+        camera: str = "top",
+        render_mode: str | None = None,
+        render_size: int | None = None,
+    ) -> None:
+        if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 512:
+            raise ValueError(f"image_size={image_size!r}: expected an int in [8, 512]")
+        if not isinstance(frame_skip, (int, np.integer)) or frame_skip < 1:
+            raise ValueError(f"frame_skip={frame_skip!r}: expected an int >= 1")
+        if not max_delta > 0:
+            raise ValueError(f"max_delta={max_delta!r}: expected a positive joint displacement (rad)")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: expected one of {self.metadata['render_modes']}")
+        self.image_size = int(image_size)
+        self.frame_skip = int(frame_skip)
+        self.max_delta = float(max_delta)
+        self.success_threshold = float(success_threshold)
+        self.min_goal_distance = float(min_goal_distance)
+        self.render_mode = render_mode
+        self.render_size = int(render_size or image_size)
+
+        self.model = mujoco.MjModel.from_xml_path(str(ASSET))
+        self.data = mujoco.MjData(self.model)
+        self._goal_data = mujoco.MjData(self.model)  # scratch pose for goal images
+        self._camera = camera
+        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            raise ValueError(f"camera={camera!r} is not in {ASSET.name}; expected 'top'")
+        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._fingertip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "fingertip")
+        self.joint_low = self.model.jnt_range[:, 0].copy()
+        self.joint_high = self.model.jnt_range[:, 1].copy()
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
+
+        n = self.model.nq
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8),
+                "proprio": spaces.Box(
+                    np.concatenate([self.joint_low - 0.5, np.full(n, -MAX_JOINT_SPEED)]).astype(np.float32),
+                    np.concatenate([self.joint_high + 0.5, np.full(n, MAX_JOINT_SPEED)]).astype(np.float32),
+                    dtype=np.float32,
+                ),
+            }
+        )
+        self.goal_qpos = np.zeros(n)
+        self.goal_ee = forward_kinematics(self.goal_qpos)
+
+    # ----------------------------------------------------------------------------------- helpers
+    @property
+    def dt(self) -> float:
+        """Seconds of simulated time per env step."""
+        return self.model.opt.timestep * self.frame_skip
+
+    def _render_data(self, data: mujoco.MjData, size: int) -> np.ndarray:
+        renderer = self._renderers.get(size)
+        if renderer is None:
+            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
+        renderer.update_scene(data, camera=self._camera)
+        return renderer.render().copy()  # uint8 [size, size, 3]
+
+    def ee_pos(self) -> np.ndarray:
+        """Current end-effector ``xy`` (m)."""
+        return self.data.site_xpos[self._fingertip, :2].copy()
+
+    def get_state(self) -> np.ndarray:
+        """Full simulator state ``(qpos, qvel)`` as float64 ``[2n]``."""
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def set_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> None:
+        """Teleport the arm (servo targets follow), e.g. to replay a recorded state."""
+        qpos = np.asarray(qpos, dtype=np.float64)
+        if qpos.shape != (self.model.nq,):
+            raise ValueError(f"qpos has shape {qpos.shape}; expected ({self.model.nq},)")
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, dtype=np.float64)
+        self.data.ctrl[:] = qpos
+        mujoco.mj_forward(self.model, self.data)
+
+    def set_goal(self, goal_qpos: np.ndarray) -> None:
+        """Use ``goal_qpos`` (joint angles within the joint ranges) as the goal."""
+        goal_qpos = np.asarray(goal_qpos, dtype=np.float64)
+        if goal_qpos.shape != (self.model.nq,):
+            raise ValueError(f"goal_qpos has shape {goal_qpos.shape}; expected ({self.model.nq},)")
+        if np.any(goal_qpos < self.joint_low) or np.any(goal_qpos > self.joint_high):
+            raise ValueError(
+                f"goal_qpos={goal_qpos.tolist()} is outside the joint ranges "
+                f"[{self.joint_low.tolist()}, {self.joint_high.tolist()}]: it would not be reachable"
+            )
+        self.goal_qpos = goal_qpos.copy()
+        self.goal_ee = forward_kinematics(goal_qpos)
+
+    def goal_state(self) -> np.ndarray:
+        """The goal as a state: ``(goal joint angles [n], goal end-effector xy [2])``."""
+        return np.concatenate([self.goal_qpos, self.goal_ee])
+
+    def render_goal(self, size: int | None = None) -> np.ndarray:
+        """The scene rendered with the arm at the goal pose, uint8 ``[size, size, 3]`` (default obs size)."""
+        self._goal_data.qpos[:] = self.goal_qpos
+        self._goal_data.qvel[:] = 0.0
+        mujoco.mj_forward(self.model, self._goal_data)
+        return self._render_data(self._goal_data, size or self.image_size)
+
+    def _sample_qpos(self) -> np.ndarray:
+        return self.np_random.uniform(self.joint_low, self.joint_high)
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        proprio = np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)
+        return {"pixels": self._render_data(self.data, self.image_size), "proprio": proprio}
+
+    def _get_info(self) -> dict[str, Any]:
+        ee = self.ee_pos()
+        distance = float(np.linalg.norm(ee - self.goal_ee))
+        return {
+            "is_success": distance <= self.success_threshold,
+            "distance": distance,
+            "ee_pos": ee,
+            "goal_ee": self.goal_ee.copy(),
+        }
+
+    # ------------------------------------------------------------------------------ gymnasium api
+    def reset_model(self, options: dict[str, Any]) -> None:
+        """Sample the start pose and a goal at least ``min_goal_distance`` away (or take them from options)."""
+        qpos = options.get("qpos")
+        self.set_state(self._sample_qpos() if qpos is None else qpos)
+        if options.get("goal_qpos") is not None:
+            self.set_goal(options["goal_qpos"])
+            return
+        for _ in range(1000):
+            goal = self._sample_qpos()
+            if np.linalg.norm(forward_kinematics(goal) - self.ee_pos()) >= self.min_goal_distance:
+                break
+        self.set_goal(goal)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.reset_model(options or {})
+        return self._get_obs(), self._get_info()
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {action.shape}; expected {self.action_space.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action={action.tolist()} is not finite")
+        action = np.clip(action, -1.0, 1.0)
+        target = np.clip(self.data.qpos + action * self.max_delta, self.joint_low, self.joint_high)
+        self.data.ctrl[:] = target
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        obs, info = self._get_obs(), self._get_info()
+        reward_dist = -info["distance"]
+        reward_ctrl = -0.01 * float(np.square(action).sum())
+        info.update(reward_dist=reward_dist, reward_ctrl=reward_ctrl)
+        return obs, reward_dist + reward_ctrl, False, False, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self._render_data(self.data, self.render_size)
+        return None
+
+    def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()

@@ -1,0 +1,136 @@
+"""Checkpoints: safetensors weights + resolved config (YAML) + training state, written atomically.
+
+A checkpoint is a directory::
+
+    ckpt/
+      model.safetensors   # every module's weights, keys prefixed "<module>." (no pickle on load)
+      config.yaml         # the resolved run config
+      train_state.pt      # optimizer / scheduler / step / RNG (loaded with weights_only=True)
+      meta.json           # kind, step, metrics; written last, so its presence marks a complete checkpoint
+
+Each file is written to a temp name and renamed; a new checkpoint replaces the old directory only
+once complete, so a crash or kill at any point leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from jepa_agent.utils import atomic_write_json
+
+META = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, or does not match what it is loaded into."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+    config: DictConfig | dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``modules`` (name -> module or state dict) atomically as a checkpoint directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in modules.items():
+        sd = mod.state_dict() if isinstance(mod, torch.nn.Module) else mod
+        for k, v in sd.items():
+            tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
+    save_file(tensors, str(tmp / "model.safetensors"))
+    if config is not None:
+        cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if train_state is not None:
+        torch.save(train_state, tmp / "train_state.pt")
+    atomic_write_json(tmp / META, {"modules": sorted(modules), **(meta or {})})
+    # swap in: old -> .old, tmp -> path, drop .old (a kill between renames leaves .old loadable)
+    old = path.parent / f".{path.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if (path / META).exists():
+        return path
+    old = path.parent / f".{path.name}.old"  # interrupted swap: the previous checkpoint survives here
+    if (old / META).exists():
+        return old
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    raise CheckpointError(f"checkpoint {str(path)!r} is incomplete (no {META}); was its writer killed?")
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    """True when a complete checkpoint can be loaded from ``path``."""
+    try:
+        _resolve(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def load_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's ``meta.json``."""
+    return json.loads((_resolve(path) / META).read_text())
+
+
+def load_config(path: str | os.PathLike) -> DictConfig:
+    """The resolved config saved with the checkpoint."""
+    p = _resolve(path) / "config.yaml"
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} has no config.yaml")
+    return OmegaConf.load(p)  # type: ignore[return-value]
+
+
+def load_weights(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
+    """The state dict of module ``name`` from the checkpoint (safetensors, no pickle)."""
+    tensors = load_file(str(_resolve(path) / "model.safetensors"))
+    prefix = f"{name}."
+    sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not sd:
+        have = sorted({k.split(".", 1)[0] for k in tensors})
+        raise CheckpointError(f"checkpoint {str(path)!r} has no module {name!r}; available: {have}")
+    return sd
+
+
+def load_into(path: str | os.PathLike, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    """Load module ``name`` from the checkpoint into ``module`` (strict), with a clear mismatch error."""
+    sd = load_weights(path, name)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} module {name!r} does not fit the model built from the config: {e}"
+        ) from e
+    return module
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Optimizer / scheduler / step state (``torch.load(weights_only=True)``: no arbitrary pickle)."""
+    p = _resolve(path) / "train_state.pt"
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} has no train_state.pt; cannot resume from it")
+    return torch.load(p, map_location="cpu", weights_only=True)
