@@ -8,6 +8,7 @@ Gymnasium's MuJoCo renderer turns frames black when another env in the process c
   joint velocities). The pixels never show the goal.
 * Action: ``[-1, 1]^2``, a joint-space displacement: the position servos' targets are set to
   ``qpos + action * max_delta`` (clipped to the joint ranges), so equal actions give equal motions.
+  The shoulder turns freely (no joint limit, as in DMC's reacher); the elbow is limited to +-2.6 rad.
 * Goal: each reset samples a goal joint configuration (its end effector at least ``min_goal_distance``
   from the start); available as a state (:meth:`ReachEnv.goal_state`) and as an image
   (:meth:`ReachEnv.render_goal`, the scene rendered with the arm at the goal pose).
@@ -31,7 +32,10 @@ import mujoco  # noqa: E402
 ASSET = Path(__file__).parent / "assets" / "reach.xml"
 LINK_LENGTHS = (0.1, 0.1)
 REACH = sum(LINK_LENGTHS)
-MAX_JOINT_SPEED = 1000.0  # rad/s: a bound for the observation space, far above what the servos reach
+# observation-space bounds far beyond what an episode reaches (the shoulder turns freely, so its angle
+# is not wrapped: wrapping would make the joint angle jump at +-pi)
+MAX_SPEED = 1000.0  # rad/s
+MAX_ANGLE = 1000.0  # rad
 
 
 def forward_kinematics(qpos: np.ndarray) -> np.ndarray:
@@ -82,8 +86,12 @@ class ReachEnv(gym.Env):
             raise ValueError(f"camera={camera!r} is not in {ASSET.name}; expected 'top'")
         self._renderers: dict[int, mujoco.Renderer] = {}
         self._fingertip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "fingertip")
-        self.joint_low = self.model.jnt_range[:, 0].copy()
-        self.joint_high = self.model.jnt_range[:, 1].copy()
+        limited = self.model.jnt_limited.astype(bool)
+        # joint ranges; the shoulder is continuous (unlimited): +-inf, sampled within [-pi, pi)
+        self.joint_low = np.where(limited, self.model.jnt_range[:, 0], -np.inf)
+        self.joint_high = np.where(limited, self.model.jnt_range[:, 1], np.inf)
+        self.sample_low = np.maximum(self.joint_low, -np.pi)
+        self.sample_high = np.minimum(self.joint_high, np.pi)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
 
         n = self.model.nq
@@ -92,8 +100,8 @@ class ReachEnv(gym.Env):
             {
                 "pixels": spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8),
                 "proprio": spaces.Box(
-                    np.concatenate([self.joint_low - 0.5, np.full(n, -MAX_JOINT_SPEED)]).astype(np.float32),
-                    np.concatenate([self.joint_high + 0.5, np.full(n, MAX_JOINT_SPEED)]).astype(np.float32),
+                    np.concatenate([np.maximum(self.joint_low - 0.5, -MAX_ANGLE), np.full(n, -MAX_SPEED)]),
+                    np.concatenate([np.minimum(self.joint_high + 0.5, MAX_ANGLE), np.full(n, MAX_SPEED)]),
                     dtype=np.float32,
                 ),
             }
@@ -157,7 +165,7 @@ class ReachEnv(gym.Env):
         return self._render_data(self._goal_data, size or self.image_size)
 
     def _sample_qpos(self) -> np.ndarray:
-        return self.np_random.uniform(self.joint_low, self.joint_high)
+        return self.np_random.uniform(self.sample_low, self.sample_high)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         proprio = np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)

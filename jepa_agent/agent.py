@@ -1,0 +1,158 @@
+"""Actor + short-term memory: a receding-horizon (MPC) agent over any planning model and planner.
+
+The agent plans a chunk of ``horizon`` actions in the model's state space, executes the first
+``execute_steps`` of them, and replans (warm-starting from the shifted previous plan). Its short-term
+memory holds the last few encoded observations and the actions between them: the world model's
+context. Planning runs under ``torch.inference_mode()``.
+
+A *planning model* supplies the four pieces the agent needs (see :class:`PlanningModel`); the JEPA
+world model (``jepa_agent.world_model``) and the true-state oracle (``jepa_agent.oracle``) both do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from planners.base import PlanResult, shift_plan
+
+
+class PlanningModel(Protocol):
+    """What an MPC agent needs from a model: encode, build the context, roll out, and a goal cost."""
+
+    action_dim: int
+
+    def encode(self, obs: dict[str, np.ndarray]) -> Any:
+        """One observation -> the state the memory stores (e.g. latent tokens ``[N, D]``)."""
+
+    def encode_goal(self, goal: dict[str, np.ndarray]) -> Any:
+        """A goal dict (``image`` and/or ``state``) -> what the cost compares predictions with."""
+
+    def context(self, states: list[Any], actions: list[Tensor]) -> Any:
+        """The rollout context from memory: ``states`` (oldest first) and the actions between them."""
+
+    def rollout(self, context: Any, actions: Tensor) -> Tensor:
+        """Imagine ``actions [S, H, A]`` from ``context`` -> predicted states ``[S, H, ...]``."""
+
+    def cost(self, goal: Any) -> Callable[[Tensor, Tensor], Tensor]:
+        """A cost function ``(pred [S, H, ...], actions [S, H, A]) -> [S]`` towards ``goal``."""
+
+
+class ShortTermMemory:
+    """The last ``capacity`` encoded observations and the actions taken between them."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"memory capacity={capacity}: expected >= 1 observation")
+        self.capacity = capacity
+        self.states: deque[Any] = deque(maxlen=capacity)
+        self.actions: deque[Tensor] = deque(maxlen=max(capacity - 1, 0))
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.actions.clear()
+
+    def observe(self, state: Any) -> None:
+        self.states.append(state)
+
+    def acted(self, action: Tensor) -> None:
+        """Record the action taken after the latest observation (it links it to the next one)."""
+        if self.actions.maxlen:
+            self.actions.append(action)
+
+    def snapshot(self) -> tuple[list[Any], list[Tensor]]:
+        """States (oldest first) and the ``len(states) - 1`` actions between them."""
+        states = list(self.states)
+        actions = list(self.actions)[-(len(states) - 1) :] if len(states) > 1 else []
+        return states, actions
+
+
+class MPCAgent:
+    """Model-predictive control in a learned (or true) state space.
+
+    Args:
+        model: a :class:`PlanningModel`.
+        planner: an object with ``plan(rollout_fn, cost_fn, z0, init_mean=None) -> PlanResult``.
+        horizon: planned actions per chunk (must match the planner's horizon).
+        execute_steps: actions executed from each plan before replanning (1 = replan every step).
+        memory: observations kept as context (short-term memory).
+        warm_start: start each plan from the previous plan shifted by ``execute_steps``.
+        action_low / action_high: bounds of the executed actions.
+    """
+
+    def __init__(
+        self,
+        model: PlanningModel,
+        planner: Any,
+        horizon: int,
+        execute_steps: int = 1,
+        memory: int = 1,
+        warm_start: bool = True,
+        action_low: float = -1.0,
+        action_high: float = 1.0,
+    ) -> None:
+        if not 1 <= execute_steps <= horizon:
+            raise ValueError(f"execute_steps={execute_steps}: expected 1 <= execute_steps <= horizon={horizon}")
+        self.model = model
+        self.planner = planner
+        self.horizon = horizon
+        self.execute_steps = execute_steps
+        self.warm_start = warm_start
+        self.action_low, self.action_high = action_low, action_high
+        self.memory = ShortTermMemory(memory)
+        self._queue: deque[Tensor] = deque()
+        self._prev_mean: Tensor | None = None
+        self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        self.goal_encoded: Any = None
+        self.last_plan: PlanResult | None = None
+        self.last_plan_seconds: float | None = None
+        self.plans: list[PlanResult] = []
+
+    def _no_grad(self):
+        """``inference_mode`` (fastest) unless the planner differentiates through the model."""
+        return torch.no_grad() if getattr(self.planner, "requires_grad", False) else torch.inference_mode()
+
+    def reset(self, goal: dict[str, np.ndarray]) -> None:
+        """Start an episode towards ``goal``: clear memory, the action queue and the warm start."""
+        self.memory.clear()
+        self._queue.clear()
+        self._prev_mean = None
+        self.plans = []
+        with self._no_grad():
+            self.goal_encoded = self.model.encode_goal(goal)
+            self._cost_fn = self.model.cost(self.goal_encoded)
+
+    def plan(self) -> PlanResult:
+        """Plan a chunk of ``horizon`` actions from the current memory (does not touch the queue)."""
+        if self._cost_fn is None:
+            raise RuntimeError("MPCAgent.plan() before reset(goal): the agent has no goal")
+        states, actions = self.memory.snapshot()
+        if not states:
+            raise RuntimeError("MPCAgent.plan() before any observation: call act(obs)")
+        init = self._prev_mean if self.warm_start else None
+        with self._no_grad():  # gradient planners enable grad inside their own optimisation loop
+            context = self.model.context(states, actions)
+            return self.planner.plan(self.model.rollout, self._cost_fn, context, init_mean=init)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Observe, replan when the queue is empty, and return the next action (numpy ``[A]``)."""
+        with self._no_grad():
+            self.memory.observe(self.model.encode(obs))
+        self.last_plan_seconds = None
+        if not self._queue:
+            t0 = time.perf_counter()
+            result = self.plan()
+            self.last_plan_seconds = time.perf_counter() - t0
+            self.last_plan = result
+            self.plans.append(result)
+            self._queue.extend(result.actions[: self.execute_steps])
+            self._prev_mean = shift_plan(result.mean, self.execute_steps)
+        action = self._queue.popleft().clamp(self.action_low, self.action_high)
+        self.memory.acted(action)
+        return action.detach().cpu().numpy().astype(np.float32)
