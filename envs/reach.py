@@ -100,8 +100,10 @@ class ReachEnv(gym.Env):
             {
                 "pixels": spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8),
                 "proprio": spaces.Box(
-                    np.concatenate([np.maximum(self.joint_low - 0.5, -MAX_ANGLE), np.full(n, -MAX_SPEED)]),
-                    np.concatenate([np.minimum(self.joint_high + 0.5, MAX_ANGLE), np.full(n, MAX_SPEED)]),
+                    np.concatenate([np.maximum(self.joint_low - 0.5, -MAX_ANGLE), np.full(n, -MAX_SPEED)])
+                    .astype(np.float32),
+                    np.concatenate([np.minimum(self.joint_high + 0.5, MAX_ANGLE), np.full(n, MAX_SPEED)])
+                    .astype(np.float32),
                     dtype=np.float32,
                 ),
             }

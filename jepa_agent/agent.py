@@ -45,31 +45,33 @@ class PlanningModel(Protocol):
 
 
 class ShortTermMemory:
-    """The last ``capacity`` encoded observations and the actions taken between them."""
+    """The last ``capacity`` encoded observations, each with the action taken after it (once known)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"memory capacity={capacity}: expected >= 1 observation")
         self.capacity = capacity
-        self.states: deque[Any] = deque(maxlen=capacity)
-        self.actions: deque[Tensor] = deque(maxlen=max(capacity - 1, 0))
+        self._entries: deque[list[Any]] = deque(maxlen=capacity)  # [state, action after it | None]
 
     def clear(self) -> None:
-        self.states.clear()
-        self.actions.clear()
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def observe(self, state: Any) -> None:
-        self.states.append(state)
+        self._entries.append([state, None])
 
     def acted(self, action: Tensor) -> None:
         """Record the action taken after the latest observation (it links it to the next one)."""
-        if self.actions.maxlen:
-            self.actions.append(action)
+        if not self._entries:
+            raise RuntimeError("ShortTermMemory.acted() before any observation")
+        self._entries[-1][1] = action
 
     def snapshot(self) -> tuple[list[Any], list[Tensor]]:
         """States (oldest first) and the ``len(states) - 1`` actions between them."""
-        states = list(self.states)
-        actions = list(self.actions)[-(len(states) - 1) :] if len(states) > 1 else []
+        states = [e[0] for e in self._entries]
+        actions = [e[1] for e in list(self._entries)[:-1]]
         return states, actions
 
 
@@ -112,7 +114,7 @@ class MPCAgent:
         self.goal_encoded: Any = None
         self.last_plan: PlanResult | None = None
         self.last_plan_seconds: float | None = None
-        self.plans: list[PlanResult] = []
+        self.plans: list[PlanResult] = []  # every plan since construction (for cost-per-iteration plots)
 
     def _no_grad(self):
         """``inference_mode`` (fastest) unless the planner differentiates through the model."""
@@ -123,7 +125,6 @@ class MPCAgent:
         self.memory.clear()
         self._queue.clear()
         self._prev_mean = None
-        self.plans = []
         with self._no_grad():
             self.goal_encoded = self.model.encode_goal(goal)
             self._cost_fn = self.model.cost(self.goal_encoded)

@@ -150,6 +150,7 @@ def evaluate(
     goal_image: np.ndarray | None = None,
     video_dir: Path | None = None,
     video_policies: tuple[str, ...] = (),
+    max_videos: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every policy on the same goals (``env.reset(seed=s)`` for each seed in ``seeds``).
@@ -162,7 +163,7 @@ def evaluate(
         results = []
         for i, seed in enumerate(seeds):
             video = None
-            if video_dir is not None and name in video_policies:
+            if video_dir is not None and name in video_policies and (max_videos is None or i < max_videos):
                 video = Path(video_dir) / f"{name}_episode_{i:03d}.mp4"
             results.append(run_episode(env, policy, seed, goal_image=goal_image, video_path=video))
             if progress is not None:

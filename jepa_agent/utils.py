@@ -99,3 +99,24 @@ def set_threads(num_threads: int | None) -> None:
     """Set torch's intra-op threads when given (``None`` or 0 keeps the default)."""
     if num_threads:
         torch.set_num_threads(int(num_threads))
+
+
+def cli_errors(fn):
+    """Decorate a script's Hydra task: bad input (``ValueError`` and its subclasses such as ``DataError``,
+    ``GoalError``, ``CheckpointError``, ``FileNotFoundError``) exits with one clear line, no traceback.
+
+    Put it *under* ``@hydra.main`` so it runs inside the task (Hydra would print a traceback otherwise).
+    """
+    import functools
+
+    from jepa_agent.checkpoint import CheckpointError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, CheckpointError, FileNotFoundError) as e:
+            script = Path(sys.argv[0]).name or "jepa-agent"
+            raise SystemExit(f"{script}: error: {e}") from None
+
+    return wrapper

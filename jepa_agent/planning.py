@@ -1,0 +1,146 @@
+"""The library behind ``scripts/plan.py``: build agents, run the evaluation, plot what planning saw.
+
+Plots: the planner's cost per iteration (median and quartiles over every replan of the run) and an
+energy landscape, the cost over a 2-D grid of first actions from an episode's first observation
+(later actions held at zero), as in V-JEPA 2's figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from jepa_agent.agent import MPCAgent, PlanningModel  # noqa: E402
+from planners.base import PlanResult  # noqa: E402
+
+
+def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:
+    """Instantiate the ``planner=`` config group (``_target_`` class) for ``action_dim`` actions."""
+    try:
+        return instantiate(planner_cfg, action_dim=action_dim)
+    except Exception as e:  # hydra wraps constructor errors; surface the planner's own message
+        cause = e.__cause__ or e
+        raise ValueError(f"planner config {dict(planner_cfg)} is invalid: {cause}") from e
+
+
+def build_agent(model: PlanningModel, planner: Any, agent_cfg: DictConfig, low: float, high: float) -> MPCAgent:
+    """An MPC agent over ``model`` with the planner's horizon and the ``agent`` config section."""
+    return MPCAgent(
+        model,
+        planner,
+        horizon=int(planner.horizon),
+        execute_steps=int(agent_cfg.execute_steps),
+        memory=int(agent_cfg.memory),
+        warm_start=bool(agent_cfg.warm_start),
+        action_low=low,
+        action_high=high,
+    )
+
+
+@torch.inference_mode()
+def energy_landscape(
+    model: PlanningModel,
+    obs: dict[str, np.ndarray],
+    goal: dict[str, np.ndarray],
+    action_dim: int,
+    horizon: int,
+    grid: int = 41,
+    dims: tuple[int, int] = (0, 1),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cost of every first action on a ``grid x grid`` lattice over ``[-1, 1]^2`` (other dims and steps 0).
+
+    Returns:
+        ``(values [grid], costs [grid, grid])`` with ``costs[i, j]`` for ``a[dims[0]] = values[j]``,
+        ``a[dims[1]] = values[i]``.
+    """
+    values = torch.linspace(-1.0, 1.0, grid)
+    a0, a1 = torch.meshgrid(values, values, indexing="xy")  # [grid, grid]
+    actions = torch.zeros(grid * grid, horizon, action_dim)
+    actions[:, 0, dims[0]] = a0.reshape(-1)
+    actions[:, 0, dims[1]] = a1.reshape(-1)
+    context = model.context([model.encode(obs)], [])
+    cost_fn = model.cost(model.encode_goal(goal))
+    costs = cost_fn(model.rollout(context, actions), actions)  # [grid*grid]
+    return values.numpy(), costs.reshape(grid, grid).float().cpu().numpy()
+
+
+def plot_energy(values: np.ndarray, costs: dict[str, np.ndarray], path: Path, planned: np.ndarray | None) -> None:
+    """One heat map per model (e.g. JEPA world model vs true state), the planned first action marked."""
+    fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.8), squeeze=False)
+    for ax, (name, c) in zip(axes[0], costs.items()):
+        im = ax.imshow(c, origin="lower", extent=[values[0], values[-1], values[0], values[-1]], cmap="viridis")
+        i, j = np.unravel_index(np.argmin(c), c.shape)
+        ax.plot(values[j], values[i], "w*", ms=12, label="grid minimum")
+        if planned is not None:
+            ax.plot(planned[0], planned[1], "rx", ms=10, mew=2, label="planned first action")
+        ax.set_title(f"energy: {name}")
+        ax.set_xlabel("action[0] (shoulder)")
+        ax.set_ylabel("action[1] (elbow)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[0][0].legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost_traces(plans: dict[str, list[PlanResult]], path: Path) -> dict[str, list[float]]:
+    """Median (and quartiles) of the planner's per-iteration best cost over all replans; returns medians."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    medians: dict[str, list[float]] = {}
+    for name, results in plans.items():
+        traces = [r.cost_trace.float().cpu().numpy() for r in results if r.cost_trace.numel()]
+        if not traces:
+            continue
+        n = min(len(t) for t in traces)
+        t = np.stack([x[:n] for x in traces])  # [plans, iterations]
+        t = t / np.maximum(t[:, :1], 1e-12)  # relative to the first iteration: comparable across plans
+        q1, med, q3 = np.percentile(t, [25, 50, 75], axis=0)
+        it = np.arange(1, n + 1)
+        ax.plot(it, med, label=f"{name} (median of {len(traces)} plans)")
+        ax.fill_between(it, q1, q3, alpha=0.25)
+        medians[name] = med.tolist()
+    ax.set_xlabel("planner iteration")
+    ax.set_ylabel("best cost / first-iteration best cost")
+    ax.set_title("planning cost per iteration")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return medians
+
+
+def write_plan_report(
+    env: Any, policies: dict[str, Any], seed: int, goal_image: np.ndarray | None, out: Path, grid: int
+) -> dict[str, Any]:
+    """Cost-per-iteration and energy-landscape plots for the run's MPC agents; returns their paths."""
+    agents = {name: p for name, p in policies.items() if isinstance(p, MPCAgent)}
+    report: dict[str, Any] = {}
+    if not agents:
+        return report
+    out.mkdir(parents=True, exist_ok=True)
+    report["cost_per_iteration"] = {
+        "path": str(out / "cost_per_iteration.png"),
+        "median_relative_cost": plot_cost_traces({n: a.plans for n, a in agents.items()}, out / "cost_per_iteration.png"),
+    }
+    if grid > 1:
+        obs, _ = env.reset(seed=seed)
+        u = env.unwrapped
+        goal = {"image": u.render_goal() if goal_image is None else goal_image, "state": u.goal_state()}
+        costs, planned = {}, None
+        for name, agent in agents.items():
+            values, costs[name] = energy_landscape(agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid)
+            if planned is None:
+                agent.reset(goal)
+                planned = agent.act(obs)
+        plot_energy(values, costs, out / "energy_landscape.png", planned)
+        report["energy_landscape"] = {"path": str(out / "energy_landscape.png"), "seed": seed}
+    return report

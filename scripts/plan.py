@@ -1,0 +1,92 @@
+"""Reach goals shown only as images by planning in a JEPA world model's latent space.
+
+    python scripts/plan.py env=reach goal=image                 # the shipped checkpoint, 20 held-out goals
+    python scripts/plan.py goal=path/to/goal.png episodes=3     # any image as the goal
+    python scripts/plan.py planner=mppi episodes=100 checkpoint=outputs/train_all/.../world_model
+
+Writes to the run dir: an mp4 per recorded episode (observation | goal), results.json, the planner's
+cost per iteration (cost_per_iteration.png) and an energy landscape (energy_landscape.png); ends with
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import envs
+from jepa_agent.evaluation import EVAL_SEED_OFFSET, RandomPolicy, evaluate
+from jepa_agent.goals import goal_kind, load_goal_image
+from jepa_agent.oracle import ReachKinematics
+from jepa_agent.planning import build_agent, build_planner, load_planning_model, write_plan_report
+from jepa_agent.utils import (
+    atomic_write_json,
+    cli_errors,
+    emit_json_line,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="plan")
+@cli_errors
+def main(cfg: DictConfig) -> None:
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    env_kwargs = {k: cfg.env[k] for k in ("image_size", "frame_skip", "max_delta", "max_episode_steps")}
+    env = envs.make_env(cfg.env.name, **env_kwargs)
+    action_dim = env.action_space.shape[0]
+    low, high = float(env.action_space.low.min()), float(env.action_space.high.max())
+
+    kind = goal_kind(str(cfg.goal))
+    goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
+    oracle = build_agent(ReachKinematics.from_env(env), build_planner(cfg.planner, action_dim), cfg.agent, low, high)
+    policies = {}
+    if kind == "state":
+        policies["oracle"] = oracle
+    else:
+        model = load_planning_model(cfg.checkpoint, envs.resolve_env_id(cfg.env.name), cfg.env.image_size,
+                                    action_dim, cfg.cost, device)
+        policies["jepa"] = build_agent(model, build_planner(cfg.planner, action_dim), cfg.agent, low, high)
+        if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
+            policies["oracle"] = oracle
+    if cfg.baselines and kind != "file":
+        policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)
+
+    seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
+    bar = tqdm(total=len(seeds) * len(policies), desc="episodes", file=sys.stderr)
+    results = evaluate(env, policies, seeds, goal_image=goal_image, video_dir=out,
+                       video_policies=tuple(policies), max_videos=int(cfg.videos),
+                       progress=lambda name, i: bar.set_postfix_str(name) or bar.update())
+    bar.close()
+    main_name = next(iter(policies))
+    plots = write_plan_report(env, policies, seeds[0], goal_image, out, int(cfg.energy_grid))
+    atomic_write_json(out / "results.json", {"config": OmegaConf.to_container(cfg, resolve=True),
+                                             "seeds": seeds, "results": results, "plots": plots})
+    main_res = results[main_name]
+    summary = {
+        "policy": main_name,
+        "success_rate": None if kind == "file" else main_res["success_rate"],
+        "success_ci95": None if kind == "file" else main_res["success_ci95"],
+        "success_rate_end": None if kind == "file" else main_res["success_rate_end"],
+        "episodes": main_res["episodes"],
+        "final_distance_mean": None if kind == "file" else main_res["final_distance_mean"],
+        "plan_seconds_median": main_res["plan_seconds_median"],
+    }
+    for name in ("random", "oracle"):
+        if name in results and name != main_name:
+            summary[f"{name}_success_rate"] = results[name]["success_rate"]
+    summary["out"] = str(out)
+    emit_json_line(summary)
+    env.close()
+
+
+if __name__ == "__main__":
+    main()

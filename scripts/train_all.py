@@ -1,0 +1,97 @@
+"""From nothing to a planner in one command: collect -> pretrain -> train world model -> plan.
+
+    python scripts/train_all.py env=reach                        # everything under outputs/train_all/reach
+    python scripts/train_all.py env=reach ship=checkpoints/reach # also refresh the shipped checkpoint
+
+Each stage runs the repo's own script in a subprocess and reads the JSON line it ends with; a stage whose
+output is already complete is skipped (re-running resumes). Ends with one JSON line: per-stage seconds,
+the checkpoint paths and the planning success rate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from jepa_agent.checkpoint import checkpoint_exists
+from jepa_agent.utils import cli_errors, emit_json_line
+
+SCRIPTS = Path(__file__).resolve().parent
+
+
+def run_stage(name: str, script: str, args: list[str]) -> dict:
+    """Run ``scripts/<script>`` with Hydra overrides; return its final JSON line (stderr streams through)."""
+    cmd = [sys.executable, str(SCRIPTS / script), *args]
+    print(f"[train_all] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"train_all.py: stage {name!r} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    return json.loads(lines[-1])
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="train_all")
+@cli_errors
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.out)
+    env = [f"env={cfg.env.name}", f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}", f"threads={cfg.threads}"]
+    episodes_dir, encoder_dir, wm_dir = out / "episodes", out / "encoder", out / "world_model"
+    seconds: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()  # collection resumes by itself: re-running keeps every finished episode
+    results["collect"] = run_stage("collect", "collect.py", [
+        *env, f"episodes={cfg.collect.episodes}", f"policy={cfg.collect.policy}",
+        f"num_envs={cfg.collect.num_envs}", f"out={episodes_dir}", *cfg.collect.args])
+    seconds["collect"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not checkpoint_exists(encoder_dir):
+        results["pretrain"] = run_stage("pretrain", "pretrain.py", [
+            *env, "data=episodes", f"data.path={episodes_dir}", f"out={encoder_dir}", "resume=true",
+            *cfg.pretrain.args])
+    seconds["pretrain"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not checkpoint_exists(wm_dir):
+        results["world_model"] = run_stage("world_model", "train_world_model.py", [
+            *env, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
+            "resume=true", *cfg.world_model.args])
+    seconds["world_model"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    results["plan"] = run_stage("plan", "plan.py", [
+        *env, f"checkpoint={wm_dir}", f"episodes={cfg.plan.episodes}", f"hydra.run.dir={out / 'plan'}",
+        *cfg.plan.args])
+    seconds["plan"] = time.perf_counter() - t0
+
+    if cfg.ship:
+        ship = Path(cfg.ship)
+        tmp = ship.parent / f".{ship.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(wm_dir, tmp)
+        shutil.rmtree(ship, ignore_errors=True)
+        tmp.rename(ship)
+
+    emit_json_line({
+        "success_rate": results["plan"].get("success_rate"),
+        "success_ci95": results["plan"].get("success_ci95"),
+        "random_success_rate": results["plan"].get("random_success_rate"),
+        "oracle_success_rate": results["plan"].get("oracle_success_rate"),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "episodes": str(episodes_dir), "encoder": str(encoder_dir), "world_model": str(wm_dir),
+        "shipped": cfg.ship, "out": str(out),
+    })
+
+
+if __name__ == "__main__":
+    main()
