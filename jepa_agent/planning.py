@@ -20,7 +20,36 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from jepa_agent.agent import MPCAgent, PlanningModel  # noqa: E402
+from jepa_agent.costs import ActionMagnitudeCost  # noqa: E402
+from jepa_agent.world_model import WorldModel  # noqa: E402
 from planners.base import PlanResult  # noqa: E402
+
+
+class ConfiguredCost:
+    """A planning model whose goal cost uses the run's ``cost`` settings (metric, reduction, penalty)."""
+
+    def __init__(self, model: WorldModel, metric: str, reduction: str, discount: float, action_weight: float):
+        self.model = model
+        self.cost_kwargs = {"metric": metric, "reduction": reduction, "discount": discount}
+        self.action_weight = float(action_weight)
+
+    def __getattr__(self, name: str) -> Any:  # encode, encode_goal, context, rollout, action_dim, ...
+        return getattr(self.model, name)
+
+    def cost(self, goal: Any) -> Any:
+        cost = self.model.cost(goal, **self.cost_kwargs)
+        return cost + ActionMagnitudeCost(weight=self.action_weight) if self.action_weight else cost
+
+
+def load_planning_model(
+    checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_cfg: DictConfig, device: Any
+) -> ConfiguredCost:
+    """The world model of ``checkpoint`` (checked against the env: a mismatch names both values),
+    with the goal cost configured by ``cost_cfg`` (``metric``, ``reduction``, ``discount``, ``action_weight``)."""
+    model = WorldModel.from_checkpoint(
+        checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
+    )
+    return ConfiguredCost(model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight)
 
 
 def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:

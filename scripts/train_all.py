@@ -3,8 +3,8 @@
     python scripts/train_all.py env=reach                        # everything under outputs/train_all/reach
     python scripts/train_all.py env=reach ship=checkpoints/reach # also refresh the shipped checkpoint
 
-Each stage runs the repo's own script in a subprocess and reads the JSON line it ends with; a stage whose
-output is already complete is skipped (re-running resumes). Ends with one JSON line: per-stage seconds,
+Each stage runs the repo's own script in a subprocess and reads the JSON line it ends with. Re-running
+resumes: collection keeps finished episodes, training stages continue from their last checkpoint. Ends with one JSON line: per-stage seconds,
 the checkpoint paths and the planning success rate.
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from jepa_agent.checkpoint import checkpoint_exists
 from jepa_agent.utils import cli_errors, emit_json_line
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -53,18 +52,17 @@ def main(cfg: DictConfig) -> None:
         f"num_envs={cfg.collect.num_envs}", f"out={episodes_dir}", *cfg.collect.args])
     seconds["collect"] = time.perf_counter() - t0
 
+    # training stages always pass resume=true: a finished run resumes at its last step and returns at once
     t0 = time.perf_counter()
-    if not checkpoint_exists(encoder_dir):
-        results["pretrain"] = run_stage("pretrain", "pretrain.py", [
-            *env, "data=episodes", f"data.path={episodes_dir}", f"out={encoder_dir}", "resume=true",
-            *cfg.pretrain.args])
+    results["pretrain"] = run_stage("pretrain", "pretrain.py", [
+        f"seed={cfg.seed}", f"threads={cfg.threads}", f"encoder.img_size={cfg.env.image_size}", "data=episodes",
+        f"data.path={episodes_dir}", f"out={encoder_dir}", "resume=true", *cfg.pretrain.args])
     seconds["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if not checkpoint_exists(wm_dir):
-        results["world_model"] = run_stage("world_model", "train_world_model.py", [
-            *env, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
-            "resume=true", *cfg.world_model.args])
+    results["world_model"] = run_stage("world_model", "train_world_model.py", [
+        *env, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
+        "resume=true", *cfg.world_model.args])
     seconds["world_model"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -77,7 +75,7 @@ def main(cfg: DictConfig) -> None:
         ship = Path(cfg.ship)
         tmp = ship.parent / f".{ship.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(wm_dir, tmp)
+        shutil.copytree(wm_dir / "checkpoint", tmp)
         shutil.rmtree(ship, ignore_errors=True)
         tmp.rename(ship)
 
