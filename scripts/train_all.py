@@ -40,7 +40,8 @@ def run_stage(name: str, script: str, args: list[str]) -> dict:
 @cli_errors
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
-    env = [f"env={cfg.env.name}", f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}", f"threads={cfg.threads}"]
+    env = [f"env={cfg.env.name}", f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}"]
+    threads = f"threads={cfg.threads}"
     episodes_dir, encoder_dir, wm_dir = out / "episodes", out / "encoder", out / "world_model"
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
@@ -55,19 +56,19 @@ def main(cfg: DictConfig) -> None:
     # training stages always pass resume=true: a finished run resumes at its last step and returns at once
     t0 = time.perf_counter()
     results["pretrain"] = run_stage("pretrain", "pretrain.py", [
-        f"seed={cfg.seed}", f"threads={cfg.threads}", f"encoder.img_size={cfg.env.image_size}", "data=episodes",
+        f"seed={cfg.seed}", threads, f"encoder.img_size={cfg.env.image_size}", "data=episodes",
         f"data.path={episodes_dir}", f"out={encoder_dir}", "resume=true", *cfg.pretrain.args])
     seconds["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     results["world_model"] = run_stage("world_model", "train_world_model.py", [
-        *env, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
+        *env, threads, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
         "resume=true", *cfg.world_model.args])
     seconds["world_model"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     results["plan"] = run_stage("plan", "plan.py", [
-        *env, f"checkpoint={wm_dir}", f"episodes={cfg.plan.episodes}", f"hydra.run.dir={out / 'plan'}",
+        *env, threads, f"checkpoint={wm_dir}", f"episodes={cfg.plan.episodes}", f"hydra.run.dir={out / 'plan'}",
         *cfg.plan.args])
     seconds["plan"] = time.perf_counter() - t0
 

@@ -67,7 +67,9 @@ class MaskedPredictor(nn.Module):
             Predicted target features ``[B, Kt, D]`` (encoder width).
         """
         if ctx.shape[:2] != ctx_idx.shape:
-            raise ValueError(f"context tokens {tuple(ctx.shape)} do not match their indices {tuple(ctx_idx.shape)}")
+            raise ValueError(
+                f"context tokens {tuple(ctx.shape)} do not match their indices {tuple(ctx_idx.shape)}"
+            )
         if not 0 <= mask_index < self.num_mask_tokens:
             raise ValueError(f"mask_index={mask_index}; expected 0..{self.num_mask_tokens - 1}")
         B, Kc, _ = ctx.shape

@@ -1,0 +1,487 @@
+"""Collect episodes from our envs with scripted policies, several envs in parallel, into a dataset.
+
+Episode ``i`` of a run is fully determined by ``seed + i``: the env is reset with that seed and the
+policy draws from its own generator seeded from it, whichever worker runs it. Re-running the same
+command therefore resumes: finished episodes are kept untouched and only the missing ones are
+computed (see :class:`~jepa_agent.data.EpisodeWriter` for the on-disk guarantees).
+
+Parallelism: ``gymnasium.vector.AsyncVectorEnv`` in ``autoreset_mode=DISABLED``; each finished env
+is reset explicitly with the next episode's seed (``reset_mask``), so no frame of one episode can
+leak into another. Workers are forked, or started through a ``forkserver`` once this process has
+rendered with EGL (a child forked after that deadlocks). Finished episodes are encoded by a small
+thread pool (each ``ffmpeg`` encode is its own process), so stepping never waits for encoding.
+
+Worker processes import this module, so its top-level imports stay free of torch (a 2 s import).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+# ------------------------------------------------------------------------------------- policies
+
+
+class RandomPolicy:
+    """Uniform random actions in the action box."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, rng: np.random.Generator, **_: Any) -> None:
+        self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
+
+    def __call__(self, proprio: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
+
+
+class NoisyTargetPolicy:
+    """Scripted motion towards random joint targets plus smoothed noise, for state-space coverage.
+
+    ``action = clip(gain * (target - q) / max_delta + noise, low, high)`` with ``q`` the first ``n``
+    proprio entries (joint angles). A new target is drawn uniformly within ``target_span`` rad of ``q``
+    (clipped to the joint ranges when known) every ``retarget_min..retarget_max`` steps, so
+    episodes mix saturated moves with fine approaches (start poses are random already);
+    the noise is an AR(1) process with standard deviation ``noise`` and correlation ``smoothing``.
+    """
+
+    def __init__(
+        self,
+        low: np.ndarray,
+        high: np.ndarray,
+        rng: np.random.Generator,
+        max_delta: float,
+        joint_low: np.ndarray | None = None,
+        joint_high: np.ndarray | None = None,
+        gain: float = 1.0,
+        noise: float = 0.3,
+        smoothing: float = 0.7,
+        retarget_min: int = 4,
+        retarget_max: int = 12,
+        target_span: float = 1.5,
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
+        if not 1 <= retarget_min <= retarget_max:
+            raise ValueError(
+                f"retarget_min={retarget_min}, retarget_max={retarget_max}: expected 1 <= min <= max"
+            )
+        if not max_delta > 0:
+            raise ValueError(f"max_delta={max_delta!r}: expected > 0 (rad per unit action)")
+        self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
+        self.n = len(self.low)
+        self.max_delta, self.gain, self.noise, self.smoothing = float(max_delta), gain, noise, smoothing
+        self.joint_low = None if joint_low is None else np.asarray(joint_low, np.float64)
+        self.joint_high = None if joint_high is None else np.asarray(joint_high, np.float64)
+        self.retarget = (int(retarget_min), int(retarget_max))
+        self.target_span = float(target_span)
+        self._eps = np.zeros(self.n)
+        self._target: np.ndarray | None = None
+        self._countdown = 0
+
+    def __call__(self, proprio: np.ndarray) -> np.ndarray:
+        q = np.asarray(proprio[: self.n], np.float64)  # joint angles
+        if self._countdown <= 0 or self._target is None:
+            target = q + self.rng.uniform(-self.target_span, self.target_span, self.n)
+            if self.joint_low is not None and self.joint_high is not None:
+                target = np.clip(target, self.joint_low, self.joint_high)  # inf bounds: no-op
+            self._target = target
+            self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
+        self._countdown -= 1
+        rho = self.smoothing
+        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * self.noise * self.rng.standard_normal(self.n)
+        action = self.gain * (self._target - q) / self.max_delta + self._eps
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+
+POLICIES = {"random": RandomPolicy, "noisy": NoisyTargetPolicy}
+
+
+def make_policy(name: str, env_info: dict[str, Any], rng: np.random.Generator, **kwargs: Any):
+    """Build policy ``name`` for an env described by :meth:`RecordingWrapper.env_info`.
+
+    Raises:
+        ValueError: unknown name (lists the available ones).
+    """
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; available: {sorted(POLICIES)}")
+    env_args = {"low": env_info["action_low"], "high": env_info["action_high"], "rng": rng}
+    if name == "noisy":
+        env_args.update(
+            max_delta=env_info["max_delta"],
+            joint_low=env_info["joint_low"],
+            joint_high=env_info["joint_high"],
+        )
+    return POLICIES[name](**env_args, **kwargs)
+
+
+# --------------------------------------------------------------------------------- worker side
+class RecordingWrapper(gym.Wrapper):
+    """Puts the simulator state in ``info["state"]`` (and the goal in ``info["goal_state"]`` at reset).
+
+    Runs inside the vector-env workers, so one step returns everything an episode file needs. Only
+    the info keys in ``keep_info`` are passed on: every key costs pickling and batching per step.
+    """
+
+    def __init__(self, env: gym.Env, keep_info: tuple[str, ...] = ("is_success",)) -> None:
+        super().__init__(env)
+        self.keep_info = keep_info
+
+    def _info(self, info: dict[str, Any]) -> dict[str, Any]:
+        out = {k: info[k] for k in self.keep_info if k in info}
+        out["state"] = self.env.unwrapped.get_state()
+        return out
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        info = self._info(info)
+        info["goal_state"] = self.env.unwrapped.goal_state()
+        return obs, info
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._info(info)
+
+    def env_info(self) -> dict[str, Any]:
+        """What the dataset meta and the policies need to know about the env (no rendering)."""
+        base = self.env.unwrapped
+        space = self.action_space
+        return {
+            "env_id": self.spec.id if self.spec is not None else type(base).__name__,
+            "image_size": int(self.observation_space["pixels"].shape[0]),
+            "fps": float(self.metadata.get("render_fps") or 0.0),
+            "action_low": np.asarray(space.low, np.float32),
+            "action_high": np.asarray(space.high, np.float32),
+            "proprio_dim": int(self.observation_space["proprio"].shape[0]),
+            "state_dim": int(base.get_state().shape[0]),
+            "goal_dim": int(base.goal_state().shape[0]),
+            "max_delta": float(getattr(base, "max_delta", 1.0)),
+            "joint_low": getattr(base, "joint_low", None),
+            "joint_high": getattr(base, "joint_high", None),
+        }
+
+
+def make_recording_env(name: str, env_kwargs: dict[str, Any]) -> RecordingWrapper:
+    """``envs.make_env(name, **env_kwargs)`` wrapped for recording (picklable worker entry point)."""
+    import envs
+
+    return RecordingWrapper(envs.make_env(name, **env_kwargs))
+
+
+class _EnvFactory:
+    """Picklable ``env_fn`` for the vector env.
+
+    In a worker process (``worker=True``) it first asks Mesa's software rasteriser (llvmpipe, behind
+    EGL here) for a single render thread unless the user chose: with one env per process, its
+    per-frame thread hand-offs cost more than they save on 64x64 frames (measured: ~1.3 -> ~0.75 ms
+    CPU per frame with two busy processes on two cores).
+    """
+
+    def __init__(self, name: str, env_kwargs: dict[str, Any], worker: bool) -> None:
+        self.name, self.env_kwargs, self.worker = name, dict(env_kwargs), worker
+
+    def __call__(self) -> RecordingWrapper:
+        if self.worker and multiprocessing.parent_process() is not None:  # not the vector env's probe
+            os.environ.setdefault("LP_NUM_THREADS", "1")
+        return make_recording_env(self.name, self.env_kwargs)
+
+
+def safe_start_method() -> str:
+    """``"fork"`` while this process has no EGL display (fast start), else ``"forkserver"``.
+
+    A child forked after MuJoCo rendered through EGL deadlocks at its first render; other GL
+    back-ends are not checked, so they always get the forkserver.
+    """
+    if sys.platform != "linux" or os.environ.get("MUJOCO_GL", "egl") != "egl":
+        return "forkserver" if sys.platform != "win32" else "spawn"
+    egl = sys.modules.get("mujoco.egl")
+    return "fork" if egl is None or getattr(egl, "EGL_DISPLAY", None) is None else "forkserver"
+
+
+def make_vector_env(name: str, env_kwargs: dict[str, Any], num_envs: int, mp_context: str = "auto"):
+    """Vector env of ``num_envs`` recording envs, autoreset disabled (``SyncVectorEnv`` for one env).
+
+    ``mp_context="auto"`` picks :func:`safe_start_method`.
+    """
+    if num_envs == 1:
+        fn = _EnvFactory(name, env_kwargs, worker=False)
+        return SyncVectorEnv([fn], copy=False, autoreset_mode=AutoresetMode.DISABLED)
+    fns = [_EnvFactory(name, env_kwargs, worker=True) for _ in range(num_envs)]
+    if mp_context == "auto":
+        mp_context = safe_start_method()
+    if mp_context == "forkserver":
+        # the server imports these once; workers fork from it ready to run
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "envs", __name__])
+    return AsyncVectorEnv(
+        fns, shared_memory=True, copy=False, context=mp_context, autoreset_mode=AutoresetMode.DISABLED
+    )
+
+
+# ------------------------------------------------------------------------------- main process
+@dataclass
+class _Episode:
+    """Buffers of one episode in progress."""
+
+    index: int
+    seed: int
+    policy: Any
+    frames: list[np.ndarray] = field(default_factory=list)
+    proprio: list[np.ndarray] = field(default_factory=list)
+    state: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+    goal_state: np.ndarray | None = None
+
+
+def _write_episode(writer: Any, ep: _Episode) -> int:
+    extras = {"next.reward": np.asarray(ep.rewards, np.float32)}
+    if len(ep.success) == len(ep.rewards):
+        extras["next.success"] = np.asarray(ep.success, bool)
+    return writer.write(
+        ep.index,
+        frames=np.stack(ep.frames),  # [T, H, W, 3]
+        action=np.stack(ep.actions),  # [T-1, A]
+        proprio=np.stack(ep.proprio),  # [T, P]
+        state=np.stack(ep.state),  # [T, S]
+        goal_state=ep.goal_state,
+        seed=ep.seed,
+        extras=extras,
+    )
+
+
+def policy_rng(episode_seed: int) -> np.random.Generator:
+    """The policy's generator for the episode reset with ``episode_seed``.
+
+    A stream distinct from the env's own ``np_random``, which is seeded with the same number.
+    """
+    return np.random.default_rng([episode_seed, 0x5EED])
+
+
+def collect(
+    out_dir: str | os.PathLike,
+    num_episodes: int,
+    env: str = "reach",
+    env_kwargs: dict[str, Any] | None = None,
+    policy: str = "random",
+    policy_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    num_envs: int = 2,
+    video: dict[str, Any] | None = None,
+    mp_context: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Record episodes ``0 .. num_episodes-1`` of ``env`` into ``out_dir``, resuming what is there.
+
+    Args:
+        out_dir: dataset directory (created, or resumed when it holds the same dataset).
+        num_episodes: episodes the dataset should hold when done.
+        env: env name for ``envs.make_env`` (``"reach"`` or a full id).
+        env_kwargs: env constructor kwargs (``image_size``, ``frame_skip``, ``max_delta``, ...).
+        policy: ``"random"`` or ``"noisy"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
+        seed: episode ``i`` is reset with ``seed + i``.
+        num_envs: parallel envs (worker processes; 1 runs in-process).
+        video: encoder settings ``crf``, ``preset``, ``pix_fmt`` (defaults in ``data.video_io``).
+        mp_context: worker start method: ``"auto"`` (fork unless this process rendered with EGL,
+            then forkserver), ``"fork"``, ``"forkserver"`` or ``"spawn"``.
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        Metrics: ``out``, ``episodes`` / ``frames`` (finished in the requested range),
+        ``collected_episodes`` / ``collected_frames`` (this run), ``skipped_existing``,
+        ``frames_per_s`` (collected frames per second of stepping + encoding, after worker start-up),
+        ``frames_per_s_wall`` (per second of the whole call), timings and settings.
+
+    Raises:
+        ValueError: bad arguments (unknown env or policy, negative counts).
+        DataError: ``out_dir`` holds another dataset (env, image size, settings) or is being written.
+    """
+    import envs  # registers the env ids
+    from jepa_agent.data.episodes import EpisodeWriter, build_meta
+    from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+
+    t_start = time.perf_counter()
+    if not isinstance(num_episodes, (int, np.integer)) or num_episodes < 0:
+        raise ValueError(f"num_episodes={num_episodes!r}: expected an int >= 0")
+    if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: expected an int >= 0")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; available: {sorted(POLICIES)}")
+    env_id = envs.resolve_env_id(env)
+    env_kwargs, policy_kwargs = dict(env_kwargs or {}), dict(policy_kwargs or {})
+    video = {
+        "codec": "h264",
+        "crf": DEFAULT_CRF,
+        "preset": DEFAULT_PRESET,
+        "pix_fmt": DEFAULT_PIX_FMT,
+        **(video or {}),
+    }
+
+    probe = make_recording_env(env, env_kwargs)  # no rendering in this process: safe to fork later
+    info = probe.env_info()
+    probe.close()
+    try:
+        make_policy(policy, info, policy_rng(0), **policy_kwargs)
+    except TypeError as e:
+        raise ValueError(f"policy={policy!r}: bad policy_kwargs {policy_kwargs}: {e}") from e
+    meta = build_meta(
+        env_id=info["env_id"] if info["env_id"] else env_id,
+        env_kwargs=env_kwargs,
+        image_size=info["image_size"],
+        fps=info["fps"],
+        action_low=info["action_low"],
+        action_high=info["action_high"],
+        proprio_dim=info["proprio_dim"],
+        state_dim=info["state_dim"],
+        goal_dim=info["goal_dim"],
+        video=video,
+        collection={"policy": policy, "policy_kwargs": policy_kwargs, "seed": int(seed)},
+    )
+    with EpisodeWriter(out_dir, meta) as writer:
+        todo = [i for i in range(num_episodes) if not writer.is_finished(i, seed + i)]
+        rewritten = sum(i in writer.invalid for i in todo)
+        t_loop, collected_frames = time.perf_counter(), 0
+        if todo:
+            t_loop, collected_frames = _run(
+                writer,
+                todo,
+                env=env,
+                env_kwargs=env_kwargs,
+                info=info,
+                policy=policy,
+                policy_kwargs=policy_kwargs,
+                seed=seed,
+                num_envs=min(num_envs, len(todo)),
+                mp_context=mp_context,
+                progress=progress,
+            )
+        meta = writer.finalize()
+        done = [i for i in range(num_episodes) if i in writer.lengths]
+        frames = int(sum(writer.lengths[i] for i in done))
+        removed = writer.removed_temp_files
+    t_end = time.perf_counter()
+    loop_s, wall_s = t_end - t_loop, t_end - t_start
+    return {
+        "out": str(out_dir),
+        "env_id": meta["env_id"],
+        "episodes": len(done),
+        "frames": frames,
+        "collected_episodes": len(todo),
+        "collected_frames": collected_frames,
+        "skipped_existing": num_episodes - len(todo),
+        "rewritten_invalid": rewritten,
+        "removed_temp_files": removed,
+        "frames_per_s": collected_frames / loop_s if collected_frames else 0.0,
+        "frames_per_s_wall": collected_frames / wall_s if collected_frames else 0.0,
+        "startup_s": t_loop - t_start,
+        "loop_s": loop_s,
+        "wall_s": wall_s,
+        "num_envs": min(num_envs, max(len(todo), 1)),
+        "policy": policy,
+        "seed": int(seed),
+        "image_size": meta["image_size"],
+        "dataset_episodes": meta["total_episodes"],
+        "dataset_frames": meta["total_frames"],
+    }
+
+
+def _run(
+    writer: Any,
+    todo: list[int],
+    *,
+    env: str,
+    env_kwargs: dict[str, Any],
+    info: dict[str, Any],
+    policy: str,
+    policy_kwargs: dict[str, Any],
+    seed: int,
+    num_envs: int,
+    mp_context: str,
+    progress: bool,
+) -> tuple[float, int]:
+    """The stepping loop; returns (time the first reset finished, frames written)."""
+    from tqdm import tqdm
+
+    n = num_envs
+    vec = make_vector_env(env, env_kwargs, n, mp_context)
+    queue: deque[int] = deque(todo)
+    slots: list[_Episode | None] = [None] * n
+    pending: deque[Future] = deque()
+    pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="encode")
+    bar = tqdm(total=len(todo), unit="ep", desc="collect", disable=not progress, dynamic_ncols=True)
+    frames_written, t_loop, ok = 0, None, False
+
+    def drain(block: bool) -> None:
+        nonlocal frames_written
+        while pending and (block or pending[0].done()):
+            frames_written += pending.popleft().result()
+            bar.update(1)
+            if t_loop is not None:
+                fps = frames_written / (time.perf_counter() - t_loop)
+                bar.set_postfix(frames_per_s=f"{fps:.0f}", refresh=False)
+
+    try:
+        to_reset = list(range(n))
+        actions = np.zeros((n, *info["action_low"].shape), np.float32)  # [n, A]
+        while True:
+            if to_reset:
+                seeds: list[int | None] = [None] * n
+                mask = np.zeros(n, dtype=bool)
+                for k in to_reset:
+                    i = queue.popleft()
+                    pol = make_policy(policy, info, policy_rng(seed + i), **policy_kwargs)
+                    slots[k] = _Episode(index=i, seed=seed + i, policy=pol)
+                    seeds[k], mask[k] = seed + i, True
+                obs, infos = vec.reset(seed=seeds, options={"reset_mask": mask})
+                if t_loop is None:
+                    t_loop = time.perf_counter()  # workers are up
+                for k in to_reset:
+                    ep = slots[k]
+                    ep.frames.append(np.array(obs["pixels"][k]))
+                    ep.proprio.append(np.array(obs["proprio"][k]))
+                    ep.state.append(np.array(infos["state"][k]))
+                    ep.goal_state = np.array(infos["goal_state"][k])
+                to_reset = []
+            if all(ep is None for ep in slots):
+                break
+            actions[:] = 0.0  # idle envs (no episode left for them) step with zeros, ignored
+            for k, ep in enumerate(slots):
+                if ep is not None:
+                    actions[k] = ep.policy(ep.proprio[-1])
+            obs, reward, terminated, truncated, infos = vec.step(actions)
+            success = infos.get("is_success")
+            for k, ep in enumerate(slots):
+                if ep is None:
+                    continue
+                ep.actions.append(actions[k].copy())
+                ep.frames.append(np.array(obs["pixels"][k]))
+                ep.proprio.append(np.array(obs["proprio"][k]))
+                ep.state.append(np.array(infos["state"][k]))
+                ep.rewards.append(float(reward[k]))
+                if success is not None:
+                    ep.success.append(bool(success[k]))
+                if terminated[k] or truncated[k]:
+                    pending.append(pool.submit(_write_episode, writer, ep))
+                    slots[k] = None
+                    if len(queue) > len(to_reset):
+                        to_reset.append(k)
+            drain(block=False)
+            while len(pending) > 2 * n:  # bound the memory held by queued encodes
+                pending[0].result()
+                drain(block=False)
+        drain(block=True)
+        ok = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=not ok)
+        bar.close()
+        vec.close(terminate=not ok) if n > 1 else vec.close()
+    return t_loop, frames_written

@@ -1,0 +1,204 @@
+"""Costs over imagined futures: ``cost_fn(pred [S, H, ...], actions [S, H, A]) -> [S]`` (lower is better).
+
+* :class:`LatentGoalCost`: distance between predicted latents and a goal latent (L1 / MSE / L2 / cosine),
+  on the final step or averaged over all steps with an optional discount.
+* :class:`ActionMagnitudeCost`: ``mean_h ||a_h||_p^p`` penalty on the actions.
+* Costs compose: ``LatentGoalCost(goal) + 0.01 * ActionMagnitudeCost()``.
+
+Any callable with the same signature (e.g. a true-state oracle cost) works with the planners.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+METRICS = ("l1", "mse", "l2", "cosine")
+REDUCTIONS = ("final", "all")
+
+
+def latent_distance(pred: Tensor, goal: Tensor, metric: str = "l1") -> Tensor:
+    """Per-step distance between ``pred [S, H, ..., D]`` and ``goal [..., D]`` (broadcast over S, H).
+
+    ``l1``/``mse``: mean absolute/squared difference over all trailing dims; ``l2``: Euclidean norm over
+    the last dim, averaged over the other trailing dims (tokens); ``cosine``: ``1 - cos`` over the last
+    dim, averaged likewise.
+
+    Returns:
+        ``[S, H]``.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}; expected one of {list(METRICS)}")
+    if pred.dim() < 3:
+        raise ValueError(f"pred must be [S, H, ..., D]; got shape {tuple(pred.shape)}")
+    S, H = pred.shape[:2]
+    if metric == "cosine":
+        d = 1.0 - F.cosine_similarity(pred, goal.expand_as(pred), dim=-1)  # [S, H, ...]
+    elif metric == "l2":
+        d = torch.linalg.vector_norm(pred - goal, dim=-1)  # [S, H, ...]
+    elif metric == "l1":
+        d = (pred - goal).abs()
+    else:
+        d = (pred - goal).square()
+    return d.reshape(S, H, -1).mean(-1)  # [S, H]
+
+
+def reduce_steps(d: Tensor, reduction: str = "final", discount: float = 1.0) -> Tensor:
+    """``d [S, H]`` -> ``[S]``: the last step, or the ``discount``-weighted mean over steps."""
+    if reduction == "final":
+        return d[:, -1]
+    if reduction == "all":
+        w = discount ** torch.arange(d.shape[1], dtype=d.dtype, device=d.device)  # [H]
+        return (d * w).sum(1) / w.sum()
+    raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+
+
+class Cost:
+    """Base class: ``cost(pred [S, H, ...], actions [S, H, A]) -> [S]``; supports ``+`` and ``*`` (scalar)."""
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __add__(self, other: Cost) -> SumCost:
+        if not callable(other):
+            raise TypeError(f"can only add a cost (callable), not {type(other).__name__}")
+        return SumCost([self, other])
+
+    def __mul__(self, weight: float) -> ScaledCost:
+        return ScaledCost(self, float(weight))
+
+    __rmul__ = __mul__
+
+
+class SumCost(Cost):
+    """Sum of several costs."""
+
+    def __init__(self, terms: list) -> None:
+        self.terms = []
+        for t in terms:  # flatten nested sums
+            self.terms.extend(t.terms if isinstance(t, SumCost) else [t])
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Forward the goal to every term that has one."""
+        for t in self.terms:
+            if hasattr(t, "set_goal"):
+                t.set_goal(goal)
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        total = self.terms[0](pred, actions)
+        for t in self.terms[1:]:
+            total = total + t(pred, actions)
+        return total
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(t) for t in self.terms)
+
+
+class ScaledCost(Cost):
+    """``weight * cost``."""
+
+    def __init__(self, cost: Cost, weight: float) -> None:
+        self.cost, self.weight = cost, weight
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Forward the goal to the wrapped cost."""
+        if hasattr(self.cost, "set_goal"):
+            self.cost.set_goal(goal)
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        return self.weight * self.cost(pred, actions)
+
+    def __repr__(self) -> str:
+        return f"{self.weight} * {self.cost!r}"
+
+
+class LatentGoalCost(Cost):
+    """Distance of the imagined latents to a goal latent.
+
+    Args:
+        goal: goal latent with the trailing shape of one predicted step (e.g. ``[N, D]``; a leading 1
+            is allowed); may be set later with :meth:`set_goal`.
+        metric: ``"l1"`` (default, as V-JEPA 2-AC's energy), ``"mse"``, ``"l2"`` or ``"cosine"``.
+        reduction: ``"final"`` (last imagined step) or ``"all"`` (weighted mean over steps).
+        discount: per-step weight ``discount**h`` for ``reduction="all"``.
+    """
+
+    def __init__(
+        self, goal: Tensor | None = None, metric: str = "l1", reduction: str = "final", discount: float = 1.0
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric={metric!r}; expected one of {list(METRICS)}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        if not discount > 0:
+            raise ValueError(f"discount={discount} must be > 0")
+        self.metric, self.reduction, self.discount = metric, reduction, float(discount)
+        self.goal: Tensor | None = None
+        if goal is not None:
+            self.set_goal(goal)
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Replace the goal latent (detached)."""
+        if not isinstance(goal, Tensor):
+            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        self.goal = goal.detach()
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if self.goal is None:
+            raise ValueError("LatentGoalCost has no goal: call set_goal(latent) before planning")
+        step_shape = tuple(pred.shape[2:])
+        goal = self.goal
+        while goal.dim() > len(step_shape) and goal.shape[0] == 1:
+            goal = goal[0]
+        if tuple(goal.shape) != step_shape:
+            raise ValueError(
+                f"goal latent shape {tuple(self.goal.shape)} does not match one predicted step {step_shape} "
+                "(were the goal and the state encoded with the same world model / pooling?)"
+            )
+        goal = goal.to(device=pred.device, dtype=pred.dtype)
+        if goal.is_inference() and torch.is_grad_enabled():
+            goal = goal.clone()  # inference tensors cannot be saved for backward (gradient planner)
+        return reduce_steps(latent_distance(pred, goal, self.metric), self.reduction, self.discount)
+
+    def __repr__(self) -> str:
+        return (
+            f"LatentGoalCost(metric={self.metric!r}, reduction={self.reduction!r}, discount={self.discount})"
+        )
+
+
+class ActionMagnitudeCost(Cost):
+    """``weight * mean_h sum_a |a|^p``: discourages large actions.
+
+    Args:
+        weight: multiplier.
+        p: exponent (1 = L1, 2 = squared L2).
+    """
+
+    def __init__(self, weight: float = 1.0, p: float = 2.0) -> None:
+        if not p > 0:
+            raise ValueError(f"p={p} must be > 0")
+        self.weight, self.p = float(weight), float(p)
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if actions.dim() != 3:
+            raise ValueError(f"actions must be [S, H, A]; got shape {tuple(actions.shape)}")
+        return self.weight * actions.abs().pow(self.p).sum(-1).mean(-1)
+
+    def __repr__(self) -> str:
+        return f"ActionMagnitudeCost(weight={self.weight}, p={self.p})"
+
+
+def latent_goal_cost(
+    goal: Tensor | None = None,
+    metric: str = "l1",
+    reduction: str = "final",
+    discount: float = 1.0,
+    action_weight: float = 0.0,
+    action_p: float = 2.0,
+) -> Cost:
+    """Factory for configs: a :class:`LatentGoalCost`, plus an action penalty when ``action_weight > 0``."""
+    cost: Cost = LatentGoalCost(goal, metric, reduction, discount)
+    if action_weight > 0:
+        cost = cost + ActionMagnitudeCost(action_weight, action_p)
+    return cost

@@ -1,0 +1,107 @@
+"""The JEPA maths, each a small named function: EMA target, layer-normed targets, masked L1, collapse stats.
+
+Follows V-JEPA (``app/vjepa/train.py``): the target encoder is an exponential moving average of the
+context encoder, run under ``no_grad`` on all tokens; its outputs are layer-normed over the feature
+dimension; the loss is the L1 distance between predictions and targets on the masked (target)
+tokens only, averaged over the mask kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jepa_agent.models.vit import gather_tokens
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """In place: ``target = momentum * target + (1 - momentum) * online`` for every parameter.
+
+    Raises:
+        ValueError: momentum outside [0, 1] or modules with different parameter lists.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum={momentum}; expected a value in [0, 1]")
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    if len(t_params) != len(o_params) or any(
+        a.shape != b.shape for a, b in zip(t_params, o_params, strict=True)
+    ):
+        raise ValueError("ema_update: target and online modules have different parameters")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+
+
+def layer_norm_targets(x: torch.Tensor) -> torch.Tensor:
+    """``F.layer_norm`` over the feature (last) dimension, no affine: ``[..., D] -> [..., D]``."""
+    return F.layer_norm(x, (x.shape[-1],))
+
+
+@torch.no_grad()
+def target_features(target_encoder: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """Layer-normed EMA-encoder features of all tokens, no gradient: ``[B, 3, T, H, W] -> [B, N, D]``."""
+    return layer_norm_targets(target_encoder(clips))
+
+
+def jepa_l1_loss(pred: torch.Tensor, target: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between predictions at the target tokens and the targets there.
+
+    Args:
+        pred: predictor outputs at the target positions ``[B, Kt, D]``.
+        target: target features of all tokens ``[B, N, D]`` (only ``tgt_idx`` tokens are read).
+        tgt_idx: Long ``[B, Kt]`` target token indices.
+    """
+    tgt = gather_tokens(target, tgt_idx)  # [B, Kt, D]
+    if pred.shape != tgt.shape:
+        raise ValueError(f"predictions {tuple(pred.shape)} do not match targets {tuple(tgt.shape)}")
+    return (pred - tgt.to(pred.dtype)).abs().mean()
+
+
+def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L1 over masked tokens only (dense predictions): pred/target ``[B, N, D]``, mask bool ``[B, N]``."""
+    if pred.shape != target.shape or mask.shape != pred.shape[:2]:
+        raise ValueError(
+            f"shapes pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}"
+        )
+    m = mask.to(pred.dtype).unsqueeze(-1)  # [B, N, 1]
+    denom = m.sum() * pred.shape[-1]
+    if denom == 0:
+        raise ValueError("masked_l1_loss: the mask selects no token")
+    return ((pred - target).abs() * m).sum() / denom
+
+
+def mean_over_masks(losses: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Average the per-mask-kind losses (V-JEPA: ``loss = sum(loss_k) / len(masks)``)."""
+    losses = list(losses)
+    if not losses:
+        raise ValueError("no losses to average")
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def feature_std(x: torch.Tensor) -> float:
+    """Mean over feature dims of the std across samples/tokens: ``[..., D]`` -> float (0 = collapsed)."""
+    x = x.reshape(-1, x.shape[-1]).float()  # [M, D]
+    return float(x.std(dim=0).mean())
+
+
+@torch.no_grad()
+def effective_rank(x: torch.Tensor, max_rows: int = 2048) -> float:
+    """Effective rank ``exp(H(s / sum s))`` of ``[..., D]`` features (s: singular values of centred rows).
+
+    1 means every feature vector lies on one line (collapse); the maximum is ``min(M, D)``.
+    """
+    x = x.reshape(-1, x.shape[-1]).float()  # [M, D]
+    if x.shape[0] > max_rows:
+        x = x[torch.linspace(0, x.shape[0] - 1, max_rows).long()]
+    x = x - x.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    if float(s.sum()) <= 0:
+        return 1.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

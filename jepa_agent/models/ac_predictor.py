@@ -1,0 +1,472 @@
+"""Action-conditioned latent predictor: a small block-causal transformer over time steps.
+
+Each time step ``t`` contributes ``M = 1 + [proprio] + N`` tokens: the action ``a_t`` (the action taken
+after observing frame ``t``), optionally the proprioception ``p_t``, and the ``N`` latent tokens of
+frame ``t``. Attention is *frame-causal*: every token of step ``t`` sees every token of steps ``<= t``
+and nothing later. The latent tokens' outputs at step ``t`` predict the latent of step ``t + 1``
+(as a residual on ``z_t`` by default), and the proprio token's output predicts ``p_{t+1}``.
+
+Because the mask is block-causal, the keys/values of past steps never change when a new step is
+appended, so imagination caches them (:class:`KVCache`): each imagined step only runs its own ``M``
+tokens per sample. :meth:`ACPredictor.imagine` does this; ``use_cache=False`` recomputes the whole
+window each step (the reference the cache is tested against).
+
+Losses (named, as in V-JEPA 2-AC): :func:`teacher_forcing_loss` (one-step, ground-truth inputs) and
+:func:`rollout_loss` (k-step autoregressive, the predictor's own outputs fed back).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values of the steps processed so far, in the fast "batch-last" layout.
+
+    Each entry is ``[heads, head_dim, L, B]`` (``L`` tokens so far): the per-step attention of
+    :meth:`ACPredictor.step` then reduces over small axes while vectorising over the samples ``B``.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    steps: int  # number of time steps held
+
+    def expand(self, batch: int) -> KVCache:
+        """Broadcast a batch-1 cache to ``batch`` samples (a view; no copy)."""
+        b = self.keys[0].shape[-1]
+        if b == batch:
+            return self
+        if b != 1:
+            raise ValueError(f"cannot expand a cache of batch {b} to {batch}; expected 1 or {batch}")
+        return KVCache(
+            [k.expand(-1, -1, -1, batch) for k in self.keys],
+            [v.expand(-1, -1, -1, batch) for v in self.values],
+            self.steps,
+        )
+
+
+def block_causal_mask(steps: int, tokens_per_step: int, past_steps: int = 0, device=None) -> Tensor:
+    """Boolean attention mask (True = may attend) for ``steps`` new steps after ``past_steps`` cached ones.
+
+    Returns:
+        ``[steps * M, (past_steps + steps) * M]``: a query of step ``s`` sees keys of steps ``<= s``.
+    """
+    q_step = torch.arange(past_steps, past_steps + steps, device=device).repeat_interleave(tokens_per_step)
+    k_step = torch.arange(past_steps + steps, device=device).repeat_interleave(tokens_per_step)
+    return k_step[None, :] <= q_step[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with two paths sharing weights.
+
+    ``forward``: a whole window ``[B, L, dim]`` under a mask (training, prefill). ``step``: one time
+    step's tokens in token-major layout ``[M * B, dim]`` attending over a batch-last cache; at
+    planning sizes (hundreds of samples, a handful of tokens) this is ~3x faster than batched SDPA.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [B, L, dim]`` -> ``(out [B, L, dim], k, v)`` with ``k, v`` as ``[B, h, L, hd]``."""
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, h, L, hd]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, L, hd]
+        return self.proj(y.transpose(1, 2).reshape(B, L, D)), k, v
+
+    def step(
+        self, x: Tensor, tokens: int, past: tuple[Tensor, Tensor] | None, queries: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [M * B, dim]`` (token-major) -> ``(out [Q * B, dim], k, v)``, ``k, v`` as ``[h, hd, L, B]``.
+
+        The ``M`` new tokens attend to every cached token and to each other (one time step). Only the
+        last ``Q = queries`` tokens (default all ``M``) are returned; all ``M`` enter the keys/values.
+        """
+        h, hd, M = self.num_heads, self.head_dim, tokens
+        Q = M if queries is None else queries
+        B = x.shape[0] // M
+        qkv_t = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, x.t())  # [3 * dim, M * B]
+        q, k, v = qkv_t.view(3, h, hd, M, B).unbind(0)  # each [h, hd, M, B]
+        q = q[:, :, M - Q :]  # [h, hd, Q, B]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # [h, hd, L, B]
+            v = torch.cat([past[1], v], dim=2)
+        scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(1).mul_(hd**-0.5)  # [h, Q, L, B]
+        w = scores.softmax(dim=2)
+        y = (w.unsqueeze(1) * v.unsqueeze(2)).sum(3)  # [h, hd, Q, B]
+        out = torch.addmm(self.proj.bias, y.reshape(h * hd, Q * B).t(), self.proj.weight.t())  # [Q * B, dim]
+        return out, k, v
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (``forward``: masked window; ``step``: one cached time step)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        a, k, v = self.attn(self.norm1(x), mask)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), k, v
+
+    def step(
+        self, x: Tensor, tokens: int, past: tuple[Tensor, Tensor] | None, queries: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Token-major ``x [M * B, dim]`` -> outputs of the last ``queries`` tokens ``[Q * B, dim]``, k, v."""
+        a, k, v = self.attn.step(self.norm1(x), tokens, past, queries)
+        x = x[x.shape[0] - a.shape[0] :] + a
+        return x + self.mlp(self.norm2(x)), k, v
+
+
+class ACPredictor(nn.Module):
+    """Block-causal action-conditioned predictor ``(z_<=t, a_<=t[, p_<=t]) -> z_{t+1}[, p_{t+1}]``.
+
+    Args:
+        latent_dim: width ``D`` of the latent tokens (the encoder's embed dim).
+        action_dim: ``A``, the action size per step.
+        num_tokens: ``N``, latent tokens per frame (1 for mean pooling, g*g for grid pooling).
+        proprio_dim: ``P``; 0 disables the proprio token.
+        dim: transformer width.
+        depth: number of blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden size / width.
+        max_steps: longest sequence of time steps (learned temporal position embedding).
+        residual: predict ``z_{t+1} - z_t`` (in units of the ``delta_scale`` buffer) or ``z_{t+1}`` directly.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        action_dim: int,
+        num_tokens: int = 1,
+        proprio_dim: int = 0,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        max_steps: int = 16,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, val in dict(
+            latent_dim=latent_dim,
+            action_dim=action_dim,
+            num_tokens=num_tokens,
+            dim=dim,
+            depth=depth,
+            num_heads=num_heads,
+            max_steps=max_steps,
+        ).items():
+            if int(val) < 1:
+                raise ValueError(f"ACPredictor {name}={val} must be >= 1")
+        if proprio_dim < 0:
+            raise ValueError(f"ACPredictor proprio_dim={proprio_dim} must be >= 0")
+        self.latent_dim, self.action_dim, self.num_tokens = latent_dim, action_dim, num_tokens
+        self.proprio_dim, self.dim, self.max_steps, self.residual = proprio_dim, dim, max_steps, residual
+        self.tokens_per_step = 1 + (proprio_dim > 0) + num_tokens
+        self.action_embed = nn.Linear(action_dim, dim)
+        self.proprio_embed = nn.Linear(proprio_dim, dim) if proprio_dim else None
+        self.latent_embed = nn.Linear(latent_dim, dim)
+        self.time_embed = nn.Parameter(torch.zeros(max_steps, dim))
+        self.type_embed = nn.Parameter(torch.zeros(self.tokens_per_step, dim))  # action/proprio/latent slot
+        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.latent_head = nn.Linear(dim, latent_dim)
+        # residual mode predicts (z_{t+1} - z_t) / delta_scale: set it to the data's typical frame-to-frame
+        # change (set_delta_scale) so the head regresses unit-scale targets, however small the changes
+        self.register_buffer("delta_scale", torch.ones(latent_dim))
+        self.proprio_head = nn.Linear(dim, proprio_dim) if proprio_dim else None
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        nn.init.trunc_normal_(self.type_embed, std=0.02)
+        for i, blk in enumerate(self.blocks):  # GPT-2 style rescale of residual branches
+            scale = 1.0 / math.sqrt(2.0 * (i + 1))
+            blk.attn.proj.weight.data.mul_(scale)
+            blk.mlp[2].weight.data.mul_(scale)
+
+    def set_delta_scale(self, scale: Tensor | float) -> None:
+        """Scale of the residual head's output: a scalar or ``[D]`` (e.g. the std of ``z_{t+1} - z_t``)."""
+        scale = torch.as_tensor(scale, dtype=self.delta_scale.dtype, device=self.delta_scale.device)
+        if not bool((scale > 0).all()):
+            raise ValueError(f"delta_scale must be > 0; got min {float(scale.min())}")
+        self.delta_scale.copy_(scale.expand_as(self.delta_scale))
+
+    # -- core -----------------------------------------------------------------------------------
+    def _check(self, z: Tensor, actions: Tensor, proprio: Tensor | None, start: int, steps: int) -> None:
+        N, D = z.shape[-2:]
+        if N != self.num_tokens or D != self.latent_dim:
+            raise ValueError(
+                f"z has {N} tokens of dim {D}; predictor expects {self.num_tokens} x {self.latent_dim}"
+            )
+        if actions.shape[-1] != self.action_dim or actions.shape[:-1] != z.shape[:-2]:
+            raise ValueError(
+                f"actions shape {tuple(actions.shape)} does not match z {tuple(z.shape)} "
+                f"with action_dim={self.action_dim}"
+            )
+        if (proprio is None) != (self.proprio_embed is None):
+            raise ValueError(
+                f"predictor built with proprio_dim={self.proprio_dim} but proprio "
+                f"{'was not' if proprio is None else 'was'} given"
+            )
+        if start + steps > self.max_steps:
+            raise ValueError(
+                f"sequence of {start + steps} time steps exceeds the predictor's max_steps={self.max_steps}; "
+                "shorten the context/horizon or train with a larger max_steps"
+            )
+
+    def _embed(self, z: Tensor, actions: Tensor, proprio: Tensor | None) -> Tensor:
+        """``z [..., N, D]``, ``actions [..., A]`` -> tokens ``[..., M, dim]`` (no position embedding)."""
+        parts = [self.action_embed(actions).unsqueeze(-2)]  # [..., 1, dim]
+        if self.proprio_embed is not None:
+            parts.append(self.proprio_embed(proprio).unsqueeze(-2))
+        parts.append(self.latent_embed(z))  # [..., N, dim]
+        return torch.cat(parts, dim=-2) + self.type_embed
+
+    def _heads(self, x: Tensor, z: Tensor, proprio: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Normed non-action token outputs ``x [..., M-1, dim]`` -> ``(z_next [..., N, D], p_next)``."""
+        z_next = self.latent_head(x[..., x.shape[-2] - self.num_tokens :, :])  # [..., N, D]
+        if self.residual:
+            z_next = z + self.delta_scale * z_next
+        p_next = None
+        if self.proprio_head is not None:
+            p_next = self.proprio_head(x[..., 0, :])  # [..., P]
+            if self.residual:
+                p_next = p_next + proprio
+        return z_next, p_next
+
+    def forward(
+        self, z: Tensor, actions: Tensor, proprio: Tensor | None = None, return_cache: bool = False
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, KVCache]:
+        """Predict the next latent (and proprio) for every step of a window (teacher forcing).
+
+        Args:
+            z: ``[B, T, N, D]`` latents of steps ``0 .. T-1``.
+            actions: ``[B, T, A]``; ``actions[:, t]`` is taken after observing ``z[:, t]``.
+            proprio: ``[B, T, P]`` when the predictor uses proprio, else None.
+            return_cache: also return the keys/values of these ``T`` steps (to continue with :meth:`step`).
+
+        Returns:
+            ``(z_next [B, T, N, D], proprio_next [B, T, P] | None[, cache])``.
+        """
+        B, T = z.shape[:2]
+        self._check(z, actions, proprio, 0, T)
+        M = self.tokens_per_step
+        x = self._embed(z, actions, proprio) + self.time_embed[:T, None, :]  # [B, T, M, dim]
+        x = x.reshape(B, T * M, self.dim)
+        mask = None if T == 1 else block_causal_mask(T, M, device=x.device)
+        keys, values = [], []
+        for blk in self.blocks:
+            x, k, v = blk(x, mask)  # k, v: [B, h, T*M, hd]
+            if return_cache:
+                keys.append(k.permute(1, 3, 2, 0))  # [h, hd, T*M, B]
+                values.append(v.permute(1, 3, 2, 0))
+        z_next, p_next = self._heads(self.norm(x).view(B, T, M, self.dim)[:, :, 1:], z, proprio)
+        if return_cache:
+            return z_next, p_next, KVCache(keys, values, T)
+        return z_next, p_next
+
+    def step(
+        self, z: Tensor, action: Tensor, proprio: Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None, KVCache]:
+        """Process ONE new time step on top of ``cache``; only this step's tokens are computed.
+
+        Args:
+            z: ``[B, N, D]`` latent of the new step.
+            action: ``[B, A]`` action taken at this step.
+            proprio: ``[B, P]`` or None.
+            cache: keys/values of the earlier steps (batch 1 or B), or None at step 0.
+
+        Returns:
+            ``(z_next [B, N, D], proprio_next [B, P] | None, cache extended by this step)``.
+        """
+        B = z.shape[0]
+        t = 0 if cache is None else cache.steps
+        self._check(z, action, proprio, t, 1)
+        if cache is not None:
+            cache = cache.expand(B)
+        M = self.tokens_per_step
+        x = self._embed(z, action, proprio) + self.time_embed[t]  # [B, M, dim]
+        x = x.transpose(0, 1).reshape(M * B, self.dim)  # token-major [M*B, dim]
+        # the last block only needs outputs for the tokens the heads read (latents, + proprio)
+        Q = M - 1
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            past = None if cache is None else (cache.keys[i], cache.values[i])
+            x, k, v = blk.step(x, M, past, Q if last else None)
+            keys.append(k)
+            values.append(v)
+        x = self.norm(x).view(Q, B, self.dim).transpose(0, 1)  # [B, M-1, dim]
+        z_next, p_next = self._heads(x, z, proprio)
+        return z_next, p_next, KVCache(keys, values, t + 1)
+
+    # -- imagination ----------------------------------------------------------------------------
+    def imagine(
+        self,
+        z_ctx: Tensor,
+        actions: Tensor,
+        actions_ctx: Tensor | None = None,
+        proprio_ctx: Tensor | None = None,
+        use_cache: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Roll out ``H`` imagined steps autoregressively from a context of ``C`` observed frames.
+
+        Args:
+            z_ctx: ``[B, C, N, D]`` observed latents, the last one is the current frame (B = 1 or S).
+            actions: ``[S, H, A]`` candidate action sequences (``actions[:, 0]`` acts on the current frame).
+            actions_ctx: ``[B, C-1, A]`` the actions taken between the context frames (None when C == 1).
+            proprio_ctx: ``[B, C, P]`` when the predictor uses proprio.
+            use_cache: cache past keys/values (fast); False recomputes the whole window each step.
+
+        Returns:
+            ``(z [S, H, N, D], proprio [S, H, P] | None)``: the predicted latents of steps ``C .. C+H-1``.
+        """
+        B, C = z_ctx.shape[:2]
+        S, H, _ = actions.shape
+        if B not in (1, S):
+            raise ValueError(f"context batch {B} must be 1 or the number of action samples {S}")
+        if C > 1 and (actions_ctx is None or tuple(actions_ctx.shape[:2]) != (B, C - 1)):
+            got = None if actions_ctx is None else tuple(actions_ctx.shape)
+            raise ValueError(f"{C} context frames need actions_ctx of shape ({B}, {C - 1}, A); got {got}")
+        if C + H - 1 > self.max_steps:
+            raise ValueError(
+                f"context {C} + horizon {H} - 1 = {C + H - 1} steps exceeds max_steps={self.max_steps}"
+            )
+        if not use_cache:
+            return self._imagine_full(z_ctx, actions, actions_ctx, proprio_ctx)
+        cache = None
+        if C > 1:  # the observed past is the same for every sample: run it once at batch B
+            p = None if proprio_ctx is None else proprio_ctx[:, :-1]
+            _, _, cache = self(z_ctx[:, :-1], actions_ctx, p, return_cache=True)
+        z = z_ctx[:, -1].expand(S, -1, -1)  # [S, N, D]
+        p = None if proprio_ctx is None else proprio_ctx[:, -1].expand(S, -1)
+        zs, ps = [], []
+        for h in range(H):
+            z, p, cache = self.step(z, actions[:, h], p, cache)
+            zs.append(z)
+            ps.append(p)
+        z_out = torch.stack(zs, dim=1)  # [S, H, N, D]
+        return z_out, (torch.stack(ps, dim=1) if p is not None else None)
+
+    def _imagine_full(
+        self, z_ctx: Tensor, actions: Tensor, actions_ctx: Tensor | None, proprio_ctx: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Reference rollout without a cache: the whole window is re-run for every new step."""
+        S, H, _ = actions.shape
+        z_seq = z_ctx.expand(S, -1, -1, -1)  # [S, C, N, D]
+        p_seq = None if proprio_ctx is None else proprio_ctx.expand(S, -1, -1)
+        a_ctx = actions[:, :0] if actions_ctx is None else actions_ctx.expand(S, -1, -1)
+        zs, ps = [], []
+        for h in range(H):
+            a_seq = torch.cat([a_ctx, actions[:, : h + 1]], dim=1)  # [S, C+h, A]
+            z_all, p_all = self(z_seq, a_seq, p_seq)
+            zs.append(z_all[:, -1:])
+            z_seq = torch.cat([z_seq, z_all[:, -1:]], dim=1)
+            if p_all is not None:
+                ps.append(p_all[:, -1:])
+                p_seq = torch.cat([p_seq, p_all[:, -1:]], dim=1)
+        return torch.cat(zs, dim=1), (torch.cat(ps, dim=1) if ps else None)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def ac_predictor_config(model: ACPredictor) -> dict[str, Any]:
+    """The constructor kwargs that rebuild ``model`` (stored in checkpoints)."""
+    blk = model.blocks[0]
+    return dict(
+        latent_dim=model.latent_dim,
+        action_dim=model.action_dim,
+        num_tokens=model.num_tokens,
+        proprio_dim=model.proprio_dim,
+        dim=model.dim,
+        depth=len(model.blocks),
+        num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp[0].out_features / model.dim,
+        max_steps=model.max_steps,
+        residual=model.residual,
+    )
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def teacher_forcing_loss(
+    predictor: ACPredictor,
+    z: Tensor,
+    actions: Tensor,
+    proprio: Tensor | None = None,
+    proprio_weight: float = 1.0,
+) -> Tensor:
+    """One-step L1 loss with ground-truth inputs at every step.
+
+    Args:
+        z: ``[B, T, N, D]`` target-encoder latents of a window of ``T`` frames.
+        actions: ``[B, T-1, A]`` the actions between consecutive frames.
+        proprio: ``[B, T, P]`` or None.
+    """
+    p_in = None if proprio is None else proprio[:, :-1]
+    z_pred, p_pred = predictor(z[:, :-1], actions, p_in)  # [B, T-1, N, D]
+    loss = F.l1_loss(z_pred, z[:, 1:])
+    if p_pred is not None:
+        loss = loss + proprio_weight * F.l1_loss(p_pred, proprio[:, 1:])
+    return loss
+
+
+def rollout_loss(
+    predictor: ACPredictor,
+    z: Tensor,
+    actions: Tensor,
+    k: int = 2,
+    proprio: Tensor | None = None,
+    context: int = 1,
+    proprio_weight: float = 1.0,
+) -> Tensor:
+    """``k``-step autoregressive L1 loss: from ``context`` true frames, feed predictions back ``k`` times.
+
+    Args:
+        z: ``[B, T, N, D]`` latents; needs ``T >= context + k``.
+        actions: ``[B, T-1, A]``.
+        k: number of imagined steps scored.
+        proprio: ``[B, T, P]`` or None.
+        context: observed frames before imagination starts.
+    """
+    T = z.shape[1]
+    if k < 1 or context < 1 or context + k > T:
+        raise ValueError(
+            f"rollout_loss needs 1 <= k and context + k <= T; got k={k}, context={context}, T={T}"
+        )
+    z_hat, p_hat = predictor.imagine(
+        z[:, :context],
+        actions[:, context - 1 : context - 1 + k],
+        actions_ctx=actions[:, : context - 1] if context > 1 else None,
+        proprio_ctx=None if proprio is None else proprio[:, :context],
+    )  # [B, k, N, D]
+    loss = F.l1_loss(z_hat, z[:, context : context + k])
+    if p_hat is not None:
+        loss = loss + proprio_weight * F.l1_loss(p_hat, proprio[:, context : context + k])
+    return loss

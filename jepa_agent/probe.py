@@ -1,0 +1,278 @@
+"""Frozen evaluation: an attentive probe on frozen encoder features regresses the task state.
+
+Single frames of episodes are encoded once by the frozen encoder (``encode_images``: the frame
+repeated to fill one tubelet) and the patch tokens cached; an :class:`AttentiveProbe` (a learned
+query cross-attending to the tokens, then a linear head) is trained on the train episodes and
+scored by R^2 on held-out episodes (``split="val"``).
+
+Targets (reach): the joint angles as ``(sin q_i, cos q_i)`` (angles wrap, so sin/cos is a continuous
+target) and the end-effector ``xy`` (forward kinematics of the joint angles). The same probe budget
+is spent on a randomly initialised encoder of the same size, reported beside the pretrained one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jepa_agent.models.vit import VideoViT
+from jepa_agent.training.schedules import warmup_cosine
+
+
+@dataclass
+class ProbeConfig:
+    """Probe size and training budget.
+
+    Attributes:
+        num_heads: cross-attention heads.
+        num_queries: learned queries (their outputs are concatenated before the linear head).
+        epochs: passes over the cached train features.
+        batch_size: probe mini-batch.
+        lr: peak AdamW lr (5% warm-up, cosine to 0).
+        weight_decay: AdamW weight decay.
+        seed: probe init and batch order.
+    """
+
+    num_heads: int = 4
+    num_queries: int = 1
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+class AttentiveProbe(nn.Module):
+    """Learned queries cross-attend to frozen tokens ``[B, N, D]``; a linear head maps them to ``[B, K]``."""
+
+    def __init__(self, dim: int, out_dim: int, num_heads: int = 4, num_queries: int = 1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"probe num_heads={num_heads} does not divide the feature dim {dim}")
+        self.query = nn.Parameter(torch.randn(1, num_queries, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.head = nn.Sequential(nn.LayerNorm(dim * num_queries), nn.Linear(dim * num_queries, out_dim))
+        # target standardisation (set by train_probe); forward predicts standardised targets
+        self.register_buffer("y_mean", torch.zeros(out_dim))
+        self.register_buffer("y_std", torch.ones(out_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        kv = self.norm(tokens)  # [B, N, D]
+        q = self.query.expand(tokens.shape[0], -1, -1)  # [B, Q, D]
+        pooled, _ = self.attn(q, kv, kv, need_weights=False)  # [B, Q, D]
+        return self.head(pooled.flatten(1))  # [B, K]
+
+
+# --------------------------------------------------------------------------------------- targets
+
+
+def joint_sincos(qpos: np.ndarray) -> np.ndarray:
+    """Joint angles ``[M, n]`` -> ``[M, 2n]`` as ``(sin q_0, cos q_0, sin q_1, cos q_1, ...)``."""
+    return np.stack([np.sin(qpos), np.cos(qpos)], axis=-1).reshape(len(qpos), -1)
+
+
+def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
+    """End-effector ``xy`` ``[M, 2]`` for joint angles ``[M, n]``: the env's forward kinematics.
+
+    Uses ``envs.<task>.forward_kinematics`` when the task module has it, otherwise sets each state
+    in the env and reads ``env.unwrapped.ee_pos()``.
+    """
+    import importlib
+
+    import envs
+
+    env_id = envs.resolve_env_id(env_name)
+    short = next((k for k, v in envs.ENV_IDS.items() if v == env_id), env_name)
+    module = importlib.import_module(f"envs.{short}")
+    fk: Callable[[np.ndarray], np.ndarray] | None = getattr(module, "forward_kinematics", None)
+    if fk is not None:
+        return np.asarray(fk(qpos), dtype=np.float64)
+    env = envs.make_env(env_name)
+    try:
+        out = []
+        for q in qpos:
+            env.unwrapped.set_state(q)
+            out.append(np.asarray(env.unwrapped.ee_pos())[:2])
+        return np.stack(out)
+    finally:
+        env.close()
+
+
+def probe_targets(states: np.ndarray, env_name: str = "reach") -> tuple[np.ndarray, list[str]]:
+    """Probe targets from sim states ``[M, S]`` (qpos then qvel, ``S = 2n``) -> ``[M, 2n + 2]`` and names."""
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or states.shape[1] % 2:
+        raise ValueError(f"states of shape {states.shape}; expected [M, 2n] (qpos, qvel)")
+    n = states.shape[1] // 2
+    qpos = states[:, :n]
+    names = [f"q{i}_{f}" for i in range(n) for f in ("sin", "cos")] + ["ee_x", "ee_y"]
+    return np.concatenate([joint_sincos(qpos), ee_positions(env_name, qpos)], axis=1), names
+
+
+def r2_scores(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column: ``1 - SS_res / SS_tot`` -> ``[K]``."""
+    ss_res = ((target - pred) ** 2).sum(0)
+    ss_tot = ((target - target.mean(0)) ** 2).sum(0)
+    return 1.0 - ss_res / np.maximum(ss_tot, 1e-12)
+
+
+def summarise_r2(r2: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Per-target R^2 plus the groups: ``ee_pos`` (mean of x, y), ``joints`` (mean of sin/cos), ``q<i>``."""
+    out = {n: float(v) for n, v in zip(names, r2, strict=True)}
+    ee = [out[k] for k in ("ee_x", "ee_y") if k in out]
+    if ee:
+        out["ee_pos"] = float(np.mean(ee))
+    joints = [k for k in names if k.startswith("q")]
+    if joints:
+        out["joints"] = float(np.mean([out[k] for k in joints]))
+        for i in sorted({k.split("_")[0] for k in joints}):
+            out[i] = float(np.mean([out[f"{i}_sin"], out[f"{i}_cos"]]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ features
+
+
+def load_episode_frames(
+    dataset: Any, frame_stride: int = 1, max_frames: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Single frames and their sim states from an ``EpisodeDataset`` (every ``frame_stride``-th step).
+
+    Returns:
+        frames uint8 ``[M, H, W, 3]`` and states float64 ``[M, S]``; at most ``max_frames`` (a seeded
+        random subset, kept in episode order).
+    """
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride={frame_stride}; expected >= 1")
+    frames, states = [], []
+    for i in range(dataset.num_episodes):
+        ep = dataset.episode(i)
+        frames.append(ep["frames"][::frame_stride])
+        states.append(np.asarray(ep["state"], dtype=np.float64)[::frame_stride])
+    f, st = np.concatenate(frames), np.concatenate(states)
+    if max_frames is not None and len(f) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(f), size=max_frames, replace=False))
+        f, st = f[keep], st[keep]
+    return f, st
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: VideoViT,
+    frames: np.ndarray | torch.Tensor,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Frozen patch tokens of single frames: uint8 ``[M, H, W, 3]`` -> float16 ``[M, N, D]`` (CPU cache)."""
+    frames = torch.as_tensor(frames)
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames of shape {tuple(frames.shape)}; expected uint8 [M, H, W, 3]")
+    encoder = encoder.to(device).eval()
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    out = []
+    for i in range(0, len(frames), batch_size):
+        x = frames[i : i + batch_size].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # [b, 3, H, W]
+        with autocast:
+            out.append(encoder.encode_images(x).to("cpu", torch.float16))  # [b, N, D]
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def train_probe(
+    feats: torch.Tensor, y: np.ndarray, cfg: ProbeConfig, device: torch.device | str = "cpu"
+) -> tuple[AttentiveProbe, dict[str, float]]:
+    """Fit an :class:`AttentiveProbe` on cached features ``[M, N, D]`` to standardised targets ``[M, K]``.
+
+    Returns the probe (forward gives standardised targets; :func:`predict` un-standardises) and
+    ``{"train_loss", "seconds"}``.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    probe = AttentiveProbe(feats.shape[-1], yt.shape[1], cfg.num_heads, cfg.num_queries).to(device)
+    probe.y_mean.copy_(yt.mean(0))
+    probe.y_std.copy_(yt.std(0).clamp_min(1e-6))
+    yn = (yt - yt.mean(0)) / yt.std(0).clamp_min(1e-6)
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup = max(1, total // 20)
+    t0, step, loss = time.perf_counter(), 0, torch.tensor(float("nan"))
+    probe.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(feats), generator=g)
+        for i in range(0, len(feats), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(step, total, warmup, cfg.lr, 0.0)
+            pred = probe(feats[idx].to(device, torch.float32))
+            loss = F.mse_loss(pred, yn[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return probe.eval(), {"train_loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def predict(probe: AttentiveProbe, feats: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Probe predictions in target units ``[M, K]`` (un-standardised)."""
+    dev = next(probe.parameters()).device
+    out = [
+        probe(feats[i : i + batch_size].to(dev, torch.float32)).cpu()
+        for i in range(0, len(feats), batch_size)
+    ]
+    return (torch.cat(out) * probe.y_std.cpu() + probe.y_mean.cpu()).numpy()
+
+
+def probe_encoders(
+    encoders: dict[str, VideoViT],
+    train_frames: np.ndarray,
+    train_states: np.ndarray,
+    val_frames: np.ndarray,
+    val_states: np.ndarray,
+    env_name: str,
+    cfg: ProbeConfig,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> dict[str, dict[str, Any]]:
+    """Probe every encoder with the same frames, targets and budget: ``{name: evaluate_encoder(...)}``."""
+    train_y, names = probe_targets(train_states, env_name)
+    val_y, _ = probe_targets(val_states, env_name)
+    return {
+        name: evaluate_encoder(enc, train_frames, train_y, val_frames, val_y, names, cfg, device, precision)
+        for name, enc in encoders.items()
+    }
+
+
+def evaluate_encoder(
+    encoder: VideoViT,
+    train_frames: np.ndarray,
+    train_y: np.ndarray,
+    val_frames: np.ndarray,
+    val_y: np.ndarray,
+    names: list[str],
+    cfg: ProbeConfig,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Cache frozen features, train the probe on train frames, return R^2 on val frames (+ timings)."""
+    t0 = time.perf_counter()
+    f_train = extract_features(encoder, train_frames, device=device, precision=precision)
+    f_val = extract_features(encoder, val_frames, device=device, precision=precision)
+    t_feat = time.perf_counter() - t0
+    probe, info = train_probe(f_train, train_y, cfg, device=device)
+    r2 = r2_scores(predict(probe, f_val), val_y)
+    return {"r2": summarise_r2(r2, names), "feature_seconds": t_feat, **info}

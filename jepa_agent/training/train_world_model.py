@@ -1,0 +1,514 @@
+"""Train the action-conditioned predictor on frozen-encoder latents of recorded episodes.
+
+The encoder is frozen, so every frame is encoded exactly once (batched, with a progress bar) into a
+latent cache; actions/proprio are standardised and the predictor's residual scale is set to the std
+of frame-to-frame latent changes (its head then regresses unit-scale targets, however small the
+changes). Training samples windows of ``T`` latents (+ the ``T - 1`` actions between them) and
+minimises, as V-JEPA 2-AC, ``teacher_forcing_loss + rollout_weight * rollout_loss(k)`` (plus a
+variance guard when the pooling is learned). Held-out episodes (``split="val"``) are scored by
+one-step and H-step latent L1 against the copy-last-frame baseline.
+
+Checkpoints (``out/checkpoint``) are self-contained world models (encoder weights included) and carry
+optimizer + RNG state, so ``resume=True`` continues an interrupted run exactly. Under ``torchrun`` the
+loss module is wrapped in ``DistributedDataParallel``; each rank samples its own windows, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state
+from jepa_agent.models.ac_predictor import rollout_loss, teacher_forcing_loss
+from jepa_agent.training.logger import MetricLogger
+from jepa_agent.training.pretrain import NonFiniteLossError, init_distributed
+from jepa_agent.training.schedules import warmup_cosine
+from jepa_agent.world_model import WorldModel, save_world_model, variance_loss
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class EpisodeSource(Protocol):
+    """What training reads episodes from (``jepa_agent.data.EpisodeDataset`` fits)."""
+
+    @property
+    def num_episodes(self) -> int: ...
+
+    def episode(self, i: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class WorldModelTrainConfig:
+    """Optimisation settings of a world-model run.
+
+    Attributes:
+        steps: total optimisation steps (the lr schedule spans them).
+        batch_size: windows per step and per process.
+        window: frames per training window ``T`` (``T - 1`` teacher-forced predictions).
+        rollout_steps: ``k`` of the autoregressive rollout loss (from 1 context frame; ``k < window``).
+        rollout_weight: weight of the rollout loss.
+        proprio_weight: weight of the proprio prediction terms (models with a proprio token).
+        variance_weight: collapse guard for learned (attentive) pooling.
+        lr, final_lr, warmup, weight_decay, betas, clip_grad: AdamW with warm-up + cosine lr.
+        log_every, ckpt_every: intervals in steps (``ckpt_every=0``: only at the end).
+        stop_after: stop (with a checkpoint) after this many steps of this invocation.
+        encode_batch: frames per encoder batch when caching latents.
+        eval_horizon: ``H`` of the held-out H-step error.
+        eval_windows: at most this many held-out windows are scored.
+        seed: window sampling seed.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+    """
+
+    steps: int = 3000
+    batch_size: int = 64
+    window: int = 4
+    rollout_steps: int = 2
+    rollout_weight: float = 1.0
+    proprio_weight: float = 1.0
+    variance_weight: float = 1.0
+    lr: float = 1e-3
+    final_lr: float = 1e-5
+    warmup: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 1.0
+    log_every: int = 25
+    ckpt_every: int = 500
+    stop_after: int | None = None
+    encode_batch: int = 128
+    eval_horizon: int = 5
+    eval_windows: int = 512
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
+        if self.window < 2:
+            raise ValueError(f"train.window={self.window}; expected >= 2 frames (one prediction)")
+        if not 1 <= self.rollout_steps < self.window:
+            raise ValueError(
+                f"train.rollout_steps={self.rollout_steps}; expected 1 <= k < window={self.window}"
+            )
+        if not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"train.warmup={self.warmup}; expected 0 <= warmup <= steps={self.steps}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"train.stop_after={self.stop_after}; expected None or >= 1")
+
+
+@dataclass
+class LatentEpisodes:
+    """Every frame's latent, concatenated over episodes, with window bookkeeping.
+
+    ``z`` is ``[F, N, D]`` pooled latents (or ``[F, Hp*Wp, D]`` patch tokens when the pooling is
+    learned), ``actions [F, A]`` normalised (row ``t`` = action after frame ``t``; the last row of each
+    episode is padding), ``proprio [F, P]`` normalised, ``starts`` / ``lengths`` per episode.
+    """
+
+    z: Tensor
+    actions: Tensor
+    proprio: Tensor | None
+    starts: list[int]
+    lengths: list[int]
+
+    def window_starts(self, window: int) -> Tensor:
+        """Global frame indices where a window of ``window`` frames fits inside one episode."""
+        pairs = zip(self.starts, self.lengths, strict=True)
+        out = [torch.arange(s, s + n - window + 1) for s, n in pairs if n >= window]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+    def windows(self, first: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``first [B]`` -> ``z [B, T, N, D]``, ``actions [B, T-1, A]``, ``proprio [B, T, P] | None``."""
+        idx = first[:, None] + torch.arange(window)  # [B, T]
+        p = None if self.proprio is None else self.proprio[idx]
+        return self.z[idx], self.actions[idx[:, :-1]], p
+
+
+@dataclass
+class WorldModelTrainResult:
+    """What a run produced (the script's JSON line is :meth:`summary`)."""
+
+    checkpoint: str | None
+    steps: int
+    final_loss: float
+    windows_per_s: float
+    train_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    frames_encoded: int = 0
+    val: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint, "steps": self.steps, "final_loss": self.final_loss,
+            "windows_per_s": self.windows_per_s, "train_seconds": self.train_seconds,
+            "encode_seconds": self.encode_seconds,
+            "frames_encoded": self.frames_encoded, **self.val,
+        }  # fmt: skip
+
+
+# -- latent cache ----------------------------------------------------------------------------------
+def encode_episodes(
+    model: WorldModel,
+    source: EpisodeSource,
+    batch_size: int = 128,
+    pooled: bool = True,
+    progress: bool = True,
+) -> LatentEpisodes:
+    """Encode every frame of every episode once with the frozen encoder (batched).
+
+    Args:
+        model: the world model (its encoder, pooler and normalizer are used).
+        source: episodes with ``frames`` uint8 ``[T, H, W, 3]``, ``action [T-1, A]`` (+ ``proprio [T, P]``).
+        batch_size: frames per encoder call.
+        pooled: store pooled latents (False: raw patch tokens, for a learned pooler).
+        progress: tqdm bar over episodes (stderr).
+    """
+    from tqdm.auto import tqdm
+
+    device = model.device
+    zs, acts, props, starts, lengths = [], [], [], [], []
+    total = 0
+    use_p = model.predictor.proprio_dim > 0
+    for i in tqdm(range(source.num_episodes), desc="encode frames", disable=not progress, leave=False):
+        ep = source.episode(i)
+        frames = np.asarray(ep["frames"])
+        T = frames.shape[0]
+        action = torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32)
+        if action.shape != (T - 1, model.action_dim):
+            raise ValueError(
+                f"episode {i}: action shape {tuple(action.shape)} for {T} frames; expected "
+                f"({T - 1}, {model.action_dim}) (the world model's action_dim)"
+            )
+        out = []
+        with torch.inference_mode():
+            for j in range(0, T, batch_size):
+                x = torch.as_tensor(frames[j : j + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+                tokens = model.encoder.encode_images(x)  # [b, Hp*Wp, D]
+                out.append((model.pooler(tokens) if pooled else tokens).float().cpu())
+        zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
+        with torch.no_grad():
+            acts.append(
+                torch.cat([model.normalizer.actions(action), torch.zeros(1, model.action_dim)])
+            )  # [T, A]
+            if use_p:
+                prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32)
+                props.append(model.normalizer.proprio(prop))
+        starts.append(total)
+        lengths.append(T)
+        total += T
+    if not zs:
+        raise ValueError("no episodes to encode")
+    return LatentEpisodes(
+        torch.cat(zs).to(device), torch.cat(acts).to(device), torch.cat(props).to(device) if use_p else None,
+        starts, lengths,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def fit_delta_scale(model: WorldModel, data: LatentEpisodes, max_pairs: int = 20000) -> float:
+    """Set the predictor's residual scale to the std of frame-to-frame latent changes; returns it."""
+    pairs = data.window_starts(2)[:max_pairs].to(data.z.device)
+    z0, z1 = data.z[pairs], data.z[pairs + 1]
+    if model.pooler.learned:
+        z0, z1 = model.pooler(z0), model.pooler(z1)
+    scale = float((z1 - z0).std().clamp(min=1e-6))
+    model.predictor.set_delta_scale(scale)
+    return scale
+
+
+def fit_normalizer(model: WorldModel, source: EpisodeSource) -> None:
+    """Set the action (and proprio) statistics from every episode of ``source``."""
+    acts, props = [], []
+    for i in range(source.num_episodes):
+        ep = source.episode(i)
+        acts.append(torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32))
+        if model.predictor.proprio_dim:
+            props.append(torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32))
+    model.normalizer.set_stats(torch.cat(acts), torch.cat(props) if props else None)
+
+
+# -- loss and evaluation ---------------------------------------------------------------------------
+class WorldModelLoss(nn.Module):
+    """The training objective as one module (so ``DistributedDataParallel`` can wrap it).
+
+    ``forward(z [B, T, ., D], actions [B, T-1, A], proprio) -> (loss, parts)``; ``z`` are pooled
+    latents, or patch tokens pooled here when the pooler is learned.
+    """
+
+    def __init__(self, model: WorldModel, cfg: WorldModelTrainConfig) -> None:
+        super().__init__()
+        self.predictor, self.pooler = model.predictor, model.pooler
+        self.cfg = cfg
+
+    def forward(self, z: Tensor, actions: Tensor, proprio: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.cfg
+        parts: dict[str, Tensor] = {}
+        if self.pooler.learned:
+            B, T = z.shape[:2]
+            z = self.pooler(z.flatten(0, 1)).view(B, T, self.pooler.num_tokens, -1)  # [B, T, N, D]
+            parts["variance"] = variance_loss(z)
+        parts["teacher_forcing"] = teacher_forcing_loss(self.predictor, z, actions, proprio, c.proprio_weight)
+        parts["rollout"] = rollout_loss(self.predictor, z, actions, c.rollout_steps, proprio,
+                                        proprio_weight=c.proprio_weight)  # fmt: skip
+        loss = parts["teacher_forcing"] + c.rollout_weight * parts["rollout"]
+        if "variance" in parts:
+            loss = loss + c.variance_weight * parts["variance"]
+        return loss, parts
+
+
+@torch.inference_mode()
+def evaluate_world_model(
+    model: WorldModel, data: LatentEpisodes, horizon: int = 5, max_windows: int = 512, seed: int = 0
+) -> dict[str, float]:
+    """Held-out latent prediction error vs the copy-last-frame baseline.
+
+    Returns (L1, mean over tokens and dims): ``one_step`` (teacher-forced) and ``h_step`` (mean over
+    ``horizon`` imagined steps from one observed frame) and ``final_step``, each with ``_copy_last`` (the
+    baseline that predicts the last observed latent) and their ratio. Empty when no episode is long
+    enough.
+    """
+    first = data.window_starts(horizon + 1)
+    if len(first) == 0:
+        return {}
+    if len(first) > max_windows:
+        g = torch.Generator().manual_seed(seed)
+        first = first[torch.randperm(len(first), generator=g)[:max_windows]]
+    z, a, p = data.windows(first.to(data.z.device), horizon + 1)
+    if model.pooler.learned:
+        B, T = z.shape[:2]
+        z = model.pooler(z.flatten(0, 1)).view(B, T, model.pooler.num_tokens, -1)
+    pin = None if p is None else p[:, :-1]
+    one, _ = model.predictor(z[:, :-1], a, pin)  # [B, H, N, D]
+    imag, _ = model.predictor.imagine(z[:, :1], a, proprio_ctx=None if p is None else p[:, :1])
+    target = z[:, 1:]
+    res = {
+        "one_step_l1": (one - target).abs().mean().item(),
+        "one_step_copy_last_l1": (z[:, :-1] - target).abs().mean().item(),
+        "h_step_l1": (imag - target).abs().mean().item(),
+        "h_step_copy_last_l1": (z[:, :1] - target).abs().mean().item(),
+        "final_step_l1": (imag[:, -1] - target[:, -1]).abs().mean().item(),
+        "final_step_copy_last_l1": (z[:, 0] - target[:, -1]).abs().mean().item(),
+    }
+    for k in ("one_step", "h_step", "final_step"):
+        res[f"{k}_ratio_to_copy_last"] = res[f"{k}_l1"] / max(res[f"{k}_copy_last_l1"], 1e-12)
+    return {**res, "horizon": horizon, "windows": len(first)}
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def _trainable(model: WorldModel) -> list[nn.Module]:
+    return [model.predictor] + ([model.pooler] if model.pooler.learned else [])
+
+
+def make_optimizer(modules: Sequence[nn.Module], cfg: WorldModelTrainConfig) -> torch.optim.AdamW:
+    """AdamW, no weight decay on biases / norm gains / embeddings (1-D or position tables)."""
+    decay, no_decay = [], []
+    for mod in modules:
+        for name, p in mod.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith("_embed") or "queries" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def train_world_model(
+    model: WorldModel,
+    train_source: EpisodeSource,
+    val_source: EpisodeSource | None,
+    cfg: WorldModelTrainConfig,
+    out_dir: str | os.PathLike,
+    run_config: dict[str, Any] | None = None,
+    encoder_name: str = "vit_tiny",
+    resume: bool = False,
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> WorldModelTrainResult:
+    """Encode the episodes once, then train on their latents (:func:`train_on_latents`).
+
+    Args:
+        model: world model with the frozen (pretrained) encoder and a fresh predictor.
+        train_source, val_source: episodes (``EpisodeDataset(split="train"/"val")``); val may be None.
+        cfg: optimisation settings.
+        out_dir: run directory (``checkpoint/``, ``metrics.csv``).
+        run_config: resolved run config saved in the checkpoint.
+        encoder_name: the encoder preset name recorded in the checkpoint config.
+        resume: continue from ``out_dir/checkpoint`` when it exists (weights, optimizer, sampling RNG).
+        tensorboard: also log to TensorBoard.
+        progress: tqdm bars (stderr, rank 0).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (the last checkpoint is left untouched).
+    """
+    rank, _, device = init_distributed(cfg.device)
+    ckpt = Path(out_dir) / CHECKPOINT_DIR
+    model.to(device)
+    state = None
+    if resume and checkpoint_exists(ckpt):
+        for name in ("encoder", "predictor", "normalizer") + (("pooler",) if model.pooler.learned else ()):
+            load_into(ckpt, name, getattr(model, name))
+        state = load_train_state(ckpt)
+    else:
+        if resume and rank == 0:
+            warnings.warn(f"resume=true but no checkpoint in {ckpt}; starting from step 0", stacklevel=2)
+        fit_normalizer(model, train_source)
+    show = progress and rank == 0
+    t0 = time.perf_counter()
+    pooled = not model.pooler.learned
+    train = encode_episodes(model, train_source, cfg.encode_batch, pooled, show)
+    val = None
+    if val_source is not None:
+        val = encode_episodes(model, val_source, cfg.encode_batch, pooled, show)
+    result = train_on_latents(
+        model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
+    )
+    result.encode_seconds = time.perf_counter() - t0 - result.train_seconds
+    result.frames_encoded = len(train.z) + (len(val.z) if val is not None else 0)
+    return result
+
+
+def train_on_latents(
+    model: WorldModel,
+    train: LatentEpisodes,
+    val: LatentEpisodes | None,
+    cfg: WorldModelTrainConfig,
+    out_dir: str | os.PathLike,
+    train_state: dict[str, Any] | None = None,
+    run_config: dict[str, Any] | None = None,
+    encoder_name: str = "vit_tiny",
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> WorldModelTrainResult:
+    """The optimisation loop on cached latents (steps, logging, evaluation, checkpoints).
+
+    Args:
+        model: the world model (its predictor, and pooler when learned, are trained).
+        train, val: latent caches from :func:`encode_episodes` (val may be None).
+        cfg: optimisation settings.
+        out_dir: run directory (``checkpoint/``, ``metrics.csv``).
+        train_state: a checkpoint's training state to continue from (its weights already loaded).
+        run_config, encoder_name: saved in the checkpoint.
+        tensorboard, progress: logging options.
+    """
+    from tqdm.auto import tqdm
+
+    rank, world, device = init_distributed(cfg.device)
+    out_dir = Path(out_dir)
+    ckpt = out_dir / CHECKPOINT_DIR
+    model.to(device)
+    model.encoder.requires_grad_(False).eval()
+    optimizer = make_optimizer(_trainable(model), cfg)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    start = 0
+    if train_state is not None:
+        optimizer.load_state_dict(train_state["optimizer"])
+        start = int(train_state["step"])
+        rngs = train_state["rng"]
+        gen.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    elif model.predictor.residual:
+        fit_delta_scale(model, train)
+    show = progress and rank == 0
+    first = train.window_starts(cfg.window)
+    if len(first) == 0:
+        raise ValueError(
+            f"no training episode has {cfg.window} frames (train.window); longest: {max(train.lengths)}"
+        )
+
+    loss_mod: nn.Module = WorldModelLoss(model, cfg)
+    if world > 1:
+        loss_mod = nn.parallel.DistributedDataParallel(
+            loss_mod, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    stop = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    logger = MetricLogger(out_dir, tensorboard=tensorboard) if rank == 0 else None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    losses: list[float] = []
+    val_metrics: dict[str, float] = {}
+    model.predictor.train()
+    bar = tqdm(total=stop - start, desc="world model", disable=not show)
+    t1 = time.perf_counter()
+    try:
+        for step in range(start, stop):
+            idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)]
+            z, a, p = train.windows(idx.to(device), cfg.window)
+            lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.final_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss, parts = loss_mod(z, a, p)
+            value = loss.detach()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            value = float(value)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite world-model loss {value} at step {step}; the last checkpoint "
+                    f"({ckpt if checkpoint_exists(ckpt) else 'none'}) is untouched. Try a lower train.lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+            )
+            optimizer.step()
+            losses.append(value)
+            done = step + 1
+            save = done == stop or (cfg.ckpt_every and done % cfg.ckpt_every == 0)
+            metrics: dict[str, float] = {}
+            if step % cfg.log_every == 0 or save:
+                elapsed = time.perf_counter() - t1
+                metrics.update(loss=value, lr=lr, grad_norm=grad_norm,
+                               windows_per_s=(done - start) * cfg.batch_size * world / elapsed,
+                               **{k: float(v.detach()) for k, v in parts.items()})  # fmt: skip
+            if save and rank == 0:
+                model.predictor.eval()
+                if val is not None:
+                    val_metrics = {f"val_{k}": v for k, v in evaluate_world_model(
+                        model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed).items()}  # fmt: skip
+                    metrics.update(val_metrics)
+                model.predictor.train()
+                rng = [gen.get_state()]
+                if world > 1:
+                    rng = [torch.empty_like(rng[0]) for _ in range(world)]
+                    dist.all_gather(rng, gen.get_state())
+                state = {"step": done, "optimizer": optimizer.state_dict(), "rng": rng}
+                save_world_model(ckpt, model, run_config, state,
+                                 {"step": done, "loss": value, **val_metrics}, encoder_name)  # fmt: skip
+            elif save and world > 1:
+                dist.all_gather([torch.empty_like(gen.get_state()) for _ in range(world)], gen.get_state())
+            if metrics and logger is not None:
+                logger.log(step, metrics)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
+        model.predictor.eval()
+    if world > 1:
+        dist.barrier()
+    if not val_metrics and val is not None and rank == 0:  # nothing trained in this call (already done)
+        val_metrics = {f"val_{k}": v for k, v in evaluate_world_model(
+            model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed).items()}  # fmt: skip
+    n = len(losses)
+    seconds = time.perf_counter() - t1
+    return WorldModelTrainResult(
+        checkpoint=str(ckpt) if checkpoint_exists(ckpt) else None,
+        steps=start + n,
+        final_loss=losses[-1] if losses else float("nan"),
+        windows_per_s=n * cfg.batch_size * world / max(seconds, 1e-9) if n else 0.0,
+        train_seconds=seconds,
+        val=val_metrics,
+        losses=losses,
+    )

@@ -1,0 +1,506 @@
+"""World model: frozen encoder -> pooled latent state -> action-conditioned predictor.
+
+``WorldModel`` is what planning needs (it satisfies ``jepa_agent.agent.PlanningModel``):
+
+* ``encode(obs)``: pixels (+ proprio) -> :class:`LatentState` (``z [.., N, D]`` tokens per frame);
+* ``context(states, actions)`` / ``rollout(context, actions [S, H, A]) -> z [S, H, N, D]``: imagination,
+  batched over samples with the predictor's key/value cache, under ``torch.inference_mode()`` (or with
+  gradients when the actions require them, for the gradient planner);
+* ``encode_goal(goal)`` and ``cost(goal)``: a goal image -> goal latent -> :class:`LatentGoalCost`.
+
+The latent is compact by default: :class:`LatentPooler` reduces the encoder's ``Hp x Wp`` patch tokens
+to ``g x g`` average-pooled tokens (``g = 1``: the mean token), keeps all patch tokens (``patch``), or
+learns ``Q`` attentive queries (``attentive``; trained with the predictor, guarded against collapse by
+:func:`variance_loss`). Tokens are layer-normed (no affine) as in V-JEPA 2-AC.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_agent.checkpoint import (
+    CheckpointError,
+    checkpoint_exists,
+    load_config,
+    load_into,
+    load_meta,
+    save_checkpoint,
+)
+from jepa_agent.costs import LatentGoalCost
+from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
+from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config
+from jepa_agent.utils import resolve_device
+
+KIND = "world_model"
+POOLINGS = ("grid", "patch", "attentive")
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a training run directory holding one in ``checkpoint/``."""
+    path = Path(path)
+    if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
+        return path / "checkpoint"
+    return path
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+class LatentPooler(nn.Module):
+    """Patch tokens ``[B, Hp*Wp, D]`` -> latent tokens ``[B, N_lat, D]``.
+
+    Args:
+        mode: ``"grid"`` (``g x g`` average pooling), ``"patch"`` (all tokens) or ``"attentive"``.
+        embed_dim: token width ``D``.
+        grid_hw: the patch grid ``(Hp, Wp)`` of one frame.
+        grid_size: ``g`` for grid pooling.
+        num_queries: learned queries for attentive pooling.
+        num_heads: attention heads for attentive pooling.
+        normalize: layer-norm each output token (no affine).
+        flatten: concatenate the output tokens into ONE token of width ``N_lat * D`` (keeps the grid's
+            spatial layout at the planning cost of a single token per frame).
+    """
+
+    def __init__(
+        self,
+        mode: str = "grid",
+        embed_dim: int = 192,
+        grid_hw: tuple[int, int] = (8, 8),
+        grid_size: int = 1,
+        num_queries: int = 4,
+        num_heads: int = 4,
+        normalize: bool = True,
+        flatten: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling={mode!r}; expected one of {list(POOLINGS)}")
+        hp, wp = grid_hw
+        if mode == "grid" and not 1 <= grid_size <= min(hp, wp):
+            raise ValueError(
+                f"grid_size={grid_size} must be in [1, {min(hp, wp)}] for a {hp}x{wp} patch grid"
+            )
+        self.mode, self.embed_dim, self.grid_hw = mode, embed_dim, (int(hp), int(wp))
+        self.grid_size, self.normalize, self.num_heads = grid_size, normalize, num_heads
+        self.queries: nn.Parameter | None = None
+        if mode == "attentive":
+            if embed_dim % num_heads:
+                raise ValueError(
+                    f"embed_dim={embed_dim} must be divisible by attentive num_heads={num_heads}"
+                )
+            self.queries = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
+            self.norm_in = nn.LayerNorm(embed_dim)
+            self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.flatten, self.num_queries = flatten, num_queries
+        tokens = {"grid": grid_size**2, "patch": hp * wp, "attentive": num_queries}[mode]
+        self.num_tokens = 1 if flatten else tokens  # latent tokens per frame
+        self.out_dim = tokens * embed_dim if flatten else embed_dim  # their width
+
+    @property
+    def learned(self) -> bool:
+        """True when the pooler has trainable parameters (saved in the world-model checkpoint)."""
+        return self.mode == "attentive"
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        B, n, D = tokens.shape
+        hp, wp = self.grid_hw
+        if n != hp * wp or D != self.embed_dim:
+            raise ValueError(
+                f"patch tokens of shape {tuple(tokens.shape)}; expected [B, {hp * wp}, {self.embed_dim}]"
+            )
+        if self.mode == "grid":
+            x = tokens.transpose(1, 2).reshape(B, D, hp, wp)  # [B, D, Hp, Wp]
+            z = F.adaptive_avg_pool2d(x, self.grid_size).flatten(2).transpose(1, 2)  # [B, g*g, D]
+        elif self.mode == "patch":
+            z = tokens
+        else:
+            kv = self.norm_in(tokens)
+            q = self.queries.unsqueeze(0).expand(B, -1, -1)  # [B, Q, D]
+            z = self.attn(q, kv, kv, need_weights=False)[0] + tokens.mean(1, keepdim=True)  # [B, Q, D]
+        if self.normalize:
+            z = F.layer_norm(z, (D,))
+        return z.reshape(B, 1, -1) if self.flatten else z  # [B, N_lat, D] or [B, 1, N_lat * D]
+
+
+def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """Collapse guard (VICReg variance term): hinge ``relu(target - std)`` of each latent dim over the batch.
+
+    Args:
+        z: ``[..., D]`` latents; every leading dim is treated as batch.
+    """
+    flat = z.reshape(-1, z.shape[-1])
+    std = torch.sqrt(flat.var(dim=0) + eps)
+    return F.relu(target_std - std).mean()
+
+
+# -- state containers ------------------------------------------------------------------------------
+class LatentState(NamedTuple):
+    """One (or a batch of) encoded observation(s): ``z [.., N, D]`` and normalised proprio ``[.., P]``."""
+
+    z: Tensor
+    proprio: Tensor | None = None
+
+
+@dataclass
+class Context:
+    """What a rollout starts from: ``C`` observed frames (batch 1 or S) and the ``C - 1`` actions between."""
+
+    z: Tensor  # [B, C, N, D]
+    actions: Tensor | None = None  # [B, C-1, A], normalised
+    proprio: Tensor | None = None  # [B, C, P], normalised
+
+
+class Normalizer(nn.Module):
+    """Action / proprio standardisation with statistics from the training data (saved as buffers)."""
+
+    def __init__(self, action_dim: int, proprio_dim: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("action_mean", torch.zeros(action_dim))
+        self.register_buffer("action_std", torch.ones(action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(proprio_dim))
+
+    def set_stats(self, actions: Tensor, proprio: Tensor | None = None, min_std: float = 1e-3) -> None:
+        """Fit the statistics on ``actions [..., A]`` (and ``proprio [..., P]``)."""
+        a = actions.reshape(-1, actions.shape[-1]).float()
+        self.action_mean.copy_(a.mean(0))
+        self.action_std.copy_(a.std(0).clamp(min=min_std))
+        if proprio is not None and self.proprio_mean.numel():
+            p = proprio.reshape(-1, proprio.shape[-1]).float()
+            self.proprio_mean.copy_(p.mean(0))
+            self.proprio_std.copy_(p.std(0).clamp(min=min_std))
+
+    def actions(self, a: Tensor) -> Tensor:
+        return (a - self.action_mean) / self.action_std
+
+    def proprio(self, p: Tensor) -> Tensor:
+        return (p - self.proprio_mean) / self.proprio_std
+
+
+# -- the world model -------------------------------------------------------------------------------
+class WorldModel(nn.Module):
+    """Frozen encoder + pooler + action-conditioned predictor (+ normalisation statistics).
+
+    Args:
+        encoder: the frozen video encoder (its ``encode_images`` gives per-frame patch tokens).
+        pooler: patch tokens -> latent tokens.
+        predictor: the :class:`ACPredictor` over pooled latents.
+        normalizer: action/proprio statistics (identity when None).
+        meta: ``env_id``, ``image_size`` ... describing what the model was trained on (checked on use).
+    """
+
+    def __init__(
+        self,
+        encoder: VideoViT,
+        pooler: LatentPooler,
+        predictor: ACPredictor,
+        normalizer: Normalizer | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if pooler.embed_dim != encoder.embed_dim or predictor.latent_dim != pooler.out_dim:
+            raise ValueError(
+                f"encoder dim {encoder.embed_dim}, pooler dim {pooler.embed_dim} (out {pooler.out_dim}) and "
+                f"predictor latent_dim "
+                f"{predictor.latent_dim} must agree"
+            )
+        if pooler.num_tokens != predictor.num_tokens:
+            raise ValueError(
+                f"pooler gives {pooler.num_tokens} tokens; predictor expects {predictor.num_tokens}"
+            )
+        self.encoder, self.pooler, self.predictor = encoder, pooler, predictor
+        self.normalizer = normalizer or Normalizer(predictor.action_dim, predictor.proprio_dim)
+        self.meta = dict(meta or {})
+        self.encoder.requires_grad_(False)
+        self.eval()
+
+    @property
+    def action_dim(self) -> int:
+        return self.predictor.action_dim
+
+    @property
+    def image_size(self) -> int:
+        return int(self.encoder.img_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(N, D)``: latent tokens per frame and their width."""
+        return self.pooler.num_tokens, self.pooler.out_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.predictor.parameters()).device
+
+    # -- perception ------------------------------------------------------------------------------
+    def encode_pixels(self, pixels: Tensor | np.ndarray, batch_size: int = 256) -> Tensor:
+        """uint8 pixels ``[B, H, W, 3]`` (or ``[H, W, 3]``) -> latent tokens ``[B, N, D]`` (or ``[N, D]``)."""
+        x = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, Tensor) else pixels)
+        single = x.dim() == 3
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"pixels of shape {tuple(x.shape)}; expected uint8 [B, H, W, 3] or [H, W, 3]")
+        if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
+            raise ValueError(
+                f"pixels are {x.shape[1]}x{x.shape[2]} but the world model was trained on "
+                f"{self.image_size}x{self.image_size} images; make the env with image_size={self.image_size}"
+            )
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i : i + batch_size].to(self.device).permute(0, 3, 1, 2).float() / 255.0  # [b, 3, H, W]
+            out.append(self.pooler(self.encoder.encode_images(chunk)))  # [b, N, D]
+        z = torch.cat(out)
+        return z[0] if single else z
+
+    @torch.inference_mode()
+    def encode(self, obs: dict[str, Any]) -> LatentState:
+        """Observation (``pixels`` uint8 ``[B, H, W, 3]`` or ``[H, W, 3]``, ``proprio``) -> latent state."""
+        if "pixels" not in obs:
+            raise ValueError(f"observation has keys {sorted(obs)}; the world model needs 'pixels'")
+        z = self.encode_pixels(obs["pixels"])
+        p = None
+        if self.predictor.proprio_dim:
+            if obs.get("proprio") is None:
+                raise ValueError("this world model uses proprio: the observation needs a 'proprio' entry")
+            p = self.normalizer.proprio(
+                torch.as_tensor(np.asarray(obs["proprio"]), dtype=torch.float32, device=self.device)
+            )
+        return LatentState(z, p)
+
+    @torch.inference_mode()
+    def encode_goal(self, goal: dict[str, Any]) -> Tensor:
+        """Goal dict with ``image`` (uint8 ``[H, W, 3]``) -> goal latent ``[N, D]``."""
+        if goal.get("image") is None:
+            raise ValueError(
+                f"goal has keys {sorted(goal)}; the world model needs a goal 'image' (use goal=image or an "
+                "image file; goal=state is the true-state oracle's)"
+            )
+        return self.encode_pixels(goal["image"])
+
+    def cost(
+        self, goal: Tensor, metric: str = "l1", reduction: str = "final", discount: float = 1.0
+    ) -> LatentGoalCost:
+        """A :class:`LatentGoalCost` towards the goal latent."""
+        return LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
+
+    # -- imagination -----------------------------------------------------------------------------
+    def context(
+        self, states: list[LatentState | Tensor], actions: list[Tensor] | Tensor | None = None
+    ) -> Context:
+        """Memory -> :class:`Context`: ``states`` (oldest first, each ``[N, D]``) and the actions between."""
+        if not states:
+            raise ValueError("context needs at least one encoded observation")
+        zs = [s.z if isinstance(s, LatentState) else s for s in states]
+        z = torch.stack(zs).unsqueeze(0)  # [1, C, N, D]
+        C = z.shape[1]
+        acts = None
+        if C > 1:
+            a = actions
+            if isinstance(a, (list, tuple)):
+                a = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in a]) if a else None
+            if a is None or a.shape[-1] != self.action_dim or a.numel() != (C - 1) * self.action_dim:
+                got = None if a is None else tuple(a.shape)
+                raise ValueError(
+                    f"{C} context states need {C - 1} actions of dim {self.action_dim}; got {got}"
+                )
+            acts = self.normalizer.actions(a.to(z.device, torch.float32)).reshape(1, C - 1, self.action_dim)
+        p = None
+        if self.predictor.proprio_dim:
+            ps = [s.proprio for s in states if isinstance(s, LatentState)]
+            if len(ps) != C or any(x is None for x in ps):
+                raise ValueError(
+                    "this world model uses proprio: context states must be LatentState with proprio"
+                )
+            p = torch.stack(ps).unsqueeze(0)  # [1, C, P]
+        return Context(z, acts, p)
+
+    def _as_context(self, ctx: Context | LatentState | Tensor) -> Context:
+        if isinstance(ctx, Context):
+            return ctx
+        if isinstance(ctx, LatentState):
+            z = ctx.z if ctx.z.dim() == 3 else ctx.z.unsqueeze(0)  # [B, N, D]
+            p = None if ctx.proprio is None else ctx.proprio.reshape(z.shape[0], 1, -1)
+            return Context(z.unsqueeze(1), None, p)
+        if isinstance(ctx, Tensor):
+            if ctx.dim() == 2:  # [N, D]
+                return Context(ctx[None, None])
+            if ctx.dim() == 3:  # [B, N, D]
+                return Context(ctx.unsqueeze(1))
+            if ctx.dim() == 4:  # [B, C, N, D] with C == 1 (longer histories need actions: use context())
+                if ctx.shape[1] != 1:
+                    raise ValueError(
+                        "a latent history of several frames needs its actions: use WorldModel.context()"
+                    )
+                return Context(ctx)
+        raise ValueError(
+            f"cannot start a rollout from {type(ctx).__name__}; expected Context, LatentState or z"
+        )
+
+    def rollout(
+        self,
+        context: Context | LatentState | Tensor,
+        actions: Tensor,
+        use_cache: bool = True,
+        grad: bool | None = None,
+    ) -> Tensor:
+        """Imagine ``actions [S, H, A]`` (env units) from ``context`` -> predicted latents ``[S, H, N, D]``.
+
+        Runs under ``torch.inference_mode()`` unless ``grad`` (default: when the actions require grad and
+        grad mode is on, as in the gradient planner).
+        """
+        if actions.dim() != 3 or actions.shape[-1] != self.action_dim:
+            raise ValueError(f"actions of shape {tuple(actions.shape)}; expected [S, H, {self.action_dim}]")
+        if grad is None:
+            grad = actions.requires_grad and torch.is_grad_enabled()
+        ctx = self._as_context(context)
+        if grad:  # inference-mode tensors (e.g. from encode) cannot be saved for backward
+            ctx = Context(
+                *(
+                    None if t is None else (t.clone() if t.is_inference() else t)
+                    for t in (ctx.z, ctx.actions, ctx.proprio)
+                )
+            )
+        with torch.inference_mode(not grad):
+            a = self.normalizer.actions(actions.to(ctx.z.device, ctx.z.dtype))
+            z, _ = self.predictor.imagine(ctx.z, a, ctx.actions, ctx.proprio, use_cache=use_cache)
+        return z
+
+    def step(self, context: Context | LatentState | Tensor, action: Tensor) -> Tensor:
+        """One imagined step: ``action [B, A]`` -> next latent ``[B, N, D]``."""
+        return self.rollout(context, action.unsqueeze(1))[:, 0]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def check_compatible(
+        self, env_id: str | None = None, image_size: int | None = None, action_dim: int | None = None
+    ) -> None:
+        """Raise a ValueError naming both values when the model does not fit an env / data."""
+        have = {
+            "env_id": self.meta.get("env_id"),
+            "image_size": self.image_size,
+            "action_dim": self.action_dim,
+        }
+        want = {"env_id": env_id, "image_size": image_size, "action_dim": action_dim}
+        for key, w in want.items():
+            h = have[key]
+            if w is not None and h is not None and w != h:
+                raise ValueError(f"world model was trained with {key}={h!r} but is used with {key}={w!r}")
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        env_id: str | None = None,
+        image_size: int | None = None,
+        action_dim: int | None = None,
+    ) -> WorldModel:
+        """Load a self-contained world-model checkpoint (from ``scripts/train_world_model.py``).
+
+        ``path`` may also be the training run directory (its ``checkpoint/`` is used).
+
+        Raises:
+            CheckpointError: not a world-model checkpoint, or it does not match ``env_id`` /
+                ``image_size`` / ``action_dim`` when given (the message names both values).
+        """
+        path = resolve_checkpoint(path)
+        meta = load_meta(path)
+        if meta.get("kind") != KIND:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not a world-model checkpoint (kind={meta.get('kind')!r}, "
+                f"modules {meta.get('modules')}); expected one written by scripts/train_world_model.py"
+            )
+        cfg = load_config(path)
+        try:
+            model = build_world_model(cfg)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid world-model config: {e}") from e
+        for name in ("encoder", "predictor", "normalizer") + (("pooler",) if model.pooler.learned else ()):
+            load_into(path, name, getattr(model, name))
+        try:
+            model.check_compatible(env_id=env_id, image_size=image_size, action_dim=action_dim)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from e
+        return model.to(resolve_device(device)).eval()
+
+
+def build_world_model(cfg: Any) -> WorldModel:
+    """An untrained world model from a config with ``encoder``, ``world_model`` and ``action_dim``
+    (+ ``proprio_dim``, ``env_id``) keys: a checkpoint's config or a training run's."""
+    enc_cfg = dict(cfg["encoder"])
+    encoder = build_encoder(str(enc_cfg.pop("name", "vit_tiny")), **enc_cfg)
+    wm = cfg["world_model"]
+    hp = encoder.img_size // encoder.patch_size
+    pooler = LatentPooler(
+        mode=str(wm["pooling"]),
+        embed_dim=encoder.embed_dim,
+        grid_hw=(hp, hp),
+        grid_size=int(wm["grid_size"]),
+        num_queries=int(wm["attentive_queries"]),
+        num_heads=int(wm.get("attentive_heads", 4)),
+        normalize=bool(wm["normalize"]),
+        flatten=bool(wm.get("flatten", False)),
+    )
+    proprio_dim = int(cfg["proprio_dim"]) if wm["use_proprio"] else 0
+    predictor = ACPredictor(
+        latent_dim=pooler.out_dim,
+        action_dim=int(cfg["action_dim"]),
+        num_tokens=pooler.num_tokens,
+        proprio_dim=proprio_dim,
+        **dict(wm["predictor"]),
+    )
+    meta = {"env_id": cfg.get("env_id"), "image_size": encoder.img_size}
+    return WorldModel(encoder, pooler, predictor, Normalizer(int(cfg["action_dim"]), proprio_dim), meta)
+
+
+def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dict[str, Any]:
+    """The config keys :func:`build_world_model` needs to rebuild ``model`` (saved in its checkpoint)."""
+    pred = ac_predictor_config(model.predictor)
+    for key in ("latent_dim", "action_dim", "num_tokens", "proprio_dim"):
+        pred.pop(key)
+    pooler = model.pooler
+    return {
+        "encoder": {"name": encoder_name, **encoder_config(model.encoder)},
+        "world_model": {
+            "pooling": pooler.mode,
+            "grid_size": pooler.grid_size,
+            "attentive_queries": pooler.num_queries,
+            "attentive_heads": pooler.num_heads,
+            "normalize": pooler.normalize,
+            "flatten": pooler.flatten,
+            "use_proprio": model.predictor.proprio_dim > 0,
+            "predictor": pred,
+        },
+        "action_dim": model.action_dim,
+        "proprio_dim": model.predictor.proprio_dim,
+        "env_id": model.meta.get("env_id"),
+        "image_size": model.image_size,
+    }
+
+
+def save_world_model(
+    path: str | os.PathLike,
+    model: WorldModel,
+    run_config: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    encoder_name: str = "vit_tiny",
+) -> None:
+    """Save a self-contained world-model checkpoint (encoder weights included; kind ``world_model``).
+
+    The model-derived keys of :func:`world_model_config` override the same keys of ``run_config``.
+    """
+    config = {**(run_config or {}), **world_model_config(model, encoder_name)}
+    modules: dict[str, nn.Module] = {
+        "encoder": model.encoder, "predictor": model.predictor, "normalizer": model.normalizer,
+    }  # fmt: skip
+    if model.pooler.learned:
+        modules["pooler"] = model.pooler
+    info = {"kind": KIND, "env_id": model.meta.get("env_id"), "image_size": model.image_size,
+            "action_dim": model.action_dim, **(meta or {})}  # fmt: skip
+    save_checkpoint(path, modules, config, train_state, info)

@@ -1,0 +1,172 @@
+"""Benchmark one full planner replan through the world model's rollout, with and without the KV cache.
+
+    python scripts/bench_plan.py                                  # random default-size model, CEM 300x30xH5
+    python scripts/bench_plan.py --checkpoint runs/wm/checkpoint  # a trained world model
+    python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
+
+Cached and uncached replans alternate in one process (so machine load hits both alike); prints
+min/median/max seconds per replan, the speed-up, the control rate of the default planner budget
+(configs/planner/<planner>.yaml) in Hz, the torch threads and the load average, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from jepa_agent.costs import LatentGoalCost
+from jepa_agent.utils import emit_json_line, set_threads
+from jepa_agent.world_model import WorldModel, build_world_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: random init)")
+    p.add_argument("--world-model", default="compact", help="configs/world_model/<name> for random init")
+    p.add_argument("--encoder", default="vit_micro", help="configs/encoder/<name> for random init")
+    p.add_argument("--action-dim", type=int, default=2)
+    p.add_argument("--planner", default="cem", help="configs/planner/<name>")
+    p.add_argument("--population", type=int, default=300)
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--horizon", type=int, default=5)
+    p.add_argument("--context", type=int, default=1, help="observed frames in the rollout context")
+    p.add_argument("--replans", type=int, default=7, help="timed replans per variant (>= 5)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the uncached (full-window) baseline")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the rollout")
+    return p.parse_args(argv)
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    if args.replans < 5:
+        raise ValueError(f"--replans={args.replans}: need at least 5 for a median")
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(
+            overrides=[
+                f"+world_model={args.world_model}",
+                f"+encoder={args.encoder}",
+                f"+planner={args.planner}",
+            ]
+        )
+    if args.checkpoint:
+        model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
+        source = str(args.checkpoint)
+    else:
+        run_cfg = {
+            "encoder": OmegaConf.to_container(cfg.encoder),
+            "world_model": cfg.world_model,
+            "action_dim": args.action_dim,
+            "proprio_dim": 0,
+        }
+        model = build_world_model(run_cfg)
+        source = f"random init ({args.world_model}, {args.encoder})"
+    N, D = model.latent_shape
+    A = model.action_dim
+    if model.predictor.proprio_dim:
+        raise ValueError("bench_plan times latent-only models; this checkpoint uses proprio")
+    z_hist = torch.nn.functional.layer_norm(torch.randn(1, args.context, N, D), (D,))
+    ctx = model.context(list(z_hist[0]), [torch.zeros(A)] * (args.context - 1))
+    cost = LatentGoalCost(torch.nn.functional.layer_norm(torch.randn(N, D), (D,)))
+    budget = dict(population=args.population, iterations=args.iterations, horizon=args.horizon)
+    bench_planner = instantiate(cfg.planner, action_dim=A, **budget)
+    default_planner = instantiate(cfg.planner, action_dim=A)
+
+    def replan(planner, use_cache: bool) -> float:
+        def rollout(c, a):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                return model.rollout(c, a, use_cache=use_cache).float()
+
+        with torch.inference_mode():
+            return planner.plan(rollout, cost, ctx).plan_seconds
+
+    variants = {"kv_cache": True} | ({} if args.no_baseline else {"no_cache": False})
+    for use_cache in variants.values():  # warm-up (allocator, kernels)
+        replan(
+            instantiate(
+                cfg.planner, action_dim=A, population=args.population, iterations=2, horizon=args.horizon
+            ),
+            use_cache,
+        )
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.replans):
+        for name, use_cache in variants.items():
+            times[name].append(replan(bench_planner, use_cache))
+    default_budget = {k: getattr(default_planner, k) for k in ("population", "iterations", "horizon")}
+    if default_budget == budget:
+        default_times = times["kv_cache"]
+    else:
+        default_times = [replan(default_planner, True) for _ in range(args.replans)]
+    load = os.getloadavg()
+    result = {
+        "model": source,
+        "latent_tokens": N,
+        "latent_dim": D,
+        "action_dim": A,
+        "predictor": {
+            "dim": model.predictor.dim,
+            "depth": len(model.predictor.blocks),
+            "params": sum(p.numel() for p in model.predictor.parameters()),
+        },
+        "planner": args.planner,
+        **budget,
+        "context": args.context,
+        "replans": args.replans,
+        "threads": torch.get_num_threads(),
+        "bf16": args.bf16,
+        "loadavg_1m": round(load[0], 2),
+        **{f"{k}_s": {s: round(v, 4) for s, v in stats(t).items()} for k, t in times.items()},
+        "default_budget": default_budget,
+        "control_hz": round(1.0 / statistics.median(default_times), 3),
+    }
+    if "no_cache" in times:
+        result["speedup"] = round(
+            statistics.median(times["no_cache"]) / statistics.median(times["kv_cache"]), 2
+        )
+    err = sys.stderr
+    print(
+        f"model: {source}; latent {N}x{D}; predictor dim {result['predictor']['dim']} depth "
+        f"{result['predictor']['depth']} ({result['predictor']['params']} params)",
+        file=err,
+    )
+    print(
+        f"{args.planner} population {args.population} x {args.iterations} iterations "
+        f"x horizon {args.horizon}, context {args.context}; threads {result['threads']}; "
+        f"load average {load[0]:.2f}",
+        file=err,
+    )
+    for k, t in times.items():
+        s = stats(t)
+        print(
+            f"  {k:9s} min {s['min']:.3f} s  median {s['median']:.3f} s  max {s['max']:.3f} s "
+            f"over {len(t)} replans",
+            file=err,
+        )
+    if "speedup" in result:
+        print(f"  KV cache speed-up (median): {result['speedup']}x", file=err)
+    print(
+        f"  default budget {default_budget}: {result['control_hz']} Hz control rate (1 replan per step)",
+        file=err,
+    )
+    emit_json_line(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

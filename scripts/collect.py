@@ -1,0 +1,52 @@
+"""Record episodes of an env with a scripted policy into an episode dataset.
+
+    python scripts/collect.py env=reach episodes=64 policy=noisy num_envs=2 out=data/reach_noisy
+    python scripts/collect.py env=reach env.image_size=96 episodes=8 out=data/reach96
+
+Writes one mp4 + one npz per episode and a meta.json (see ``jepa_agent.data.episodes``). Re-running
+the same command resumes. Shows a progress bar on stderr and ends with one JSON line on stdout:
+``{"episodes": N, "frames": F, "frames_per_s": ..., "out": DIR, ...}``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+# jepa_agent is imported inside main(): collection workers start from a process that imports this
+# file, and keeping torch out of it saves ~2 s of start-up.
+ENV_META_KEYS = ("name", "id")  # keys of configs/env/*.yaml that are not env constructor kwargs
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="collect")
+def main(cfg: DictConfig) -> None:
+    from jepa_agent.collect import collect
+    from jepa_agent.data import DataError
+    from jepa_agent.utils import emit_json_line
+
+    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+    env_kwargs = {k: v for k, v in env_cfg.items() if k not in ENV_META_KEYS}
+    policy_kwargs = OmegaConf.to_container(cfg.noisy, resolve=True) if cfg.policy == "noisy" else {}
+    try:
+        metrics = collect(
+            out_dir=cfg.out,
+            num_episodes=cfg.episodes,
+            env=cfg.env.name,
+            env_kwargs=env_kwargs,
+            policy=cfg.policy,
+            policy_kwargs=policy_kwargs,
+            seed=cfg.seed,
+            num_envs=cfg.num_envs,
+            video=OmegaConf.to_container(cfg.video, resolve=True),
+            mp_context=cfg.mp_context,
+            progress=cfg.progress,
+        )
+    except (DataError, ValueError) as e:
+        sys.exit(f"collect: error: {e}")
+    emit_json_line(metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""V-JEPA pretraining of the video encoder.
+
+    python scripts/pretrain.py data.path=/tmp/eps_reach                       # episodes (collect.py)
+    python scripts/pretrain.py data=videos data.path=~/videos encoder=vit_tiny  # any mp4 folder
+    python scripts/pretrain.py data.path=DIR out=runs/pt resume=true            # continue a run
+    torchrun --nproc_per_node=2 scripts/pretrain.py data.path=DIR out=runs/pt   # DDP (gloo / nccl)
+
+Ends with one JSON line: {"checkpoint", "steps", "final_loss", "clips_per_s", "skipped_files", ...}.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import hydra
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from jepa_agent.checkpoint import CheckpointError
+from jepa_agent.masks import specs_from_config
+from jepa_agent.models.predictor import MaskedPredictor
+from jepa_agent.models.vit import build_encoder, encoder_config
+from jepa_agent.training.pretrain import (
+    CollapseWarning,
+    NonFiniteLossError,
+    PretrainConfig,
+    build_pretrain_dataset,
+    dist_info,
+    pretrain,
+)
+from jepa_agent.utils import emit_json_line, seed_everything, set_threads
+
+
+def run(cfg: DictConfig) -> dict:
+    """Build data, encoder, predictor and masks from ``cfg``; train; return the JSON summary."""
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ValueError(f"data.path is required: pass data.path=DIR (a {cfg.data.kind} directory)")
+    if cfg.logger not in ("csv", "tensorboard"):
+        raise ValueError(f"logger={cfg.logger!r}; expected 'csv' or 'tensorboard'")
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    enc_kw = {k: v for k, v in OmegaConf.to_container(cfg.encoder, resolve=True).items() if k != "name"}
+    encoder = build_encoder(cfg.encoder.name, **enc_kw)
+    specs = specs_from_config(OmegaConf.to_container(cfg.masks, resolve=True))
+    predictor = MaskedPredictor(encoder.grid, encoder.embed_dim, num_mask_tokens=len(specs), **cfg.predictor)
+    dataset = build_pretrain_dataset(
+        cfg.data.kind, cfg.data.path, clip_len=encoder.num_frames, frame_stride=cfg.data.frame_stride,
+        image_size=encoder.img_size, val_fraction=cfg.data.val_fraction,
+    )  # fmt: skip
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train_cfg = PretrainConfig(**{**train, "betas": tuple(train["betas"]), "ema": tuple(train["ema"])},
+                               seed=cfg.seed, device=cfg.device)  # fmt: skip
+    out = cfg.out if cfg.out is not None else HydraConfig.get().runtime.output_dir
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config["encoder"] = {"name": cfg.encoder.name, **encoder_config(encoder)}
+    result = pretrain(
+        dataset, encoder, predictor, specs, train_cfg, out, run_config=run_config, resume=cfg.resume,
+        tensorboard=cfg.logger == "tensorboard", progress=cfg.progress,
+    )  # fmt: skip
+    return {**result.summary(), "out": str(out)}
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    warnings.simplefilter("always", CollapseWarning)
+    try:
+        summary = run(cfg)
+    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if dist_info()[0] == 0:
+        emit_json_line(summary)
+
+
+if __name__ == "__main__":
+    main()

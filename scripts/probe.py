@@ -1,0 +1,72 @@
+"""Frozen evaluation of a pretrained encoder with an attentive probe (R^2 on held-out episodes).
+
+    python scripts/probe.py checkpoint=outputs/pt/checkpoint data.path=/tmp/eps_reach
+
+Ends with one JSON line: {"r2": {...}, "r2_random_init": {...}, "checkpoint", "train_frames", ...}.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from jepa_agent.checkpoint import CheckpointError
+from jepa_agent.data import EpisodeDataset
+from jepa_agent.models.vit import VideoViT, encoder_config, load_encoder
+from jepa_agent.probe import ProbeConfig, load_episode_frames, probe_encoders
+from jepa_agent.utils import emit_json_line, resolve_device, seed_everything, set_threads
+
+
+def run(cfg: DictConfig) -> dict:
+    """Load the encoder and held-out frames, probe (pretrained and random init), return the summary."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ValueError(
+            "checkpoint is required: pass checkpoint=RUN_DIR/checkpoint (from scripts/pretrain.py)"
+        )
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ValueError("data.path is required: pass data.path=EPISODES_DIR (from scripts/collect.py)")
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    encoder = load_encoder(cfg.checkpoint, cfg.which)
+    encoders = {"pretrained": encoder}
+    if cfg.random_init_baseline:
+        torch.manual_seed(cfg.seed)
+        encoders["random_init"] = VideoViT(**encoder_config(encoder))  # same size, fresh init
+    split = dict(window=1, val_fraction=cfg.data.val_fraction, expect_image_size=encoder.img_size)
+    train_ds = EpisodeDataset(cfg.data.path, split="train", **split)
+    val_ds = EpisodeDataset(cfg.data.path, split="val", **split)
+    train_f, train_s = load_episode_frames(train_ds, cfg.frame_stride, cfg.max_train_frames, cfg.seed)
+    val_f, val_s = load_episode_frames(val_ds, cfg.frame_stride, cfg.max_val_frames, cfg.seed)
+    env = cfg.env or train_ds.meta["env_id"]
+    probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)
+    res = probe_encoders(
+        encoders, train_f, train_s, val_f, val_s, env, probe_cfg, resolve_device(cfg.device), cfg.precision
+    )
+    return {
+        "r2": res["pretrained"]["r2"],
+        "r2_random_init": res["random_init"]["r2"] if "random_init" in res else None,
+        "checkpoint": str(cfg.checkpoint),
+        "env": env,
+        "train_frames": len(train_f),
+        "val_frames": len(val_f),
+        "train_episodes": train_ds.num_episodes,
+        "val_episodes": val_ds.num_episodes,
+        "seconds": {k: round(v["seconds"] + v["feature_seconds"], 1) for k, v in res.items()},
+    }
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="probe")
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = run(cfg)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+        print(f"probe: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    emit_json_line(summary)
+
+
+if __name__ == "__main__":
+    main()

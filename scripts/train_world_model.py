@@ -1,0 +1,104 @@
+"""Train the action-conditioned world model on frozen-encoder latents of recorded episodes.
+
+    python scripts/train_world_model.py data.path=/tmp/eps_reach encoder_checkpoint=runs/pt/checkpoint
+    python scripts/train_world_model.py ... world_model=grid2 train.steps=5000 out=runs/wm resume=true
+    torchrun --nproc_per_node=2 scripts/train_world_model.py ...    # DDP (gloo / nccl)
+
+Ends with one JSON line: {"checkpoint", "steps", "final_loss", "val_one_step_l1",
+"val_one_step_copy_last_l1", "val_h_step_l1", "val_h_step_copy_last_l1", ...}.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from jepa_agent.checkpoint import load_config
+from jepa_agent.data import DataError, EpisodeDataset
+from jepa_agent.models.vit import encoder_config, load_encoder
+from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_world_model
+from jepa_agent.utils import cli_errors, emit_json_line, seed_everything, set_threads
+from jepa_agent.world_model import build_world_model, resolve_checkpoint
+
+
+def run(cfg: DictConfig) -> dict:
+    """Load the encoder and episodes named by ``cfg``, train, return the JSON summary."""
+    for key in ("encoder_checkpoint", "data.path"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ValueError(f"{key} is required: pass {key}=PATH")
+    if cfg.data.kind != "episodes" or int(cfg.data.frame_stride) != 1:
+        raise ValueError(
+            f"world-model training needs data=episodes with data.frame_stride=1; got {cfg.data.kind}, "
+            f"stride {cfg.data.frame_stride}"
+        )
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    enc_path = resolve_checkpoint(cfg.encoder_checkpoint)
+    encoder = load_encoder(enc_path, which=cfg.encoder_which)
+    if encoder.img_size != cfg.env.image_size:
+        raise ValueError(
+            f"encoder {enc_path} takes {encoder.img_size}px images but env.image_size="
+            f"{cfg.env.image_size}; use the matching encoder or env.image_size={encoder.img_size}"
+        )
+    train_cfg = WorldModelTrainConfig(
+        **{**OmegaConf.to_container(cfg.train, resolve=True), "seed": cfg.seed, "device": cfg.device}
+    )
+    train_cfg.betas = tuple(train_cfg.betas)
+    common = dict(
+        val_fraction=cfg.data.val_fraction, expect_env_id=cfg.env.id, expect_image_size=cfg.env.image_size
+    )
+    train_ds = EpisodeDataset(cfg.data.path, window=train_cfg.window, split="train", **common)
+    try:
+        val_ds = EpisodeDataset(cfg.data.path, window=1, split="val", **common)
+    except DataError as e:
+        warnings.warn(f"no held-out episodes, validation skipped: {e}", stacklevel=1)
+        val_ds = None
+    first = train_ds.episode(0)
+    name = str(load_config(enc_path).encoder.get("name", "vit_tiny"))
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config.update(
+        encoder={"name": name, **encoder_config(encoder)},
+        env_id=cfg.env.id,
+        action_dim=int(first["action"].shape[-1]),
+        proprio_dim=int(first["proprio"].shape[-1]),
+        image_size=encoder.img_size,
+        encoder_checkpoint=str(enc_path),
+    )
+    model = build_world_model(run_config)
+    model.encoder.load_state_dict(encoder.state_dict())
+    out = cfg.out if cfg.out is not None else HydraConfig.get().runtime.output_dir
+    result = train_world_model(
+        model,
+        train_ds,
+        val_ds,
+        train_cfg,
+        out,
+        run_config=run_config,
+        encoder_name=name,
+        resume=cfg.resume,
+        tensorboard=cfg.logger == "tensorboard",
+        progress=cfg.progress,
+    )
+    skipped = len(train_ds.skipped) + (len(val_ds.skipped) if val_ds is not None else 0)
+    return {
+        **result.summary(),
+        "out": str(out),
+        "skipped_files": skipped,
+        "train_episodes": train_ds.num_episodes,
+        "val_episodes": val_ds.num_episodes if val_ds else 0,
+    }
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="train_world_model")
+@cli_errors
+def main(cfg: DictConfig) -> None:
+    if cfg.logger not in ("csv", "tensorboard"):
+        raise ValueError(f"logger={cfg.logger!r}; expected 'csv' or 'tensorboard'")
+    emit_json_line(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Episode collection: round trip against the env, determinism, resume, refusal, and the script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs
+from jepa_agent.collect import collect, make_policy, make_recording_env, policy_rng, safe_start_method
+from jepa_agent.data import DataError, EpisodeDataset, episode_paths
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_KW = {"image_size": 32, "max_episode_steps": 10}  # tiny: 11 frames per episode
+
+
+def replay(seed: int, actions: np.ndarray, env_kwargs: dict) -> dict[str, np.ndarray]:
+    """Frames, proprio, state and goal of the env reset with ``seed`` and driven by ``actions``."""
+    env = envs.make_env("reach", **env_kwargs)
+    obs, _ = env.reset(seed=seed)
+    out = {"frames": [obs["pixels"]], "proprio": [obs["proprio"]], "state": [env.unwrapped.get_state()]}
+    goal = env.unwrapped.goal_state()
+    for a in actions:
+        obs, *_ = env.step(a)
+        out["frames"].append(obs["pixels"])
+        out["proprio"].append(obs["proprio"])
+        out["state"].append(env.unwrapped.get_state())
+    env.close()
+    return {**{k: np.stack(v) for k, v in out.items()}, "goal_state": goal}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.glob("episode_*")}
+
+
+def test_policies():
+    env = make_recording_env("reach", ENV_KW)
+    info = env.env_info()
+    env.close()
+    proprio = np.zeros(4, np.float32)
+    for name in ("random", "noisy"):
+        runs = []
+        for _ in range(2):
+            policy = make_policy(name, info, np.random.default_rng(3))
+            runs.append(np.stack([policy(proprio) for _ in range(30)]))
+        np.testing.assert_array_equal(runs[0], runs[1])  # seeded: reproducible
+        assert runs[0].shape == (30, 2) and runs[0].dtype == np.float32
+        assert np.all(np.abs(runs[0]) <= 1.0) and runs[0].std() > 0.1
+    with pytest.raises(ValueError, match="available: \\['noisy', 'random'\\]"):
+        make_policy("greedy", info, np.random.default_rng(0))
+
+
+def test_collect_roundtrip_matches_env(tmp_path):
+    m = collect(tmp_path / "ds", 3, env_kwargs=ENV_KW, policy="noisy", seed=7, num_envs=2, progress=False)
+    assert (m["episodes"], m["frames"], m["collected_frames"], m["num_envs"]) == (3, 33, 33, 2)
+    assert m["frames_per_s"] > 0 and m["out"] == str(tmp_path / "ds")
+    ds = EpisodeDataset(tmp_path / "ds", window=2, expect_env_id="reach", expect_image_size=32)
+    env = make_recording_env("reach", ENV_KW)
+    info = env.env_info()
+    env.close()
+    assert ds.meta["total_episodes"] == 3 and ds.meta["collection"]["policy"] == "noisy"
+    for i in range(3):  # env slot 0 runs episodes 0 then 2: nothing may leak between them
+        ep = ds.episode(i)
+        assert ep["seed"] == 7 + i and ep["action"].shape == (10, 2) and ep["frames"].shape == (11, 32, 32, 3)
+        ref = replay(7 + i, ep["action"], ENV_KW)
+        policy = make_policy("noisy", info, policy_rng(7 + i))  # the recorded actions are the policy's
+        np.testing.assert_array_equal(ep["action"], np.stack([policy(p) for p in ref["proprio"][:-1]]))
+        np.testing.assert_array_equal(ep["proprio"], ref["proprio"])
+        np.testing.assert_array_equal(ep["state"], ref["state"])
+        np.testing.assert_array_equal(ep["goal_state"], ref["goal_state"])
+        err = np.abs(ep["frames"].astype(int) - ref["frames"].astype(int)).mean(axis=(1, 2, 3))  # [T]
+        assert err.max() < 3, err
+        assert ref["frames"].mean() > 10  # not black
+    assert safe_start_method() == "forkserver"  # this process has rendered now: forking would deadlock
+
+
+def test_resume_keeps_finished_and_matches(tmp_path):
+    root = tmp_path / "ds"
+    collect(root, 3, env_kwargs=ENV_KW, seed=0, num_envs=2, progress=False)
+    before = snapshot(root)
+    mp4_2, npz_2 = episode_paths(root, 2)
+    with np.load(npz_2) as f:
+        arrays_2 = dict(f)
+    npz_2.unlink()  # as if killed between the two renames
+    (root / ".episode_000002.k1ll3d.tmp.npz").write_bytes(b"half written")
+    m = collect(root, 4, env_kwargs=ENV_KW, seed=0, num_envs=1, progress=False)  # in-process path
+    assert (m["skipped_existing"], m["collected_episodes"], m["removed_temp_files"]) == (2, 2, 1)
+    assert (m["episodes"], m["frames"], m["dataset_episodes"]) == (4, 44, 4)
+    after = snapshot(root)
+    for i in (0, 1):  # finished episodes untouched
+        for p in episode_paths(root, i):
+            assert after[p.name] == before[p.name]
+    assert after[mp4_2.name][1] == before[mp4_2.name][1]  # recomputed with 1 env: same bytes
+    with np.load(npz_2) as f:
+        for k, v in arrays_2.items():
+            np.testing.assert_array_equal(f[k], v)
+    assert not list(root.glob(".*.tmp*"))
+    # a damaged finished episode is recomputed; a complete dataset computes nothing
+    mp4_1 = episode_paths(root, 1)[0]
+    mp4_1.write_bytes(mp4_1.read_bytes()[:100])
+    m = collect(root, 4, env_kwargs=ENV_KW, seed=0, num_envs=2, mp_context="forkserver", progress=False)
+    assert (m["collected_episodes"], m["rewritten_invalid"]) == (1, 1)
+    assert mp4_1.read_bytes() == before[mp4_1.name][1]
+    m = collect(root, 4, env_kwargs=ENV_KW, seed=0, num_envs=2, progress=False)
+    assert (m["collected_episodes"], m["skipped_existing"], m["episodes"]) == (0, 4, 4)
+
+
+def test_refuses_other_dataset(tmp_path):
+    root = tmp_path / "ds"
+    collect(root, 1, env_kwargs=ENV_KW, num_envs=1, progress=False)
+    with pytest.raises(DataError, match="image_size"):
+        collect(root, 1, env_kwargs={**ENV_KW, "image_size": 64}, num_envs=1, progress=False)
+    with pytest.raises(DataError, match="collected with"):
+        collect(root, 2, env_kwargs=ENV_KW, seed=5, num_envs=1, progress=False)
+    with pytest.raises(ValueError, match="unknown env 'pong'"):
+        collect(root, 1, env="pong", progress=False)
+    with pytest.raises(ValueError, match="unknown policy"):
+        collect(root, 1, env_kwargs=ENV_KW, policy="greedy", progress=False)
+
+
+def _script(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "collect.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_script_smoke(tmp_path, run_env):
+    out = tmp_path / "ds"
+    args = [f"out={out}", "episodes=2", "num_envs=2", "env.max_episode_steps=5", "env.image_size=32"]
+    proc = _script(args + ["policy=noisy"], tmp_path, run_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # stdout carries only the JSON line
+    summary = json.loads(lines[0])
+    assert (summary["episodes"], summary["frames"], summary["out"]) == (2, 12, str(out))
+    assert "frames_per_s" in summary and "collect" in proc.stderr  # tqdm bar on stderr
+    proc = _script([f"out={out}", "episodes=2", "env.image_size=64"], tmp_path, run_env)
+    assert proc.returncode != 0 and "image_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_kill9_then_resume(tmp_path, run_env):
+    """kill -9 mid-collection leaves only loadable episodes; the same command then completes it."""
+    out = tmp_path / "ds"
+    args = [f"out={out}", "episodes=40", "num_envs=2", "env.image_size=32", "progress=false"]
+    cmd = [sys.executable, str(REPO / "scripts" / "collect.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("episode_*.npz"))) < 5:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the script, its forkserver and workers
+    proc.wait()
+    done = sorted(out.glob("episode_*.npz"))
+    assert 5 <= len(done) < 40
+    ds = EpisodeDataset(out, window=2)  # every listed episode loads
+    assert ds.skipped == [] and ds.num_episodes == len(done)
+    kept = snapshot(out)
+    result = _script(args, tmp_path, run_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["episodes"] == 40 and summary["skipped_existing"] >= len(done)
+    after = snapshot(out)
+    for npz in done:
+        for p in (npz, npz.with_suffix(".mp4")):
+            assert after[p.name] == kept[p.name]

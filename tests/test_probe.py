@@ -1,0 +1,152 @@
+"""Frozen attentive probe: targets, R^2, probe training, and scripts/probe.py end to end on tiny episodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_agent.probe import (
+    AttentiveProbe,
+    ProbeConfig,
+    extract_features,
+    joint_sincos,
+    predict,
+    probe_targets,
+    r2_scores,
+    summarise_r2,
+    train_probe,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_r2_scores() -> None:
+    y = np.random.default_rng(0).normal(size=(100, 3))
+    np.testing.assert_allclose(r2_scores(y, y), 1.0)
+    np.testing.assert_allclose(r2_scores(np.broadcast_to(y.mean(0), y.shape), y), 0.0, atol=1e-12)
+    assert (r2_scores(-y, y) < 0).all()
+
+
+def test_reach_targets_are_sincos_and_forward_kinematics() -> None:
+    from envs.reach import forward_kinematics
+
+    qpos = np.array([[0.0, 0.0], [np.pi / 2, -np.pi / 2], [0.3, 1.2]])
+    states = np.concatenate([qpos, np.zeros_like(qpos)], axis=1)  # [M, 4] (qpos, qvel)
+    y, names = probe_targets(states, "reach")
+    assert names == ["q0_sin", "q0_cos", "q1_sin", "q1_cos", "ee_x", "ee_y"]
+    np.testing.assert_allclose(y[:, :4], joint_sincos(qpos))
+    np.testing.assert_allclose(y[:, 4:], forward_kinematics(qpos))
+    np.testing.assert_allclose(y[0, 4:], [0.2, 0.0], atol=1e-12)  # straight arm along x
+    with pytest.raises(ValueError, match="qpos, qvel"):
+        probe_targets(np.zeros((3, 3)), "reach")
+
+
+def test_summary_groups() -> None:
+    out = summarise_r2(
+        np.array([1.0, 0.8, 0.6, 0.4, 0.9, 0.7]), ["q0_sin", "q0_cos", "q1_sin", "q1_cos", "ee_x", "ee_y"]
+    )
+    assert (
+        out["ee_pos"] == pytest.approx(0.8)
+        and out["q0"] == pytest.approx(0.9)
+        and out["joints"] == pytest.approx(0.7)
+    )
+
+
+def test_probe_learns_where_the_hot_token_is() -> None:
+    # 16 tokens carry their (row, col) on a 4x4 grid; one is "hot"; the target is the hot token's
+    # (row, col): mean pooling cannot get it (R^2 ~ 0), attention to the hot token can
+    rng = np.random.default_rng(0)
+    m, n, d = 800, 16, 8
+    hot = torch.as_tensor(rng.integers(0, n, m))
+    grid = torch.stack([torch.arange(n) // 4, torch.arange(n) % 4], 1).float()  # [N, 2]
+    feats = torch.randn(m, n, d) * 0.05
+    feats[:, :, :2] += grid
+    feats[torch.arange(m), hot, 2] += 5.0  # the hot flag
+    y = grid[hot].double().numpy()
+    probe, info = train_probe(
+        feats[:600], y[:600], ProbeConfig(epochs=40, batch_size=64, lr=5e-3, num_heads=2)
+    )
+    assert isinstance(probe, AttentiveProbe) and info["seconds"] > 0
+    r2 = r2_scores(predict(probe, feats[600:]), y[600:])
+    assert (r2 > 0.9).all(), r2
+
+
+def test_extract_features_shapes_and_dtype() -> None:
+    from jepa_agent.models.vit import vit_micro
+
+    enc = vit_micro(img_size=16, num_frames=2, depth=1, embed_dim=32, num_heads=2)
+    frames = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    f = extract_features(enc, frames, batch_size=2)
+    assert f.shape == (5, 4, 32) and f.dtype == torch.float16
+    with pytest.raises(ValueError, match="expected uint8"):
+        extract_features(enc, frames.transpose(0, 3, 1, 2))
+
+
+def _tiny_episodes(root: Path, n: int = 5, steps: int = 6, size: int = 16) -> None:
+    import envs
+    from jepa_agent.data.episodes import EpisodeWriter, build_meta
+
+    env = envs.make_env("reach", image_size=size)
+    u = env.unwrapped
+    video = {"codec": "libx264", "crf": 18, "preset": "veryfast", "pix_fmt": "yuv420p"}
+    meta = build_meta("JepaAgent/Reach-v0", {"image_size": size}, size, 20, env.action_space.low,
+                      env.action_space.high, 4, 4, 4, video)  # fmt: skip
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(root, meta) as w:
+        for i in range(n):
+            obs, _ = env.reset(seed=i)
+            frames, acts, prop, st = [obs["pixels"]], [], [obs["proprio"]], [u.get_state()]
+            for _ in range(steps):
+                a = rng.uniform(-1, 1, 2).astype(np.float32)
+                obs, *_ = env.step(a)
+                frames.append(obs["pixels"])
+                acts.append(a)
+                prop.append(obs["proprio"])
+                st.append(u.get_state())
+            w.write(i, np.stack(frames), np.stack(acts), np.stack(prop), np.stack(st), u.goal_state(), i)
+        w.finalize()
+    env.close()
+
+
+def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
+    from jepa_agent.masks import DEFAULT_MASKS
+    from jepa_agent.models.predictor import MaskedPredictor
+    from jepa_agent.models.vit import encoder_config, vit_micro
+    from jepa_agent.training.pretrain import PretrainConfig, pretrain
+
+    eps = tmp_path / "eps"
+    _tiny_episodes(eps)
+    torch.manual_seed(0)
+    enc = vit_micro(img_size=16, num_frames=2, depth=1, embed_dim=32, num_heads=2)
+    pred = MaskedPredictor(enc.grid, 32, embed_dim=16, depth=1, num_heads=2)
+
+    class Frames(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict:
+            return {"frames": torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)}
+
+    cfg = PretrainConfig(steps=2, batch_size=2, warmup=0, device="cpu")
+    res = pretrain(Frames(), enc, pred, DEFAULT_MASKS, cfg, tmp_path / "pt",
+                   {"encoder": {"name": "vit_micro", **encoder_config(enc)}}, progress=False)  # fmt: skip
+    cmd = [sys.executable, str(REPO / "scripts" / "probe.py"), f"checkpoint={res.checkpoint}",
+           f"data.path={eps}", "data.val_fraction=0.4", "probe.epochs=2", "probe.num_heads=2", "device=cpu",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"ee_pos", "ee_x", "ee_y", "joints"} <= set(out["r2"]) and set(out["r2"]) == set(
+        out["r2_random_init"]
+    )
+    assert out["train_episodes"] == 3 and out["val_episodes"] == 2 and out["val_frames"] == 14
+    bad = subprocess.run(cmd[:2] + [f"checkpoint={tmp_path / 'nope'}", f"data.path={eps}"],
+                         capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)  # fmt: skip
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("probe: error: checkpoint")
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,329 @@
+"""World model: pooling, encode/rollout shapes, cache equivalence, checkpoints and their errors, and
+training (loss decreases, exact resume, the script end to end on tiny real episodes)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jepa_agent.checkpoint import CheckpointError, save_checkpoint
+from jepa_agent.models.ac_predictor import ACPredictor
+from jepa_agent.models.vit import VideoViT, encoder_config, vit_micro
+from jepa_agent.training.train_world_model import (
+    LatentEpisodes,
+    WorldModelTrainConfig,
+    train_on_latents,
+    train_world_model,
+)
+from jepa_agent.world_model import (
+    LatentPooler,
+    Normalizer,
+    WorldModel,
+    build_world_model,
+    save_world_model,
+    variance_loss,
+)
+from planners import CEMPlanner, GDPlanner
+
+IMG, D, A, P = 16, 32, 2, 4
+PS, T = 2, 12  # synthetic episodes: proprio dim, frames
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(pooling="grid", grid_size=1, proprio_dim=0, env_id="JepaAgent/Reach-v0") -> WorldModel:
+    torch.manual_seed(0)
+    enc = VideoViT(
+        img_size=IMG, patch_size=4, num_frames=2, tubelet_size=2, embed_dim=D, depth=1, num_heads=2
+    )
+    pooler = LatentPooler(pooling, D, grid_hw=(4, 4), grid_size=grid_size, num_queries=3, num_heads=2)
+    pred = ACPredictor(
+        D, A, num_tokens=pooler.num_tokens, proprio_dim=proprio_dim, dim=32, depth=2, num_heads=2
+    )
+    return WorldModel(enc, pooler, pred, Normalizer(A, proprio_dim), {"env_id": env_id})
+
+
+def obs(batch=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (IMG, IMG, 3) if batch is None else (batch, IMG, IMG, 3)
+    pshape = (P,) if batch is None else (batch, P)
+    return {"pixels": rng.integers(0, 256, shape, dtype=np.uint8), "proprio": rng.normal(size=pshape)}
+
+
+@pytest.mark.parametrize(
+    "pooling,grid_size,n", [("grid", 1, 1), ("grid", 2, 4), ("patch", 1, 16), ("attentive", 1, 3)]
+)
+def test_pooling_and_shapes(pooling, grid_size, n):
+    model = tiny_model(pooling, grid_size)
+    assert model.latent_shape == (n, D)
+    s = model.encode(obs())
+    assert s.z.shape == (n, D) and s.proprio is None
+    assert model.encode(obs(batch=3)).z.shape == (3, n, D)
+    assert torch.allclose(s.z.std(-1, unbiased=False), torch.ones(n), atol=1e-3)  # layer-normed tokens
+    actions = torch.rand(6, 4, A) * 2 - 1
+    assert model.rollout(model.context([s]), actions).shape == (6, 4, n, D)
+    assert model.step(s, actions[:, 0]).shape == (6, n, D)
+
+
+def test_grid_pooling_is_mean_of_patches():
+    pooler = LatentPooler("grid", D, grid_hw=(4, 4), grid_size=2, normalize=False)
+    tokens = torch.randn(2, 16, D)
+    z = pooler(tokens)  # [2, 4, D]
+    grid = tokens.view(2, 4, 4, D)
+    torch.testing.assert_close(z[:, 0], grid[:, :2, :2].mean((1, 2)))
+    torch.testing.assert_close(
+        LatentPooler("grid", D, (4, 4), 1, normalize=False)(tokens)[:, 0], tokens.mean(1)
+    )
+
+
+def test_context_history_cache_equivalence_and_proprio():
+    model = tiny_model("grid", 2, proprio_dim=P)
+    states = [model.encode(obs(seed=i)) for i in range(3)]
+    assert states[0].proprio.shape == (P,)
+    ctx = model.context(states, [torch.tensor([0.1, -0.2]), torch.tensor([0.5, 0.3])])
+    actions = torch.rand(5, 3, A) * 2 - 1
+    fast = model.rollout(ctx, actions)
+    slow = model.rollout(ctx, actions, use_cache=False)
+    assert fast.shape == (5, 3, 4, D)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="need 2 actions"):
+        model.context(states, [torch.zeros(A)])
+    with pytest.raises(ValueError, match="proprio"):
+        model.encode({"pixels": obs()["pixels"]})
+
+
+def test_rollout_is_inference_only_unless_actions_need_grad():
+    model = tiny_model()
+    s = model.encode(obs())
+    z = model.rollout(s, torch.zeros(2, 3, A))
+    assert z.is_inference()
+    a = torch.zeros(2, 3, A, requires_grad=True)
+    model.rollout(s, a).sum().backward()
+    assert a.grad is not None and model.encoder.patch_embed.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "planner",
+    [
+        CEMPlanner(horizon=3, population=16, elites=4, iterations=2),
+        GDPlanner(horizon=3, restarts=2, iterations=3),
+    ],
+)
+def test_planners_through_world_model(planner):
+    model = tiny_model()
+    goal = model.encode_goal({"image": obs(seed=5)["pixels"]})
+    assert goal.shape == (1, D)
+    ctx = model.context([model.encode(obs())])
+    with torch.no_grad() if planner.requires_grad else torch.inference_mode():
+        res = planner.plan(model.rollout, model.cost(goal), ctx, action_dim=A)
+    assert res.actions.shape == (3, A) and np.isfinite(res.cost)
+
+
+def test_mpc_agent_smoke():
+    agent_mod = pytest.importorskip("jepa_agent.agent")
+    model = tiny_model()
+    agent = agent_mod.MPCAgent(
+        model, CEMPlanner(action_dim=A, horizon=3, population=8, elites=2, iterations=2), horizon=3, memory=2
+    )
+    agent.reset({"image": obs(seed=9)["pixels"]})
+    for i in range(3):
+        a = agent.act(obs(seed=i))
+        assert a.shape == (A,) and np.all(np.abs(a) <= 1)
+
+
+def test_checkpoint_roundtrip_and_mismatch_errors(tmp_path):
+    model = tiny_model("attentive")
+    model.normalizer.set_stats(torch.randn(50, A) * 0.3 + 0.1)
+    save_world_model(tmp_path / "wm", model, {"note": "test"}, meta={"step": 3}, encoder_name="vit_micro")
+    loaded = WorldModel.from_checkpoint(
+        tmp_path / "wm", device="cpu", env_id="JepaAgent/Reach-v0", image_size=IMG, action_dim=A
+    )
+    s = model.encode(obs())
+    actions = torch.rand(4, 3, A)
+    torch.testing.assert_close(loaded.rollout(loaded.encode(obs()), actions), model.rollout(s, actions))
+    torch.testing.assert_close(loaded.normalizer.action_mean, model.normalizer.action_mean)
+    with pytest.raises(CheckpointError, match=r"action_dim=2.*action_dim=3"):
+        WorldModel.from_checkpoint(tmp_path / "wm", device="cpu", action_dim=3)
+    with pytest.raises(CheckpointError, match=r"env_id='JepaAgent/Reach-v0'.*env_id='Other-v0'"):
+        WorldModel.from_checkpoint(tmp_path / "wm", device="cpu", env_id="Other-v0")
+    with pytest.raises(CheckpointError, match=r"image_size=16.*image_size=64"):
+        WorldModel.from_checkpoint(tmp_path / "wm", device="cpu", image_size=64)
+    save_checkpoint(tmp_path / "pre", {"encoder": model.encoder}, {"encoder": {}}, meta={"kind": "pretrain"})
+    with pytest.raises(CheckpointError, match="not a world-model checkpoint"):
+        WorldModel.from_checkpoint(tmp_path / "pre")
+    with pytest.raises(ValueError, match=r"pixels are 32x32 .* 16x16"):
+        loaded.encode({"pixels": np.zeros((32, 32, 3), np.uint8)})
+
+
+def test_variance_guard():
+    collapsed = torch.zeros(64, 8) + 0.5
+    spread = torch.randn(64, 8) * 2
+    assert variance_loss(collapsed).item() > 0.9
+    assert variance_loss(spread).item() == 0.0
+
+
+# -- training --------------------------------------------------------------------------------------
+def synthetic_episode(seed: int) -> dict:
+    """A bright 4x4 square on a dark image, moved by the actions (proprio = its position)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(2, 10, size=2)
+    action = rng.uniform(-1, 1, size=(T - 1, A)).astype(np.float32)
+    frames, proprio = [], []
+    for t in range(T):
+        img = np.full((IMG, IMG, 3), 20, np.uint8)
+        x, y = np.clip(pos.round().astype(int), 0, IMG - 4)
+        img[y : y + 4, x : x + 4] = (230, 200, 40)
+        frames.append(img)
+        proprio.append(pos.copy())
+        if t < T - 1:
+            pos = np.clip(pos + 1.5 * action[t], 0, IMG - 4)
+    return {"frames": np.stack(frames), "action": action, "proprio": np.asarray(proprio, np.float32)}
+
+
+class Episodes:
+    def __init__(self, seeds):
+        self.eps = [synthetic_episode(s) for s in seeds]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.eps)
+
+    def episode(self, i: int) -> dict:
+        return self.eps[i]
+
+
+def tiny_world_model(**wm) -> WorldModel:
+    torch.manual_seed(0)
+    enc = vit_micro(img_size=IMG, patch_size=4, num_frames=2, embed_dim=32, depth=1, num_heads=2)
+    cfg = {
+        "encoder": {"name": "vit_micro", **encoder_config(enc)},
+        "world_model": {"pooling": "grid", "grid_size": 1, "attentive_queries": 2, "attentive_heads": 2,
+                        "normalize": True, "use_proprio": False,
+                        "predictor": {"dim": 32, "depth": 2, "num_heads": 2, "max_steps": 8}} | wm,
+        "action_dim": A, "proprio_dim": PS, "env_id": "Synthetic-v0",
+    }  # fmt: skip
+    model = build_world_model(cfg)
+    model.encoder.load_state_dict(enc.state_dict())
+    return model
+
+
+def cfg(**kw) -> WorldModelTrainConfig:
+    base = dict(steps=12, batch_size=16, window=4, rollout_steps=2, lr=3e-3, warmup=2, log_every=1,
+                ckpt_every=0, eval_horizon=3, device="cpu")  # fmt: skip
+    return WorldModelTrainConfig(**(base | kw))
+
+
+def latent_dynamics(n_eps: int, seed: int, noise: float = 0.05) -> LatentEpisodes:
+    """Latents that encode a 2-D position moved by the actions: ``z = LN(W [sin, cos](pos)) + noise``."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(4, D, generator=torch.Generator().manual_seed(123))
+    zs, acts = [], []
+    for _ in range(n_eps):
+        a = torch.rand(T - 1, A, generator=g) * 2 - 1
+        pos = torch.cat([torch.rand(1, A, generator=g) * 2 - 1, 0.25 * a]).cumsum(0)  # [T, A]
+        z = F.layer_norm(torch.cat([pos.sin(), pos.cos()], 1) @ W, (D,))
+        zs.append((z + noise * torch.randn(z.shape, generator=g))[:, None])  # [T, 1, D]
+        acts.append(torch.cat([a, torch.zeros(1, A)]))
+    starts = [i * T for i in range(n_eps)]
+    return LatentEpisodes(torch.cat(zs), torch.cat(acts), None, starts, [T] * n_eps)
+
+
+def test_training_learns_latent_dynamics(tmp_path):
+    model = tiny_model()  # latent 1 x 32 (= D)
+    train, val = latent_dynamics(60, 0), latent_dynamics(10, 1)
+    res = train_on_latents(model, train, val, cfg(steps=300, batch_size=32), tmp_path, progress=False)
+    assert np.mean(res.losses[-20:]) < 0.9 * np.mean(res.losses[:20])
+    assert res.val["val_one_step_ratio_to_copy_last"] < 0.9, res.val
+    assert res.val["val_h_step_ratio_to_copy_last"] < 0.8, res.val
+    assert float(model.predictor.delta_scale[0]) != 1.0  # fitted to the data's frame-to-frame changes
+
+
+@pytest.mark.parametrize("wm", [{}, {"pooling": "attentive", "use_proprio": True}], ids=["grid", "attentive"])
+def test_train_world_model_from_pixels(tmp_path, wm):
+    model = tiny_world_model(**wm)
+    res = train_world_model(model, Episodes(range(6)), Episodes([100, 101]), cfg(steps=20), tmp_path,
+                            progress=False)  # fmt: skip
+    assert res.steps == 20 and res.checkpoint is not None and res.frames_encoded == 8 * T
+    assert all(np.isfinite(res.losses))
+    for key in ("val_one_step_l1", "val_one_step_copy_last_l1", "val_h_step_l1", "val_h_step_copy_last_l1"):
+        assert np.isfinite(res.val[key])
+    loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
+    assert loaded.latent_shape == model.latent_shape
+    torch.testing.assert_close(loaded.predictor.delta_scale, model.predictor.delta_scale)
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = train_world_model(
+        tiny_world_model(), Episodes(range(4)), None, cfg(), tmp_path / "a", progress=False
+    )
+    part = train_world_model(tiny_world_model(), Episodes(range(4)), None, cfg(stop_after=5), tmp_path / "b",
+                             progress=False)  # fmt: skip
+    assert part.steps == 5
+    model = tiny_world_model()
+    rest = train_world_model(
+        model, Episodes(range(4)), None, cfg(), tmp_path / "b", resume=True, progress=False
+    )
+    assert rest.steps == 12 and len(rest.losses) == 7
+    assert rest.losses == pytest.approx(full.losses[5:], abs=1e-6)
+    a = WorldModel.from_checkpoint(tmp_path / "a", device="cpu").predictor.state_dict()
+    for k, v in model.predictor.state_dict().items():
+        torch.testing.assert_close(v, a[k], atol=1e-6, rtol=0)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(12))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="rollout_steps"):
+        WorldModelTrainConfig(window=3, rollout_steps=3)
+    with pytest.raises(ValueError, match="window"):
+        WorldModelTrainConfig(window=1)
+
+
+def _write_dataset(root: Path, n: int = 3) -> None:
+    from jepa_agent.data import EpisodeWriter, build_meta
+
+    meta = build_meta("JepaAgent/Reach-v0", {}, IMG, 20.0, -np.ones(A), np.ones(A), PS, 4, 4,
+                      {"crf": 18, "preset": "ultrafast", "pix_fmt": "yuv444p"})  # fmt: skip
+    with EpisodeWriter(root, meta) as w:
+        for i in range(n):
+            ep = synthetic_episode(i)
+            w.write(i, ep["frames"], ep["action"], ep["proprio"], np.zeros((T, 4)), np.zeros(4), seed=i)
+        w.finalize()
+
+
+def test_script_end_to_end(tmp_path, run_env, python):
+    data = tmp_path / "eps"
+    _write_dataset(data)
+    enc = vit_micro(img_size=IMG, patch_size=4, num_frames=2, embed_dim=32, depth=1, num_heads=2)
+    save_checkpoint(
+        tmp_path / "pt" / "checkpoint",
+        {"encoder": enc, "target_encoder": copy.deepcopy(enc)},
+        {"encoder": {"name": "vit_micro", **encoder_config(enc)}},
+        meta={"kind": "pretrain"},
+    )
+    args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={data}",
+            f"encoder_checkpoint={tmp_path / 'pt'}", f"out={tmp_path / 'wm'}", "env.image_size=16",
+            "train.steps=4", "train.warmup=1", "train.batch_size=8", "train.eval_horizon=3", "progress=false",
+            "world_model.predictor.dim=32", "world_model.predictor.num_heads=2", "device=cpu"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["steps"] == 4 and out["train_episodes"] == 2 and out["val_episodes"] == 1
+    assert out["val_h_step_copy_last_l1"] > 0
+    model = WorldModel.from_checkpoint(
+        out["checkpoint"], device="cpu", env_id="JepaAgent/Reach-v0", image_size=16
+    )
+    assert model.action_dim == A
+    bad = subprocess.run(args[:-1] + ["env.image_size=64", "device=cpu"], capture_output=True, text=True,
+                         env=run_env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert bad.returncode != 0
+    assert "16" in bad.stderr and "64" in bad.stderr and "Traceback" not in bad.stderr
