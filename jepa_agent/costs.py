@@ -159,6 +159,8 @@ class LatentGoalCost(Cost):
         goal = goal.to(device=pred.device, dtype=pred.dtype)
         if goal.is_inference() and torch.is_grad_enabled():
             goal = goal.clone()  # inference tensors cannot be saved for backward (gradient planner)
+        if self.reduction == "final":  # only the last step counts: skip the distance of the others
+            return latent_distance(pred[:, -1:], goal, self.metric)[:, 0]
         return reduce_steps(latent_distance(pred, goal, self.metric), self.reduction, self.discount)
 
     def __repr__(self) -> str:

@@ -90,6 +90,18 @@ def feature_std(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def content_std(x: torch.Tensor) -> float:
+    """Mean std across clips at a fixed token position: ``[B, N, D]`` -> float (needs ``B >= 2``).
+
+    Unlike :func:`feature_std`, position-only features (same for every clip) score 0 here: it tracks
+    how much the features depend on the clip's content.
+    """
+    if x.dim() != 3 or x.shape[0] < 2:
+        raise ValueError(f"features of shape {tuple(x.shape)}; expected [B >= 2, N, D]")
+    return float(x.float().std(dim=0).mean())
+
+
+@torch.no_grad()
 def effective_rank(x: torch.Tensor, max_rows: int = 2048) -> float:
     """Effective rank ``exp(H(s / sum s))`` of ``[..., D]`` features (s: singular values of centred rows).
 

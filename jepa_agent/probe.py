@@ -8,6 +8,12 @@ scored by R^2 on held-out episodes (``split="val"``).
 Targets (reach): the joint angles as ``(sin q_i, cos q_i)`` (angles wrap, so sin/cos is a continuous
 target) and the end-effector ``xy`` (forward kinematics of the joint angles). The same probe budget
 is spent on a randomly initialised encoder of the same size, reported beside the pretrained one.
+
+Tokens are standardised per feature dimension before the probe (MAE's BatchNorm-without-affine),
+so that encoders whose features differ in scale are probed alike. Beside the attentive probe, a
+ridge regression on the *mean-pooled* tokens measures how much pose is in a single compact vector
+(the world model pools frozen tokens into such a latent); note that a random-init ViT keeps each
+token close to ``LN(patch projection + position)``, which an attentive probe decodes well.
 """
 
 from __future__ import annotations
@@ -51,7 +57,12 @@ class ProbeConfig:
 
 
 class AttentiveProbe(nn.Module):
-    """Learned queries cross-attend to frozen tokens ``[B, N, D]``; a linear head maps them to ``[B, K]``."""
+    """Learned queries cross-attend to frozen tokens ``[B, N, D]``; a linear head maps them to ``[B, K]``.
+
+    Tokens are first standardised per feature dimension with statistics of the train features
+    (``feat_mean``/``feat_std``, set by :func:`train_probe`): a BatchNorm without affine, as MAE's
+    linear probe, so that encoders whose features differ only in scale or offset are probed alike.
+    """
 
     def __init__(self, dim: int, out_dim: int, num_heads: int = 4, num_queries: int = 1) -> None:
         super().__init__()
@@ -61,12 +72,14 @@ class AttentiveProbe(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.head = nn.Sequential(nn.LayerNorm(dim * num_queries), nn.Linear(dim * num_queries, out_dim))
-        # target standardisation (set by train_probe); forward predicts standardised targets
+        # feature and target standardisation (set by train_probe); forward predicts standardised targets
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
         self.register_buffer("y_mean", torch.zeros(out_dim))
         self.register_buffer("y_std", torch.ones(out_dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        kv = self.norm(tokens)  # [B, N, D]
+        kv = self.norm((tokens - self.feat_mean) / self.feat_std)  # [B, N, D]
         q = self.query.expand(tokens.shape[0], -1, -1)  # [B, Q, D]
         pooled, _ = self.attn(q, kv, kv, need_weights=False)  # [B, Q, D]
         return self.head(pooled.flatten(1))  # [B, K]
@@ -202,6 +215,13 @@ def train_probe(
     torch.manual_seed(cfg.seed)
     yt = torch.as_tensor(y, dtype=torch.float32)
     probe = AttentiveProbe(feats.shape[-1], yt.shape[1], cfg.num_heads, cfg.num_queries).to(device)
+    flat = feats.reshape(-1, feats.shape[-1])  # [M*N, D]
+    mean = torch.stack([c.float().sum(0) for c in flat.split(65536)]).sum(0) / len(
+        flat
+    )  # chunked: fp16 cache
+    sq = torch.stack([((c.float() - mean) ** 2).sum(0) for c in flat.split(65536)]).sum(0)
+    probe.feat_mean.copy_(mean)
+    probe.feat_std.copy_((sq / max(len(flat) - 1, 1)).sqrt().clamp_min(1e-6))
     probe.y_mean.copy_(yt.mean(0))
     probe.y_std.copy_(yt.std(0).clamp_min(1e-6))
     yn = (yt - yt.mean(0)) / yt.std(0).clamp_min(1e-6)
@@ -257,6 +277,36 @@ def probe_encoders(
     }
 
 
+def pooled_ridge_r2(
+    f_train: torch.Tensor,
+    y_train: np.ndarray,
+    f_val: torch.Tensor,
+    y_val: np.ndarray,
+    lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+) -> np.ndarray:
+    """R^2 of a ridge regression on mean-pooled, standardised tokens (a compact one-vector latent).
+
+    The ridge strength is chosen on the last 20% of the train frames, then refit on all of them.
+    """
+    xs = [f.float().mean(1).double() for f in (f_train, f_val)]  # [M, D] each
+    mean, std = xs[0].mean(0), xs[0].std(0).clamp_min(1e-8)
+    x_tr, x_va = ((x - mean) / std for x in xs)
+    y_tr = torch.as_tensor(y_train, dtype=torch.float64)
+
+    def fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ym = y.mean(0)
+        w = torch.linalg.solve(x.T @ x + lam * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T @ (y - ym))
+        return w, ym
+
+    cut = int(0.8 * len(x_tr))
+    scores = []
+    for lam in lambdas:
+        w, ym = fit(x_tr[:cut], y_tr[:cut], lam)
+        scores.append(r2_scores((x_tr[cut:] @ w + ym).numpy(), y_tr[cut:].numpy()).mean())
+    w, ym = fit(x_tr, y_tr, lambdas[int(np.argmax(scores))])
+    return r2_scores((x_va @ w + ym).numpy(), np.asarray(y_val))
+
+
 def evaluate_encoder(
     encoder: VideoViT,
     train_frames: np.ndarray,
@@ -268,11 +318,16 @@ def evaluate_encoder(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Cache frozen features, train the probe on train frames, return R^2 on val frames (+ timings)."""
+    """Cache frozen features, train the probe on train frames, return R^2 on val frames (+ timings).
+
+    Also reports ``r2_pooled``: a ridge regression on the mean-pooled tokens (:func:`pooled_ridge_r2`),
+    the relevant view when the features are pooled into one compact latent (the world model's).
+    """
     t0 = time.perf_counter()
     f_train = extract_features(encoder, train_frames, device=device, precision=precision)
     f_val = extract_features(encoder, val_frames, device=device, precision=precision)
     t_feat = time.perf_counter() - t0
     probe, info = train_probe(f_train, train_y, cfg, device=device)
     r2 = r2_scores(predict(probe, f_val), val_y)
-    return {"r2": summarise_r2(r2, names), "feature_seconds": t_feat, **info}
+    pooled = summarise_r2(pooled_ridge_r2(f_train, train_y, f_val, val_y), names)
+    return {"r2": summarise_r2(r2, names), "r2_pooled": pooled, "feature_seconds": t_feat, **info}

@@ -157,14 +157,26 @@ class Context:
 
 
 class Normalizer(nn.Module):
-    """Action / proprio standardisation with statistics from the training data (saved as buffers)."""
+    """Action / proprio / latent standardisation with statistics from the training data (saved as buffers).
 
-    def __init__(self, action_dim: int, proprio_dim: int = 0) -> None:
+    Latents are standardised per feature (``(z - mean) / std`` over the training frames): after the
+    encoder's layer norm, what moves with the scene (a thin arm) is ~1% of each token, the rest is
+    background and position; standardising makes the moving part O(1) for the predictor's loss and the
+    planning cost. Features that barely vary are floored at ``latent_std_floor`` x the median std so
+    codec noise is not amplified.
+    """
+
+    def __init__(
+        self, action_dim: int, proprio_dim: int = 0, latent_shape: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.register_buffer("action_mean", torch.zeros(action_dim))
         self.register_buffer("action_std", torch.ones(action_dim))
         self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
         self.register_buffer("proprio_std", torch.ones(proprio_dim))
+        shape = tuple(latent_shape) if latent_shape is not None else (0,)
+        self.register_buffer("latent_mean", torch.zeros(shape))
+        self.register_buffer("latent_std", torch.ones(shape))
 
     def set_stats(self, actions: Tensor, proprio: Tensor | None = None, min_std: float = 1e-3) -> None:
         """Fit the statistics on ``actions [..., A]`` (and ``proprio [..., P]``)."""
@@ -175,6 +187,25 @@ class Normalizer(nn.Module):
             p = proprio.reshape(-1, proprio.shape[-1]).float()
             self.proprio_mean.copy_(p.mean(0))
             self.proprio_std.copy_(p.std(0).clamp(min=min_std))
+
+    def set_latent_stats(self, z: Tensor, latent_std_floor: float = 0.1) -> None:
+        """Fit the latent statistics on pooled latents ``z [M, N, D]`` of the training frames."""
+        if not self.latent_mean.numel():
+            return
+        if tuple(z.shape[1:]) != tuple(self.latent_mean.shape):
+            raise ValueError(
+                f"latents of shape {tuple(z.shape)}; expected [M, *{tuple(self.latent_mean.shape)}]"
+            )
+        z = z.float()
+        std = z.std(0)
+        self.latent_mean.copy_(z.mean(0))
+        self.latent_std.copy_(std.clamp(min=float(latent_std_floor * std.median().clamp(min=1e-8))))
+
+    def latent(self, z: Tensor) -> Tensor:
+        """Standardise pooled latents ``[..., N, D]`` (identity before :meth:`set_latent_stats`)."""
+        if not self.latent_mean.numel():
+            return z
+        return (z - self.latent_mean.to(z.dtype)) / self.latent_std.to(z.dtype)
 
     def actions(self, a: Tensor) -> Tensor:
         return (a - self.action_mean) / self.action_std
@@ -207,12 +238,11 @@ class WorldModel(nn.Module):
         if pooler.embed_dim != encoder.embed_dim or predictor.latent_dim != pooler.out_dim:
             raise ValueError(
                 f"encoder dim {encoder.embed_dim}, pooler dim {pooler.embed_dim} (out {pooler.out_dim}) and "
-                f"predictor latent_dim "
-                f"{predictor.latent_dim} must agree"
+                f"predictor latent_dim {predictor.latent_dim} do not agree"
             )
         if pooler.num_tokens != predictor.num_tokens:
             raise ValueError(
-                f"pooler gives {pooler.num_tokens} tokens; predictor expects {predictor.num_tokens}"
+                f"pooler gives {pooler.num_tokens} tokens; predictor takes {predictor.num_tokens}"
             )
         self.encoder, self.pooler, self.predictor = encoder, pooler, predictor
         self.normalizer = normalizer or Normalizer(predictor.action_dim, predictor.proprio_dim)
@@ -244,8 +274,8 @@ class WorldModel(nn.Module):
         single = x.dim() == 3
         if single:
             x = x.unsqueeze(0)
-        if x.dim() != 4 or x.shape[-1] != 3:
-            raise ValueError(f"pixels of shape {tuple(x.shape)}; expected uint8 [B, H, W, 3] or [H, W, 3]")
+        if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+            raise ValueError(f"pixels {tuple(x.shape)} {x.dtype}; expected uint8 [B, H, W, 3] or [H, W, 3]")
         if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
             raise ValueError(
                 f"pixels are {x.shape[1]}x{x.shape[2]} but the world model was trained on "
@@ -254,7 +284,7 @@ class WorldModel(nn.Module):
         out = []
         for i in range(0, x.shape[0], batch_size):
             chunk = x[i : i + batch_size].to(self.device).permute(0, 3, 1, 2).float() / 255.0  # [b, 3, H, W]
-            out.append(self.pooler(self.encoder.encode_images(chunk)))  # [b, N, D]
+            out.append(self.normalizer.latent(self.pooler(self.encoder.encode_images(chunk))))  # [b, N, D]
         z = torch.cat(out)
         return z[0] if single else z
 
@@ -360,12 +390,11 @@ class WorldModel(nn.Module):
             grad = actions.requires_grad and torch.is_grad_enabled()
         ctx = self._as_context(context)
         if grad:  # inference-mode tensors (e.g. from encode) cannot be saved for backward
-            ctx = Context(
-                *(
-                    None if t is None else (t.clone() if t.is_inference() else t)
-                    for t in (ctx.z, ctx.actions, ctx.proprio)
-                )
-            )
+            fix = [
+                t.clone() if t is not None and t.is_inference() else t
+                for t in (ctx.z, ctx.actions, ctx.proprio)
+            ]
+            ctx = Context(*fix)
         with torch.inference_mode(not grad):
             a = self.normalizer.actions(actions.to(ctx.z.device, ctx.z.dtype))
             z, _ = self.predictor.imagine(ctx.z, a, ctx.actions, ctx.proprio, use_cache=use_cache)
@@ -385,8 +414,7 @@ class WorldModel(nn.Module):
             "image_size": self.image_size,
             "action_dim": self.action_dim,
         }
-        want = {"env_id": env_id, "image_size": image_size, "action_dim": action_dim}
-        for key, w in want.items():
+        for key, w in {"env_id": env_id, "image_size": image_size, "action_dim": action_dim}.items():
             h = have[key]
             if w is not None and h is not None and w != h:
                 raise ValueError(f"world model was trained with {key}={h!r} but is used with {key}={w!r}")
@@ -455,7 +483,9 @@ def build_world_model(cfg: Any) -> WorldModel:
         **dict(wm["predictor"]),
     )
     meta = {"env_id": cfg.get("env_id"), "image_size": encoder.img_size}
-    return WorldModel(encoder, pooler, predictor, Normalizer(int(cfg["action_dim"]), proprio_dim), meta)
+    latent_shape = None if pooler.learned else (pooler.num_tokens, pooler.out_dim)
+    normalizer = Normalizer(int(cfg["action_dim"]), proprio_dim, latent_shape)
+    return WorldModel(encoder, pooler, predictor, normalizer, meta)
 
 
 def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dict[str, Any]:

@@ -5,8 +5,9 @@
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
 
 Cached and uncached replans alternate in one process (so machine load hits both alike); prints
-min/median/max seconds per replan, the speed-up, the control rate of the default planner budget
-(configs/planner/<planner>.yaml) in Hz, the torch threads and the load average, then one JSON line.
+min/median/max seconds per replan, the speed-up, the control rate of the default planning budget
+(scripts/plan.py's: configs/plan.yaml over configs/planner/<planner>.yaml) in Hz, the torch threads
+and the load average, then one JSON line.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--world-model", default="compact", help="configs/world_model/<name> for random init")
     p.add_argument("--encoder", default="vit_micro", help="configs/encoder/<name> for random init")
     p.add_argument("--action-dim", type=int, default=2)
-    p.add_argument("--planner", default="cem", help="configs/planner/<name>")
+    p.add_argument("--planner", default="cem", choices=["cem", "mppi"], help="configs/planner/<name>")
     p.add_argument("--population", type=int, default=300)
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--horizon", type=int, default=5)
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"+planner={args.planner}",
             ]
         )
+        # the budget scripts/plan.py plans with by default (its config may override the group's)
+        plan_cfg = cfg
+        if (CONFIGS / "plan.yaml").exists():
+            plan_cfg = compose(config_name="plan", overrides=[f"planner={args.planner}"])
     if args.checkpoint:
         model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
         source = str(args.checkpoint)
@@ -85,8 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = model.context(list(z_hist[0]), [torch.zeros(A)] * (args.context - 1))
     cost = LatentGoalCost(torch.nn.functional.layer_norm(torch.randn(N, D), (D,)))
     budget = dict(population=args.population, iterations=args.iterations, horizon=args.horizon)
+    elites = cfg.planner.get("elites")
+    if elites is not None and elites > args.population:  # keep the elite share for small populations
+        budget["elites"] = max(1, args.population // 10)
     bench_planner = instantiate(cfg.planner, action_dim=A, **budget)
-    default_planner = instantiate(cfg.planner, action_dim=A)
+    default_planner = instantiate(plan_cfg.planner, action_dim=A)
 
     def replan(planner, use_cache: bool) -> float:
         def rollout(c, a):
@@ -99,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     variants = {"kv_cache": True} | ({} if args.no_baseline else {"no_cache": False})
     for use_cache in variants.values():  # warm-up (allocator, kernels)
         replan(
-            instantiate(
-                cfg.planner, action_dim=A, population=args.population, iterations=2, horizon=args.horizon
-            ),
+            instantiate(cfg.planner, action_dim=A, **{**budget, "iterations": 2}),
             use_cache,
         )
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, use_cache in variants.items():
             times[name].append(replan(bench_planner, use_cache))
     default_budget = {k: getattr(default_planner, k) for k in ("population", "iterations", "horizon")}
-    if default_budget == budget:
+    if default_budget == {k: budget[k] for k in default_budget}:
         default_times = times["kv_cache"]
     else:
         default_times = [replan(default_planner, True) for _ in range(args.replans)]

@@ -48,6 +48,8 @@ def run(cfg: DictConfig) -> dict:
     return {
         "r2": res["pretrained"]["r2"],
         "r2_random_init": res["random_init"]["r2"] if "random_init" in res else None,
+        "r2_pooled": res["pretrained"]["r2_pooled"],
+        "r2_pooled_random_init": res["random_init"]["r2_pooled"] if "random_init" in res else None,
         "checkpoint": str(cfg.checkpoint),
         "env": env,
         "train_frames": len(train_f),

@@ -64,8 +64,10 @@ def test_future_inputs_do_not_change_past_outputs(proprio_dim):
 @pytest.mark.parametrize("context", [1, 3])
 @pytest.mark.parametrize("proprio_dim", [0, P])
 @pytest.mark.parametrize("ctx_batch", [1, 5])
-def test_cached_rollout_equals_full_window(context, proprio_dim, ctx_batch):
-    model = make(proprio_dim=proprio_dim)
+@pytest.mark.parametrize("residual", [True, False])
+def test_cached_rollout_equals_full_window(context, proprio_dim, ctx_batch, residual):
+    model = make(proprio_dim=proprio_dim, residual=residual)
+    model.set_delta_scale(torch.rand(D) + 0.1)
     S, H = 5, 4
     z_ctx = torch.randn(ctx_batch, context, 2, D)
     a_ctx = torch.randn(ctx_batch, context - 1, A) if context > 1 else None
@@ -110,7 +112,8 @@ def test_rollout_grad_matches_between_paths():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
-def test_losses_train():
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_losses_train(loss):
     torch.manual_seed(0)
     model = ACPredictor(D, A, num_tokens=1, dim=32, depth=2, num_heads=2, max_steps=8)
     W = torch.randn(A, D) * 0.3
@@ -124,17 +127,20 @@ def test_losses_train():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     z, a = batch()
     with torch.no_grad():
-        tf0, ro0 = teacher_forcing_loss(model, z, a).item(), rollout_loss(model, z, a, k=3).item()
+        tf0 = teacher_forcing_loss(model, z, a, loss=loss).item()
+        ro0 = rollout_loss(model, z, a, k=3, loss=loss).item()
     for _ in range(60):
         z, a = batch()
-        loss = teacher_forcing_loss(model, z, a) + rollout_loss(model, z, a, k=3)
+        total = teacher_forcing_loss(model, z, a, loss=loss) + rollout_loss(model, z, a, k=3, loss=loss)
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         opt.step()
     z, a = batch()
     with torch.no_grad():
-        assert teacher_forcing_loss(model, z, a).item() < 0.7 * tf0
-        assert rollout_loss(model, z, a, k=3, context=2).item() < 0.7 * ro0
+        assert teacher_forcing_loss(model, z, a, loss=loss).item() < 0.7 * tf0
+        assert rollout_loss(model, z, a, k=3, context=2, loss=loss).item() < 0.7 * ro0
+    with pytest.raises(ValueError, match="loss"):
+        teacher_forcing_loss(model, z, a, loss="huber")
 
 
 def test_config_roundtrip_and_errors():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from jepa_agent.losses import (
+    content_std,
     effective_rank,
     ema_update,
     feature_std,
@@ -86,6 +87,9 @@ def test_collapse_statistics() -> None:
     assert effective_rank(healthy) > 25
     assert effective_rank(collapsed) < 1.5
     assert effective_rank(torch.zeros(4, 8)) == 1.0
+    positional = torch.randn(1, 6, 8).expand(5, -1, -1)  # same features for every clip
+    assert content_std(positional) == 0.0 and feature_std(positional) > 0.5
+    assert content_std(torch.randn(64, 6, 8)) > 0.9
 
 
 def test_schedules() -> None:

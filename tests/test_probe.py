@@ -16,6 +16,7 @@ from jepa_agent.probe import (
     ProbeConfig,
     extract_features,
     joint_sincos,
+    pooled_ridge_r2,
     predict,
     probe_targets,
     r2_scores,
@@ -75,6 +76,14 @@ def test_probe_learns_where_the_hot_token_is() -> None:
     assert isinstance(probe, AttentiveProbe) and info["seconds"] > 0
     r2 = r2_scores(predict(probe, feats[600:]), y[600:])
     assert (r2 > 0.9).all(), r2
+
+
+def test_pooled_ridge_recovers_a_linear_target() -> None:
+    rng = np.random.default_rng(0)
+    f = torch.as_tensor(rng.normal(size=(300, 4, 6)), dtype=torch.float16)
+    y = f.float().mean(1).numpy() @ rng.normal(size=(6, 2))  # linear in the pooled tokens
+    r2 = pooled_ridge_r2(f[:200], y[:200], f[200:], y[200:])
+    assert r2.shape == (2,) and (r2 > 0.99).all()
 
 
 def test_extract_features_shapes_and_dtype() -> None:

@@ -284,6 +284,8 @@ def test_config_errors():
         WorldModelTrainConfig(window=3, rollout_steps=3)
     with pytest.raises(ValueError, match="window"):
         WorldModelTrainConfig(window=1)
+    with pytest.raises(ValueError, match="train.loss"):
+        WorldModelTrainConfig(loss="huber")
 
 
 def _write_dataset(root: Path, n: int = 3) -> None:
@@ -327,3 +329,16 @@ def test_script_end_to_end(tmp_path, run_env, python):
                          env=run_env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert bad.returncode != 0
     assert "16" in bad.stderr and "64" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_plan_smoke(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plan", REPO / "scripts" / "bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--population", "16", "--iterations", "2", "--replans", "5", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out == json.loads(json.dumps(res))
+    assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
+    assert res["threads"] == 1 and res["latent_tokens"] == 1

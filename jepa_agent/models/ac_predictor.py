@@ -233,25 +233,25 @@ class ACPredictor(nn.Module):
                 "shorten the context/horizon or train with a larger max_steps"
             )
 
-    def _embed(self, z: Tensor, actions: Tensor, proprio: Tensor | None) -> Tensor:
-        """``z [..., N, D]``, ``actions [..., A]`` -> tokens ``[..., M, dim]`` (no position embedding)."""
+    def _tokens(self, e: Tensor, actions: Tensor, proprio: Tensor | None) -> Tensor:
+        """Embedded latents ``e [..., N, dim]`` and ``actions [..., A]`` -> tokens ``[..., M, dim]``."""
         parts = [self.action_embed(actions).unsqueeze(-2)]  # [..., 1, dim]
         if self.proprio_embed is not None:
             parts.append(self.proprio_embed(proprio).unsqueeze(-2))
-        parts.append(self.latent_embed(z))  # [..., N, dim]
+        parts.append(e)  # [..., N, dim]
         return torch.cat(parts, dim=-2) + self.type_embed
 
-    def _heads(self, x: Tensor, z: Tensor, proprio: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Normed non-action token outputs ``x [..., M-1, dim]`` -> ``(z_next [..., N, D], p_next)``."""
-        z_next = self.latent_head(x[..., x.shape[-2] - self.num_tokens :, :])  # [..., N, D]
-        if self.residual:
-            z_next = z + self.delta_scale * z_next
-        p_next = None
-        if self.proprio_head is not None:
-            p_next = self.proprio_head(x[..., 0, :])  # [..., P]
-            if self.residual:
-                p_next = p_next + proprio
-        return z_next, p_next
+    def _latent_out(self, h: Tensor, z: Tensor) -> Tensor:
+        """Normed latent-token features ``h [..., N, dim]`` -> next latent ``[..., N, D]``."""
+        out = self.latent_head(h)
+        return z + self.delta_scale * out if self.residual else out
+
+    def _proprio_out(self, x: Tensor, proprio: Tensor | None) -> Tensor | None:
+        """Normed proprio-token features ``x [..., dim]`` -> next proprio ``[..., P]`` (or None)."""
+        if self.proprio_head is None:
+            return None
+        out = self.proprio_head(x)
+        return out + proprio if self.residual else out
 
     def forward(
         self, z: Tensor, actions: Tensor, proprio: Tensor | None = None, return_cache: bool = False
@@ -270,7 +270,9 @@ class ACPredictor(nn.Module):
         B, T = z.shape[:2]
         self._check(z, actions, proprio, 0, T)
         M = self.tokens_per_step
-        x = self._embed(z, actions, proprio) + self.time_embed[:T, None, :]  # [B, T, M, dim]
+        x = (
+            self._tokens(self.latent_embed(z), actions, proprio) + self.time_embed[:T, None, :]
+        )  # [B, T, M, dim]
         x = x.reshape(B, T * M, self.dim)
         mask = None if T == 1 else block_causal_mask(T, M, device=x.device)
         keys, values = [], []
@@ -279,7 +281,11 @@ class ACPredictor(nn.Module):
             if return_cache:
                 keys.append(k.permute(1, 3, 2, 0))  # [h, hd, T*M, B]
                 values.append(v.permute(1, 3, 2, 0))
-        z_next, p_next = self._heads(self.norm(x).view(B, T, M, self.dim)[:, :, 1:], z, proprio)
+        x = self.norm(x).view(B, T, M, self.dim)
+        z_next, p_next = (
+            self._latent_out(x[:, :, M - self.num_tokens :], z),
+            self._proprio_out(x[:, :, 1], proprio),
+        )
         if return_cache:
             return z_next, p_next, KVCache(keys, values, T)
         return z_next, p_next
@@ -298,13 +304,23 @@ class ACPredictor(nn.Module):
         Returns:
             ``(z_next [B, N, D], proprio_next [B, P] | None, cache extended by this step)``.
         """
-        B = z.shape[0]
+        self._check(z, action, proprio, 0 if cache is None else cache.steps, 1)
+        h, p_next, cache = self._step_embedded(self.latent_embed(z), action, proprio, cache)
+        return self._latent_out(h, z), p_next, cache
+
+    def _step_embedded(
+        self, e: Tensor, action: Tensor, proprio: Tensor | None, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor | None, KVCache]:
+        """:meth:`step` from embedded latents ``e [B, N, dim]`` -> ``(h [B, N, dim], p_next, cache)``,
+        ``h`` the normed latent-token features (the latent head is left to the caller)."""
+        B = e.shape[0]
         t = 0 if cache is None else cache.steps
-        self._check(z, action, proprio, t, 1)
+        if t + 1 > self.max_steps:
+            raise ValueError(f"step {t + 1} exceeds the predictor's max_steps={self.max_steps}")
         if cache is not None:
             cache = cache.expand(B)
         M = self.tokens_per_step
-        x = self._embed(z, action, proprio) + self.time_embed[t]  # [B, M, dim]
+        x = self._tokens(e, action, proprio) + self.time_embed[t]  # [B, M, dim]
         x = x.transpose(0, 1).reshape(M * B, self.dim)  # token-major [M*B, dim]
         # the last block only needs outputs for the tokens the heads read (latents, + proprio)
         Q = M - 1
@@ -316,8 +332,8 @@ class ACPredictor(nn.Module):
             keys.append(k)
             values.append(v)
         x = self.norm(x).view(Q, B, self.dim).transpose(0, 1)  # [B, M-1, dim]
-        z_next, p_next = self._heads(x, z, proprio)
-        return z_next, p_next, KVCache(keys, values, t + 1)
+        h = x[:, Q - self.num_tokens :]  # [B, N, dim]
+        return h, self._proprio_out(x[:, 0], proprio), KVCache(keys, values, t + 1)
 
     # -- imagination ----------------------------------------------------------------------------
     def imagine(
@@ -357,15 +373,39 @@ class ACPredictor(nn.Module):
         if C > 1:  # the observed past is the same for every sample: run it once at batch B
             p = None if proprio_ctx is None else proprio_ctx[:, :-1]
             _, _, cache = self(z_ctx[:, :-1], actions_ctx, p, return_cache=True)
-        z = z_ctx[:, -1].expand(S, -1, -1)  # [S, N, D]
+        z0 = z_ctx[:, -1]  # [B, N, D]
+        self._check(z0, actions[:B, 0], None if proprio_ctx is None else proprio_ctx[:, -1], C - 1, H)
+        e = self.latent_embed(z0).expand(S, -1, -1)  # [S, N, dim]
         p = None if proprio_ctx is None else proprio_ctx[:, -1].expand(S, -1)
-        zs, ps = [], []
-        for h in range(H):
-            z, p, cache = self.step(z, actions[:, h], p, cache)
-            zs.append(z)
+        # The next step's input embedding, latent_embed(z_next), is affine in this step's features h
+        # (residual: e + h @ R^T + c, R = W_e diag(s) W_h), so the loop stays in the predictor's width;
+        # the latent head then runs once after it: z_t = z0 + s * (W_h sum_{u<=t} h_u + t b_h), one GEMM
+        # with z0 as its bias -- cheap even for wide (flattened-grid) latents.
+        w_e, w_h, b_h = self.latent_embed.weight, self.latent_head.weight, self.latent_head.bias
+        scale = self.delta_scale if self.residual else torch.ones_like(self.delta_scale)
+        R = (w_e * scale) @ w_h  # [dim, dim]
+        c = w_e @ (scale * b_h) + (0 if self.residual else self.latent_embed.bias)  # [dim]
+        hs, ps = [], []
+        for t in range(H):
+            h, p, cache = self._step_embedded(e, actions[:, t], p, cache)  # h: [S, N, dim]
+            hs.append(h)
             ps.append(p)
-        z_out = torch.stack(zs, dim=1)  # [S, H, N, D]
-        return z_out, (torch.stack(ps, dim=1) if p is not None else None)
+            if t < H - 1:
+                e = (e if self.residual else 0) + h @ R.T + c
+        hs = torch.stack(hs, dim=1)  # [S, H, N, dim]
+        N, D = z0.shape[-2:]
+        if not self.residual:
+            out = self.latent_head(hs)
+        else:
+            count = torch.arange(1, H + 1, dtype=hs.dtype, device=hs.device).view(1, H, 1, 1)
+            feats = torch.cat([hs.cumsum(1), count.expand(S, H, N, 1)], dim=-1)  # [S, H, N, dim+1]
+            w = torch.cat([w_h, b_h[:, None]], dim=1) * scale[:, None]  # [D, dim+1]
+            flat = feats.reshape(S * H * N, -1)
+            if B == 1 and N == 1:  # z0 shared by every row: fuse it as the GEMM's bias
+                out = torch.addmm(z0.reshape(D), flat, w.T).view(S, H, N, D)
+            else:
+                out = (flat @ w.T).view(S, H, N, D) + z0.unsqueeze(1)
+        return out, (torch.stack(ps, dim=1) if p is not None else None)
 
     def _imagine_full(
         self, z_ctx: Tensor, actions: Tensor, actions_ctx: Tensor | None, proprio_ctx: Tensor | None
@@ -415,26 +455,39 @@ def ac_predictor_config(model: ACPredictor) -> dict[str, Any]:
 
 
 # -- losses ---------------------------------------------------------------------------------------
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+def _regression(loss: str):
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[loss]
+
+
 def teacher_forcing_loss(
     predictor: ACPredictor,
     z: Tensor,
     actions: Tensor,
     proprio: Tensor | None = None,
     proprio_weight: float = 1.0,
+    loss: str = "l1",
 ) -> Tensor:
-    """One-step L1 loss with ground-truth inputs at every step.
+    """One-step loss (L1 by default, as V-JEPA 2-AC; or ``"mse"``) with ground-truth inputs at every step.
 
     Args:
         z: ``[B, T, N, D]`` target-encoder latents of a window of ``T`` frames.
         actions: ``[B, T-1, A]`` the actions between consecutive frames.
         proprio: ``[B, T, P]`` or None.
+        loss: ``"l1"`` (fits the conditional median: stays at "no change" where changes are uncertain)
+            or ``"mse"`` (the conditional mean).
     """
+    fn = _regression(loss)
     p_in = None if proprio is None else proprio[:, :-1]
     z_pred, p_pred = predictor(z[:, :-1], actions, p_in)  # [B, T-1, N, D]
-    loss = F.l1_loss(z_pred, z[:, 1:])
+    out = fn(z_pred, z[:, 1:])
     if p_pred is not None:
-        loss = loss + proprio_weight * F.l1_loss(p_pred, proprio[:, 1:])
-    return loss
+        out = out + proprio_weight * fn(p_pred, proprio[:, 1:])
+    return out
 
 
 def rollout_loss(
@@ -445,8 +498,9 @@ def rollout_loss(
     proprio: Tensor | None = None,
     context: int = 1,
     proprio_weight: float = 1.0,
+    loss: str = "l1",
 ) -> Tensor:
-    """``k``-step autoregressive L1 loss: from ``context`` true frames, feed predictions back ``k`` times.
+    """``k``-step autoregressive loss: from ``context`` true frames, feed predictions back ``k`` times.
 
     Args:
         z: ``[B, T, N, D]`` latents; needs ``T >= context + k``.
@@ -454,7 +508,9 @@ def rollout_loss(
         k: number of imagined steps scored.
         proprio: ``[B, T, P]`` or None.
         context: observed frames before imagination starts.
+        loss: ``"l1"`` or ``"mse"``.
     """
+    fn = _regression(loss)
     T = z.shape[1]
     if k < 1 or context < 1 or context + k > T:
         raise ValueError(
@@ -466,7 +522,7 @@ def rollout_loss(
         actions_ctx=actions[:, : context - 1] if context > 1 else None,
         proprio_ctx=None if proprio is None else proprio[:, :context],
     )  # [B, k, N, D]
-    loss = F.l1_loss(z_hat, z[:, context : context + k])
+    out = fn(z_hat, z[:, context : context + k])
     if p_hat is not None:
-        loss = loss + proprio_weight * F.l1_loss(p_hat, proprio[:, context : context + k])
-    return loss
+        out = out + proprio_weight * fn(p_hat, proprio[:, context : context + k])
+    return out

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state, save_checkpoint
 from jepa_agent.losses import (
+    content_std,
     effective_rank,
     ema_update,
     feature_std,
@@ -436,6 +437,8 @@ def pretrain(
             metrics: dict[str, float] = {}
             if step % cfg.collapse_every == 0 or done == stop:
                 collapse = {"target_std": feature_std(h), "target_eff_rank": effective_rank(h)}
+                if h.shape[0] > 1:
+                    collapse["target_content_std"] = content_std(h)
                 metrics.update(collapse)
                 _check_collapse(collapse, cfg, step, logger)
             if step % cfg.log_every == 0 or done == stop or metrics:

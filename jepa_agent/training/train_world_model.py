@@ -58,6 +58,7 @@ class WorldModelTrainConfig:
         window: frames per training window ``T`` (``T - 1`` teacher-forced predictions).
         rollout_steps: ``k`` of the autoregressive rollout loss (from 1 context frame; ``k < window``).
         rollout_weight: weight of the rollout loss.
+        loss: ``"l1"`` (V-JEPA 2-AC) or ``"mse"`` for both terms.
         proprio_weight: weight of the proprio prediction terms (models with a proprio token).
         variance_weight: collapse guard for learned (attentive) pooling.
         lr, final_lr, warmup, weight_decay, betas, clip_grad: AdamW with warm-up + cosine lr.
@@ -75,6 +76,7 @@ class WorldModelTrainConfig:
     window: int = 4
     rollout_steps: int = 2
     rollout_weight: float = 1.0
+    loss: str = "l1"
     proprio_weight: float = 1.0
     variance_weight: float = 1.0
     lr: float = 1e-3
@@ -102,6 +104,8 @@ class WorldModelTrainConfig:
             raise ValueError(
                 f"train.rollout_steps={self.rollout_steps}; expected 1 <= k < window={self.window}"
             )
+        if self.loss not in ("l1", "mse"):
+            raise ValueError(f"train.loss={self.loss!r}; expected 'l1' or 'mse'")
         if not 0 <= self.warmup <= self.steps:
             raise ValueError(f"train.warmup={self.warmup}; expected 0 <= warmup <= steps={self.steps}")
         if self.stop_after is not None and self.stop_after < 1:
@@ -260,9 +264,11 @@ class WorldModelLoss(nn.Module):
             B, T = z.shape[:2]
             z = self.pooler(z.flatten(0, 1)).view(B, T, self.pooler.num_tokens, -1)  # [B, T, N, D]
             parts["variance"] = variance_loss(z)
-        parts["teacher_forcing"] = teacher_forcing_loss(self.predictor, z, actions, proprio, c.proprio_weight)
+        parts["teacher_forcing"] = teacher_forcing_loss(
+            self.predictor, z, actions, proprio, c.proprio_weight, loss=c.loss
+        )
         parts["rollout"] = rollout_loss(self.predictor, z, actions, c.rollout_steps, proprio,
-                                        proprio_weight=c.proprio_weight)  # fmt: skip
+                                        proprio_weight=c.proprio_weight, loss=c.loss)  # fmt: skip
         loss = parts["teacher_forcing"] + c.rollout_weight * parts["rollout"]
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
@@ -277,8 +283,8 @@ def evaluate_world_model(
 
     Returns (L1, mean over tokens and dims): ``one_step`` (teacher-forced) and ``h_step`` (mean over
     ``horizon`` imagined steps from one observed frame) and ``final_step``, each with ``_copy_last`` (the
-    baseline that predicts the last observed latent) and their ratio. Empty when no episode is long
-    enough.
+    baseline that predicts the last observed latent), their ratio, and the same ratio for the squared
+    error (``_mse_ratio_to_copy_last``). Empty when no episode is long enough.
     """
     first = data.window_starts(horizon + 1)
     if len(first) == 0:
@@ -294,16 +300,18 @@ def evaluate_world_model(
     one, _ = model.predictor(z[:, :-1], a, pin)  # [B, H, N, D]
     imag, _ = model.predictor.imagine(z[:, :1], a, proprio_ctx=None if p is None else p[:, :1])
     target = z[:, 1:]
-    res = {
-        "one_step_l1": (one - target).abs().mean().item(),
-        "one_step_copy_last_l1": (z[:, :-1] - target).abs().mean().item(),
-        "h_step_l1": (imag - target).abs().mean().item(),
-        "h_step_copy_last_l1": (z[:, :1] - target).abs().mean().item(),
-        "final_step_l1": (imag[:, -1] - target[:, -1]).abs().mean().item(),
-        "final_step_copy_last_l1": (z[:, 0] - target[:, -1]).abs().mean().item(),
+    pairs = {  # name: (prediction, copy-last prediction, target)
+        "one_step": (one, z[:, :-1], target),
+        "h_step": (imag, z[:, :1], target),
+        "final_step": (imag[:, -1], z[:, 0], target[:, -1]),
     }
-    for k in ("one_step", "h_step", "final_step"):
+    res: dict[str, float] = {}
+    for k, (pred, copy, tgt) in pairs.items():
+        res[f"{k}_l1"] = (pred - tgt).abs().mean().item()
+        res[f"{k}_copy_last_l1"] = (copy - tgt).abs().mean().item()
         res[f"{k}_ratio_to_copy_last"] = res[f"{k}_l1"] / max(res[f"{k}_copy_last_l1"], 1e-12)
+        mse, copy_mse = (pred - tgt).square().mean().item(), (copy - tgt).square().mean().item()
+        res[f"{k}_mse_ratio_to_copy_last"] = mse / max(copy_mse, 1e-12)
     return {**res, "horizon": horizon, "windows": len(first)}
 
 
@@ -370,6 +378,14 @@ def train_world_model(
     val = None
     if val_source is not None:
         val = encode_episodes(model, val_source, cfg.encode_batch, pooled, show)
+    if (
+        pooled
+    ):  # standardise the cached latents as WorldModel.encode does (stats from train, or the checkpoint)
+        if state is None:
+            model.normalizer.set_latent_stats(train.z)
+        train.z = model.normalizer.latent(train.z)
+        if val is not None:
+            val.z = model.normalizer.latent(val.z)
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
