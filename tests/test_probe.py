@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jepa_agent.probe import (
     AttentiveProbe,
@@ -63,19 +64,20 @@ def test_probe_learns_where_the_hot_token_is() -> None:
     # 16 tokens carry their (row, col) on a 4x4 grid; one is "hot"; the target is the hot token's
     # (row, col): mean pooling cannot get it (R^2 ~ 0), attention to the hot token can
     rng = np.random.default_rng(0)
-    m, n, d = 800, 16, 8
+    m, n = 800, 16
     hot = torch.as_tensor(rng.integers(0, n, m))
-    grid = torch.stack([torch.arange(n) // 4, torch.arange(n) % 4], 1).float()  # [N, 2]
-    feats = torch.randn(m, n, d) * 0.05
-    feats[:, :, :2] += grid
-    feats[torch.arange(m), hot, 2] += 5.0  # the hot flag
-    y = grid[hot].double().numpy()
+    grid = torch.stack([torch.arange(n) // 4, torch.arange(n) % 4], 1)  # [N, 2] (row, col)
+    code = torch.cat([F.one_hot(grid[:, 0], 4), F.one_hot(grid[:, 1], 4)], 1).float()  # [N, 8]
+    feats = torch.cat([code.expand(m, -1, -1), torch.zeros(m, n, 4)], 2)  # [M, N, 12]: code + flag dims
+    feats[torch.arange(m), hot, 8:] = 3.0  # the hot flag
+    feats += 0.05 * torch.randn_like(feats)
+    y = grid[hot].double().numpy()  # [M, 2]
     probe, info = train_probe(
         feats[:600], y[:600], ProbeConfig(epochs=40, batch_size=64, lr=5e-3, num_heads=2)
     )
     assert isinstance(probe, AttentiveProbe) and info["seconds"] > 0
     r2 = r2_scores(predict(probe, feats[600:]), y[600:])
-    assert (r2 > 0.9).all(), r2
+    assert (r2 > 0.8).all(), r2  # mean pooling scores ~0 here (every clip has the same mean token)
 
 
 def test_pooled_ridge_recovers_a_linear_target() -> None:
