@@ -100,10 +100,12 @@ class ReachEnv(gym.Env):
             {
                 "pixels": spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8),
                 "proprio": spaces.Box(
-                    np.concatenate([np.maximum(self.joint_low - 0.5, -MAX_ANGLE), np.full(n, -MAX_SPEED)])
-                    .astype(np.float32),
-                    np.concatenate([np.minimum(self.joint_high + 0.5, MAX_ANGLE), np.full(n, MAX_SPEED)])
-                    .astype(np.float32),
+                    np.concatenate(
+                        [np.maximum(self.joint_low - 0.5, -MAX_ANGLE), np.full(n, -MAX_SPEED)]
+                    ).astype(np.float32),
+                    np.concatenate(
+                        [np.minimum(self.joint_high + 0.5, MAX_ANGLE), np.full(n, MAX_SPEED)]
+                    ).astype(np.float32),
                     dtype=np.float32,
                 ),
             }
@@ -185,7 +187,7 @@ class ReachEnv(gym.Env):
 
     # ------------------------------------------------------------------------------ gymnasium api
     def reset_model(self, options: dict[str, Any]) -> None:
-        """Sample the start pose and a goal at least ``min_goal_distance`` away (or take them from options)."""
+        """Sample the start and a goal at least ``min_goal_distance`` away (or take both from options)."""
         qpos = options.get("qpos")
         self.set_state(self._sample_qpos() if qpos is None else qpos)
         if options.get("goal_qpos") is not None:

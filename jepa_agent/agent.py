@@ -100,7 +100,9 @@ class MPCAgent:
         action_high: float = 1.0,
     ) -> None:
         if not 1 <= execute_steps <= horizon:
-            raise ValueError(f"execute_steps={execute_steps}: expected 1 <= execute_steps <= horizon={horizon}")
+            raise ValueError(
+                f"execute_steps={execute_steps}: expected 1 <= execute_steps <= horizon={horizon}"
+            )
         self.model = model
         self.planner = planner
         self.horizon = horizon

@@ -46,7 +46,9 @@ def load_goal_image(path: str | os.PathLike, size: int) -> np.ndarray:
             img.load()
             arr = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise GoalError(f"goal image {str(path)!r} is not a readable image ({e}); expected a PNG or JPEG") from e
+        raise GoalError(
+            f"goal image {str(path)!r} is not a readable image ({e}); expected a PNG or JPEG"
+        ) from e
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise GoalError(f"goal image {str(path)!r} has shape {arr.shape}; expected [H, W, 3] with H, W > 0")
     return resize_square(arr, size)

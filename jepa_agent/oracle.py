@@ -16,7 +16,7 @@ from envs.reach import LINK_LENGTHS
 
 
 class ReachKinematics:
-    """Batched kinematic model of ``JepaAgent/Reach-v0`` (a ``PlanningModel``); state = joint angles ``[2]``."""
+    """Batched kinematic model of ``JepaAgent/Reach-v0`` (a ``PlanningModel``); state: joint angles."""
 
     def __init__(self, max_delta: float, joint_low: np.ndarray, joint_high: np.ndarray, device="cpu") -> None:
         self.max_delta = float(max_delta)
@@ -60,7 +60,9 @@ def forward_kinematics_torch(q: Tensor) -> Tensor:
     """End-effector ``xy`` for joint angles ``q [..., 2]`` -> ``[..., 2]`` (torch twin of envs.reach)."""
     l1, l2 = LINK_LENGTHS
     q1, q12 = q[..., 0], q[..., 0] + q[..., 1]
-    return torch.stack([l1 * torch.cos(q1) + l2 * torch.cos(q12), l1 * torch.sin(q1) + l2 * torch.sin(q12)], -1)
+    return torch.stack(
+        [l1 * torch.cos(q1) + l2 * torch.cos(q12), l1 * torch.sin(q1) + l2 * torch.sin(q12)], -1
+    )
 
 
 class EndEffectorCost:

@@ -45,11 +45,14 @@ def load_planning_model(
     checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_cfg: DictConfig, device: Any
 ) -> ConfiguredCost:
     """The world model of ``checkpoint`` (checked against the env: a mismatch names both values),
-    with the goal cost configured by ``cost_cfg`` (``metric``, ``reduction``, ``discount``, ``action_weight``)."""
+    with the goal cost configured by ``cost_cfg`` (``metric``, ``reduction``, ``discount``,
+    ``action_weight``)."""
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )
-    return ConfiguredCost(model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight)
+    return ConfiguredCost(
+        model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight
+    )
 
 
 def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:
@@ -61,7 +64,9 @@ def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:
         raise ValueError(f"planner config {dict(planner_cfg)} is invalid: {cause}") from e
 
 
-def build_agent(model: PlanningModel, planner: Any, agent_cfg: DictConfig, low: float, high: float) -> MPCAgent:
+def build_agent(
+    model: PlanningModel, planner: Any, agent_cfg: DictConfig, low: float, high: float
+) -> MPCAgent:
     """An MPC agent over ``model`` with the planner's horizon and the ``agent`` config section."""
     return MPCAgent(
         model,
@@ -102,11 +107,15 @@ def energy_landscape(
     return values.numpy(), costs.reshape(grid, grid).float().cpu().numpy()
 
 
-def plot_energy(values: np.ndarray, costs: dict[str, np.ndarray], path: Path, planned: np.ndarray | None) -> None:
+def plot_energy(
+    values: np.ndarray, costs: dict[str, np.ndarray], path: Path, planned: np.ndarray | None
+) -> None:
     """One heat map per model (e.g. JEPA world model vs true state), the planned first action marked."""
     fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.8), squeeze=False)
-    for ax, (name, c) in zip(axes[0], costs.items()):
-        im = ax.imshow(c, origin="lower", extent=[values[0], values[-1], values[0], values[-1]], cmap="viridis")
+    for ax, (name, c) in zip(axes[0], costs.items(), strict=True):
+        im = ax.imshow(
+            c, origin="lower", extent=[values[0], values[-1], values[0], values[-1]], cmap="viridis"
+        )
         i, j = np.unravel_index(np.argmin(c), c.shape)
         ax.plot(values[j], values[i], "w*", ms=12, label="grid minimum")
         if planned is not None:
@@ -158,7 +167,9 @@ def write_plan_report(
     out.mkdir(parents=True, exist_ok=True)
     report["cost_per_iteration"] = {
         "path": str(out / "cost_per_iteration.png"),
-        "median_relative_cost": plot_cost_traces({n: a.plans for n, a in agents.items()}, out / "cost_per_iteration.png"),
+        "median_relative_cost": plot_cost_traces(
+            {n: a.plans for n, a in agents.items()}, out / "cost_per_iteration.png"
+        ),
     }
     if grid > 1:
         obs, _ = env.reset(seed=seed)
@@ -166,7 +177,9 @@ def write_plan_report(
         goal = {"image": u.render_goal() if goal_image is None else goal_image, "state": u.goal_state()}
         costs, planned = {}, None
         for name, agent in agents.items():
-            values, costs[name] = energy_landscape(agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid)
+            values, costs[name] = energy_landscape(
+                agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid
+            )
             if planned is None:
                 agent.reset(goal)
                 planned = agent.act(obs)

@@ -35,9 +35,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"device={device!r} is not a torch device; expected 'auto', 'cpu' or 'cuda[:i]'") from e
+        raise ValueError(
+            f"device={device!r} is not a torch device; expected 'auto', 'cpu' or 'cuda[:i]'"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but no GPU is visible; use device=auto or device=cpu")
+        raise ValueError(
+            f"device={device!r} asked for CUDA but no GPU is visible; use device=auto or device=cpu"
+        )
     return dev
 
 

@@ -30,14 +30,25 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for n in fps:
             with tempfile.TemporaryDirectory() as d:
-                res = collect(os.path.join(d, "ds"), args.episodes, env_kwargs={"image_size": args.image_size},
-                              policy=args.policy, num_envs=n, progress=False)
+                res = collect(
+                    os.path.join(d, "ds"),
+                    args.episodes,
+                    env_kwargs={"image_size": args.image_size},
+                    policy=args.policy,
+                    num_envs=n,
+                    progress=False,
+                )
             fps[n].append(res["frames_per_s"])
     load = os.getloadavg()
-    summary = {f"num_envs_{n}": {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
-               for n, v in fps.items()}
+    summary = {
+        f"num_envs_{n}": {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
+        for n, v in fps.items()
+    }
     for n, s in summary.items():
-        print(f"{n}: median {s['median']:.0f} frames/s (min {s['min']:.0f}, max {s['max']:.0f})", file=sys.stderr)
+        print(
+            f"{n}: median {s['median']:.0f} frames/s (min {s['min']:.0f}, max {s['max']:.0f})",
+            file=sys.stderr,
+        )
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
     emit_json_line({**summary, "episodes": args.episodes, "image_size": args.image_size, "load_avg": load})
 

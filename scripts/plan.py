@@ -47,13 +47,21 @@ def main(cfg: DictConfig) -> None:
 
     kind = goal_kind(str(cfg.goal))
     goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
-    oracle = build_agent(ReachKinematics.from_env(env), build_planner(cfg.planner, action_dim), cfg.agent, low, high)
+    oracle = build_agent(
+        ReachKinematics.from_env(env), build_planner(cfg.planner, action_dim), cfg.agent, low, high
+    )
     policies = {}
     if kind == "state":
         policies["oracle"] = oracle
     else:
-        model = load_planning_model(cfg.checkpoint, envs.resolve_env_id(cfg.env.name), cfg.env.image_size,
-                                    action_dim, cfg.cost, device)
+        model = load_planning_model(
+            cfg.checkpoint,
+            envs.resolve_env_id(cfg.env.name),
+            cfg.env.image_size,
+            action_dim,
+            cfg.cost,
+            device,
+        )
         policies["jepa"] = build_agent(model, build_planner(cfg.planner, action_dim), cfg.agent, low, high)
         if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
             policies["oracle"] = oracle
@@ -62,14 +70,28 @@ def main(cfg: DictConfig) -> None:
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
     bar = tqdm(total=len(seeds) * len(policies), desc="episodes", file=sys.stderr)
-    results = evaluate(env, policies, seeds, goal_image=goal_image, video_dir=out,
-                       video_policies=tuple(policies), max_videos=int(cfg.videos),
-                       progress=lambda name, i: bar.set_postfix_str(name) or bar.update())
+    results = evaluate(
+        env,
+        policies,
+        seeds,
+        goal_image=goal_image,
+        video_dir=out,
+        video_policies=tuple(policies),
+        max_videos=int(cfg.videos),
+        progress=lambda name, i: bar.set_postfix_str(name) or bar.update(),
+    )
     bar.close()
     main_name = next(iter(policies))
     plots = write_plan_report(env, policies, seeds[0], goal_image, out, int(cfg.energy_grid))
-    atomic_write_json(out / "results.json", {"config": OmegaConf.to_container(cfg, resolve=True),
-                                             "seeds": seeds, "results": results, "plots": plots})
+    atomic_write_json(
+        out / "results.json",
+        {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "seeds": seeds,
+            "results": results,
+            "plots": plots,
+        },
+    )
     main_res = results[main_name]
     summary = {
         "policy": main_name,

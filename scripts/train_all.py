@@ -4,8 +4,8 @@
     python scripts/train_all.py env=reach ship=checkpoints/reach # also refresh the shipped checkpoint
 
 Each stage runs the repo's own script in a subprocess and reads the JSON line it ends with. Re-running
-resumes: collection keeps finished episodes, training stages continue from their last checkpoint. Ends with one JSON line: per-stage seconds,
-the checkpoint paths and the planning success rate.
+resumes: collection keeps finished episodes, training stages continue from their last checkpoint.
+Ends with one JSON line: per-stage seconds, the checkpoint paths and the planning success rate.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def run_stage(name: str, script: str, args: list[str]) -> dict:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"train_all.py: stage {name!r} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+        raise SystemExit(
+            f"train_all.py: stage {name!r} failed (exit {proc.returncode}); command: {' '.join(cmd)}"
+        )
     return json.loads(lines[-1])
 
 
@@ -48,28 +50,67 @@ def main(cfg: DictConfig) -> None:
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()  # collection resumes by itself: re-running keeps every finished episode
-    results["collect"] = run_stage("collect", "collect.py", [
-        *env, f"episodes={cfg.collect.episodes}", f"policy={cfg.collect.policy}",
-        f"num_envs={cfg.collect.num_envs}", f"out={episodes_dir}", *cfg.collect.args])
+    results["collect"] = run_stage(
+        "collect",
+        "collect.py",
+        [
+            *env,
+            f"episodes={cfg.collect.episodes}",
+            f"policy={cfg.collect.policy}",
+            f"num_envs={cfg.collect.num_envs}",
+            f"out={episodes_dir}",
+            *cfg.collect.args,
+        ],
+    )
     seconds["collect"] = time.perf_counter() - t0
 
     # training stages always pass resume=true: a finished run resumes at its last step and returns at once
     t0 = time.perf_counter()
-    results["pretrain"] = run_stage("pretrain", "pretrain.py", [
-        f"seed={cfg.seed}", threads, f"encoder.img_size={cfg.env.image_size}", "data=episodes",
-        f"data.path={episodes_dir}", f"out={encoder_dir}", "resume=true", *cfg.pretrain.args])
+    results["pretrain"] = run_stage(
+        "pretrain",
+        "pretrain.py",
+        [
+            f"seed={cfg.seed}",
+            threads,
+            f"encoder.img_size={cfg.env.image_size}",
+            "data=episodes",
+            f"data.path={episodes_dir}",
+            f"out={encoder_dir}",
+            "resume=true",
+            *cfg.pretrain.args,
+        ],
+    )
     seconds["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    results["world_model"] = run_stage("world_model", "train_world_model.py", [
-        *env, threads, f"data.path={episodes_dir}", f"encoder_checkpoint={encoder_dir}", f"out={wm_dir}",
-        "resume=true", *cfg.world_model.args])
+    results["world_model"] = run_stage(
+        "world_model",
+        "train_world_model.py",
+        [
+            *env,
+            threads,
+            f"data.path={episodes_dir}",
+            f"encoder_checkpoint={encoder_dir}",
+            f"out={wm_dir}",
+            "resume=true",
+            *cfg.world_model.args,
+        ],
+    )
     seconds["world_model"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    results["plan"] = run_stage("plan", "plan.py", [
-        *env, threads, f"checkpoint={wm_dir}", f"episodes={cfg.plan.episodes}", f"hydra.run.dir={out / 'plan'}",
-        *cfg.plan.args])
+    results["plan"] = run_stage(
+        "plan",
+        "plan.py",
+        [
+            *env,
+            threads,
+            f"checkpoint={wm_dir}",
+            f"episodes={cfg.plan.episodes}",
+            f"hydra.run.dir={out / 'plan'}",
+            *cfg.plan.args,
+        ],
+    )
     seconds["plan"] = time.perf_counter() - t0
 
     if cfg.ship:
@@ -80,16 +121,21 @@ def main(cfg: DictConfig) -> None:
         shutil.rmtree(ship, ignore_errors=True)
         tmp.rename(ship)
 
-    emit_json_line({
-        "success_rate": results["plan"].get("success_rate"),
-        "success_ci95": results["plan"].get("success_ci95"),
-        "random_success_rate": results["plan"].get("random_success_rate"),
-        "oracle_success_rate": results["plan"].get("oracle_success_rate"),
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "total_seconds": round(time.perf_counter() - t_all, 1),
-        "episodes": str(episodes_dir), "encoder": str(encoder_dir), "world_model": str(wm_dir),
-        "shipped": cfg.ship, "out": str(out),
-    })
+    emit_json_line(
+        {
+            "success_rate": results["plan"].get("success_rate"),
+            "success_ci95": results["plan"].get("success_ci95"),
+            "random_success_rate": results["plan"].get("random_success_rate"),
+            "oracle_success_rate": results["plan"].get("oracle_success_rate"),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "total_seconds": round(time.perf_counter() - t_all, 1),
+            "episodes": str(episodes_dir),
+            "encoder": str(encoder_dir),
+            "world_model": str(wm_dir),
+            "shipped": cfg.ship,
+            "out": str(out),
+        }
+    )
 
 
 if __name__ == "__main__":

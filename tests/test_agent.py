@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import envs
+from envs.reach import forward_kinematics
 from jepa_agent.agent import MPCAgent, ShortTermMemory
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, RandomPolicy, evaluate, wilson_interval
 from jepa_agent.oracle import ReachKinematics, forward_kinematics_torch
-from envs.reach import forward_kinematics
 from planners.base import PlanResult
 from planners.cem import CEMPlanner
 
@@ -104,7 +104,9 @@ def test_kinematics_match_the_simulator():
     for t in range(5):
         env.step(actions[0, t].numpy())
         np.testing.assert_allclose(env.unwrapped.data.qpos, pred[t].numpy(), atol=0.03)
-    np.testing.assert_allclose(forward_kinematics_torch(pred).numpy(), forward_kinematics(pred.numpy()), atol=1e-6)
+    np.testing.assert_allclose(
+        forward_kinematics_torch(pred).numpy(), forward_kinematics(pred.numpy()), atol=1e-6
+    )
     env.close()
 
 

@@ -35,7 +35,7 @@ def test_check_env(env_id):
 @pytest.mark.parametrize("env_id", ALL_IDS)
 def test_seeded_determinism(env_id):
     a, b = _rollout(env_id, seed=3), _rollout(env_id, seed=3)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     c = _rollout(env_id, seed=4)
     assert not np.array_equal(a[1], c[1])

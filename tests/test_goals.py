@@ -33,7 +33,9 @@ def test_unreadable_file(tmp_path):
 
 
 def test_truncated_png(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "g.png"
+    )
     data = (tmp_path / "g.png").read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(GoalError, match="not a readable image"):

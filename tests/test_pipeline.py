@@ -18,7 +18,11 @@ from tests.conftest import REPO, script_env
 def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
-        capture_output=True, text=True, env=script_env(), cwd=REPO, timeout=600,
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        cwd=REPO,
+        timeout=600,
     )
     if ok:
         assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
@@ -35,30 +39,90 @@ def json_line(proc: subprocess.CompletedProcess) -> dict:
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     eps, enc, wm = root / "eps", root / "enc", root / "wm"
-    collected = json_line(run("collect.py", "env=reach", "episodes=6", "policy=noisy", "num_envs=1",
-                              "env.max_episode_steps=12", f"out={eps}"))
-    pretrained = json_line(run(
-        "pretrain.py", "data=episodes", f"data.path={eps}", f"out={enc}", "encoder.embed_dim=32", "encoder.depth=1",
-        "encoder.num_heads=2", "predictor.embed_dim=16", "predictor.depth=1", "predictor.num_heads=2",
-        "train.steps=3", "train.batch_size=2", "train.warmup=1", "progress=false",
-        f"hydra.run.dir={root / 'pt_run'}"))
-    trained = json_line(run(
-        "train_world_model.py", "env=reach", f"data.path={eps}", f"encoder_checkpoint={enc}", f"out={wm}",
-        "world_model.predictor.dim=16", "world_model.predictor.depth=1", "world_model.predictor.num_heads=2",
-        "train.steps=5", "train.batch_size=4", "train.warmup=1", "train.eval_windows=8", "train.eval_horizon=2",
-        "progress=false", f"hydra.run.dir={root / 'wm_run'}"))
-    return {"root": root, "eps": eps, "enc": enc, "wm": wm, "collect": collected, "pretrain": pretrained,
-            "world_model": trained}
+    collected = json_line(
+        run(
+            "collect.py",
+            "env=reach",
+            "episodes=6",
+            "policy=noisy",
+            "num_envs=1",
+            "env.max_episode_steps=12",
+            f"out={eps}",
+        )
+    )
+    pretrained = json_line(
+        run(
+            "pretrain.py",
+            "data=episodes",
+            f"data.path={eps}",
+            f"out={enc}",
+            "encoder.embed_dim=32",
+            "encoder.depth=1",
+            "encoder.num_heads=2",
+            "predictor.embed_dim=16",
+            "predictor.depth=1",
+            "predictor.num_heads=2",
+            "train.steps=3",
+            "train.batch_size=2",
+            "train.warmup=1",
+            "progress=false",
+            f"hydra.run.dir={root / 'pt_run'}",
+        )
+    )
+    trained = json_line(
+        run(
+            "train_world_model.py",
+            "env=reach",
+            f"data.path={eps}",
+            f"encoder_checkpoint={enc}",
+            f"out={wm}",
+            "world_model.predictor.dim=16",
+            "world_model.predictor.depth=1",
+            "world_model.predictor.num_heads=2",
+            "train.steps=5",
+            "train.batch_size=4",
+            "train.warmup=1",
+            "train.eval_windows=8",
+            "train.eval_horizon=2",
+            "progress=false",
+            f"hydra.run.dir={root / 'wm_run'}",
+        )
+    )
+    return {
+        "root": root,
+        "eps": eps,
+        "enc": enc,
+        "wm": wm,
+        "collect": collected,
+        "pretrain": pretrained,
+        "world_model": trained,
+    }
 
 
-TINY_PLAN = ["planner.population=16", "planner.elites=4", "planner.iterations=2", "planner.horizon=3",
-             "env.max_episode_steps=6", "energy_grid=5", "videos=1"]
+TINY_PLAN = [
+    "planner.population=16",
+    "planner.elites=4",
+    "planner.iterations=2",
+    "planner.horizon=3",
+    "env.max_episode_steps=6",
+    "energy_grid=5",
+    "videos=1",
+]
 
 
 def test_plan_smoke(pipeline):
     out = pipeline["root"] / "plan"
-    res = json_line(run("plan.py", "env=reach", "goal=image", f"checkpoint={pipeline['wm']}", "episodes=2",
-                        *TINY_PLAN, f"hydra.run.dir={out}"))
+    res = json_line(
+        run(
+            "plan.py",
+            "env=reach",
+            "goal=image",
+            f"checkpoint={pipeline['wm']}",
+            "episodes=2",
+            *TINY_PLAN,
+            f"hydra.run.dir={out}",
+        )
+    )
     assert res["episodes"] == 2 and 0.0 <= res["success_rate"] <= 1.0
     lo, hi = res["success_ci95"]
     assert 0.0 <= lo <= res["success_rate"] <= hi <= 1.0
@@ -73,39 +137,75 @@ def test_plan_smoke(pipeline):
 
 def test_plan_with_user_goal_image(pipeline, tmp_path):
     Image.fromarray(np.full((100, 120, 3), 200, np.uint8)).save(tmp_path / "goal.png")
-    res = json_line(run("plan.py", f"goal={tmp_path / 'goal.png'}", f"checkpoint={pipeline['wm']}", "episodes=1",
-                        *TINY_PLAN, f"hydra.run.dir={tmp_path / 'run'}"))
+    res = json_line(
+        run(
+            "plan.py",
+            f"goal={tmp_path / 'goal.png'}",
+            f"checkpoint={pipeline['wm']}",
+            "episodes=1",
+            *TINY_PLAN,
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+    )
     assert res["episodes"] == 1 and res["success_rate"] is None  # no true goal state behind a user image
 
 
 def test_plan_state_goal_is_the_oracle(pipeline, tmp_path):
-    res = json_line(run("plan.py", "goal=state", "checkpoint=does/not/matter", "episodes=1", "baselines=false",
-                        *TINY_PLAN, f"hydra.run.dir={tmp_path / 'run'}"))
+    res = json_line(
+        run(
+            "plan.py",
+            "goal=state",
+            "checkpoint=does/not/matter",
+            "episodes=1",
+            "baselines=false",
+            *TINY_PLAN,
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+    )
     assert res["policy"] == "oracle"
 
 
 def test_plan_bad_goal_path(pipeline, tmp_path):
-    proc = run("plan.py", f"goal={tmp_path / 'missing.png'}", f"checkpoint={pipeline['wm']}", *TINY_PLAN,
-               f"hydra.run.dir={tmp_path / 'run'}", ok=False)
+    proc = run(
+        "plan.py",
+        f"goal={tmp_path / 'missing.png'}",
+        f"checkpoint={pipeline['wm']}",
+        *TINY_PLAN,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        ok=False,
+    )
     assert proc.returncode != 0
     assert "missing.png" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_plan_mismatched_checkpoint_and_env(pipeline, tmp_path):
-    proc = run("plan.py", "env.image_size=32", f"checkpoint={pipeline['wm']}", *TINY_PLAN,
-               f"hydra.run.dir={tmp_path / 'run'}", ok=False)
+    proc = run(
+        "plan.py",
+        "env.image_size=32",
+        f"checkpoint={pipeline['wm']}",
+        *TINY_PLAN,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        ok=False,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "image_size=64" in proc.stderr and "image_size=32" in proc.stderr  # names both
 
 
 def test_plan_checkpoint_of_wrong_kind(pipeline, tmp_path):
-    proc = run("plan.py", f"checkpoint={pipeline['enc']}", *TINY_PLAN, f"hydra.run.dir={tmp_path / 'run'}", ok=False)
+    proc = run(
+        "plan.py", f"checkpoint={pipeline['enc']}", *TINY_PLAN, f"hydra.run.dir={tmp_path / 'run'}", ok=False
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "not a world-model checkpoint" in proc.stderr
 
 
 def test_plan_missing_checkpoint(tmp_path):
-    proc = run("plan.py", f"checkpoint={tmp_path / 'nothing'}", *TINY_PLAN, f"hydra.run.dir={tmp_path / 'run'}",
-               ok=False)
+    proc = run(
+        "plan.py",
+        f"checkpoint={tmp_path / 'nothing'}",
+        *TINY_PLAN,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        ok=False,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "nothing" in proc.stderr
