@@ -161,10 +161,14 @@ class Timer:
 class Planner:
     """Base class: hyperparameters live on the instance; :meth:`plan` runs one optimisation.
 
-    Subclasses set ``requires_grad = True`` when ``rollout_fn`` must be differentiable.
+    A subclass names its pure planning function (``algorithm = staticmethod(cem)``) and stores exactly
+    that function's hyperparameters as public attributes in ``__init__`` (``action_dim`` included);
+    :meth:`plan` passes them on. Subclasses set ``requires_grad = True`` when ``rollout_fn`` must be
+    differentiable.
     """
 
     requires_grad: bool = False
+    algorithm: Callable[..., PlanResult]
 
     def plan(
         self,
@@ -174,8 +178,12 @@ class Planner:
         init_mean: Tensor | None = None,
         generator: torch.Generator | None = None,
         action_dim: int | None = None,
-    ) -> PlanResult:  # pragma: no cover - interface
-        raise NotImplementedError
+    ) -> PlanResult:
+        """Run the planning function with this planner's hyperparameters (``action_dim`` overrides)."""
+        hparams = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        if action_dim is not None:
+            hparams["action_dim"] = action_dim
+        return self.algorithm(rollout_fn, cost_fn, z0, init_mean=init_mean, generator=generator, **hparams)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -128,6 +128,8 @@ class CEMPlanner(Planner):
     See :func:`cem` for the meaning of each argument.
     """
 
+    algorithm = staticmethod(cem)
+
     def __init__(
         self,
         action_dim: int | None = None,
@@ -153,34 +155,4 @@ class CEMPlanner(Planner):
             min_std,
             elite_frac,
             include_mean,
-        )
-
-    def plan(
-        self,
-        rollout_fn: RolloutFn,
-        cost_fn: CostFn,
-        z0: Any,
-        init_mean: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        action_dim: int | None = None,
-    ) -> PlanResult:
-        """Run :func:`cem` with this planner's hyperparameters."""
-        return cem(
-            rollout_fn,
-            cost_fn,
-            z0,
-            action_dim=action_dim if action_dim is not None else self.action_dim,
-            horizon=self.horizon,
-            population=self.population,
-            elites=self.elites,
-            iterations=self.iterations,
-            momentum=self.momentum,
-            action_low=self.action_low,
-            action_high=self.action_high,
-            init_mean=init_mean,
-            init_std=self.init_std,
-            min_std=self.min_std,
-            elite_frac=self.elite_frac,
-            include_mean=self.include_mean,
-            generator=generator,
         )

@@ -138,6 +138,8 @@ def gd(
 class GDPlanner(Planner):
     """Gradient-based planner with its hyperparameters held (see :func:`gd`)."""
 
+    algorithm = staticmethod(gd)
+
     requires_grad = True
 
     def __init__(
@@ -167,31 +169,4 @@ class GDPlanner(Planner):
             action_high,
             init_std,
             bound,
-        )
-
-    def plan(
-        self,
-        rollout_fn: RolloutFn,
-        cost_fn: CostFn,
-        z0: Any,
-        init_mean: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        action_dim: int | None = None,
-    ) -> PlanResult:
-        """Run :func:`gd` with this planner's hyperparameters."""
-        return gd(
-            rollout_fn,
-            cost_fn,
-            z0,
-            action_dim=action_dim if action_dim is not None else self.action_dim,
-            horizon=self.horizon,
-            restarts=self.restarts,
-            iterations=self.iterations,
-            lr=self.lr,
-            action_low=self.action_low,
-            action_high=self.action_high,
-            init_mean=init_mean,
-            init_std=self.init_std,
-            bound=self.bound,
-            generator=generator,
         )

@@ -121,6 +121,8 @@ def mppi(
 class MPPIPlanner(Planner):
     """MPPI with its hyperparameters held (see :func:`mppi`)."""
 
+    algorithm = staticmethod(mppi)
+
     def __init__(
         self,
         action_dim: int | None = None,
@@ -153,34 +155,3 @@ class MPPIPlanner(Planner):
         self.temperature, self.noise_std = temperature, noise_std
         self.action_low, self.action_high, self.elites = action_low, action_high, elites
         self.normalize, self.adapt_std, self.min_std, self.momentum = normalize, adapt_std, min_std, momentum
-
-    def plan(
-        self,
-        rollout_fn: RolloutFn,
-        cost_fn: CostFn,
-        z0: Any,
-        init_mean: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        action_dim: int | None = None,
-    ) -> PlanResult:
-        """Run :func:`mppi` with this planner's hyperparameters."""
-        return mppi(
-            rollout_fn,
-            cost_fn,
-            z0,
-            action_dim=action_dim if action_dim is not None else self.action_dim,
-            horizon=self.horizon,
-            population=self.population,
-            iterations=self.iterations,
-            temperature=self.temperature,
-            noise_std=self.noise_std,
-            action_low=self.action_low,
-            action_high=self.action_high,
-            init_mean=init_mean,
-            elites=self.elites,
-            normalize=self.normalize,
-            adapt_std=self.adapt_std,
-            min_std=self.min_std,
-            momentum=self.momentum,
-            generator=generator,
-        )
