@@ -25,8 +25,10 @@ from jepa_agent.utils import cli_errors, emit_json_line
 SCRIPTS = Path(__file__).resolve().parent
 
 
-def run_stage(name: str, script: str, args: list[str]) -> dict:
-    """Run ``scripts/<script>`` with Hydra overrides; return its final JSON line (stderr streams through)."""
+def run_stage(name: str, script: str, args: list[str]) -> tuple[dict, float]:
+    """Run ``scripts/<script>`` with Hydra overrides; return its final JSON line and its wall seconds
+    (stderr streams through)."""
+    t0 = time.perf_counter()
     cmd = [sys.executable, str(SCRIPTS / script), *args]
     print(f"[train_all] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -35,7 +37,7 @@ def run_stage(name: str, script: str, args: list[str]) -> dict:
         raise SystemExit(
             f"train_all.py: stage {name!r} failed (exit {proc.returncode}); command: {' '.join(cmd)}"
         )
-    return json.loads(lines[-1])
+    return json.loads(lines[-1]), time.perf_counter() - t0
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="train_all")
@@ -49,8 +51,8 @@ def main(cfg: DictConfig) -> None:
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
 
-    t0 = time.perf_counter()  # collection resumes by itself: re-running keeps every finished episode
-    results["collect"] = run_stage(
+    # collection resumes by itself: re-running keeps every finished episode
+    results["collect"], seconds["collect"] = run_stage(
         "collect",
         "collect.py",
         [
@@ -62,11 +64,9 @@ def main(cfg: DictConfig) -> None:
             *cfg.collect.args,
         ],
     )
-    seconds["collect"] = time.perf_counter() - t0
 
     # training stages always pass resume=true: a finished run resumes at its last step and returns at once
-    t0 = time.perf_counter()
-    results["pretrain"] = run_stage(
+    results["pretrain"], seconds["pretrain"] = run_stage(
         "pretrain",
         "pretrain.py",
         [
@@ -80,10 +80,8 @@ def main(cfg: DictConfig) -> None:
             *cfg.pretrain.args,
         ],
     )
-    seconds["pretrain"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    results["world_model"] = run_stage(
+    results["world_model"], seconds["world_model"] = run_stage(
         "world_model",
         "train_world_model.py",
         [
@@ -96,10 +94,8 @@ def main(cfg: DictConfig) -> None:
             *cfg.world_model.args,
         ],
     )
-    seconds["world_model"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    results["plan"] = run_stage(
+    results["plan"], seconds["plan"] = run_stage(
         "plan",
         "plan.py",
         [
@@ -111,7 +107,6 @@ def main(cfg: DictConfig) -> None:
             *cfg.plan.args,
         ],
     )
-    seconds["plan"] = time.perf_counter() - t0
 
     if cfg.ship:
         ship = Path(cfg.ship)

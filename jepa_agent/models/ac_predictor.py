@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa_agent.models.vit import init_weights
+
 
 @dataclass
 class KVCache:
@@ -195,7 +197,7 @@ class ACPredictor(nn.Module):
         # change (set_delta_scale) so the head regresses unit-scale targets, however small the changes
         self.register_buffer("delta_scale", torch.ones(latent_dim))
         self.proprio_head = nn.Linear(dim, proprio_dim) if proprio_dim else None
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         nn.init.trunc_normal_(self.type_embed, std=0.02)
         for i, blk in enumerate(self.blocks):  # GPT-2 style rescale of residual branches
@@ -425,16 +427,6 @@ class ACPredictor(nn.Module):
                 ps.append(p_all[:, -1:])
                 p_seq = torch.cat([p_seq, p_all[:, -1:]], dim=1)
         return torch.cat(zs, dim=1), (torch.cat(ps, dim=1) if ps else None)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def ac_predictor_config(model: ACPredictor) -> dict[str, Any]:

@@ -100,16 +100,21 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
-    """Trunc-normal (std 0.02) linears, unit LayerNorms, V-JEPA depth rescaling of output projections."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
+def init_weights(m: nn.Module) -> None:
+    """Trunc-normal (std 0.02) weights and zero biases for linears; unit LayerNorms (one module)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
             nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
+    """:func:`init_weights` on every module, then V-JEPA depth rescaling of output projections."""
+    for m in module.modules():
+        init_weights(m)
     for i, blk in enumerate(blocks):
         blk.attn.proj.weight.data.div_(math.sqrt(2.0 * (i + 1)))
         blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * (i + 1)))
