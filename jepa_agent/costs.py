@@ -10,6 +10,8 @@ Any callable with the same signature (e.g. a true-state oracle cost) works with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -167,6 +169,44 @@ class LatentGoalCost(Cost):
         return (
             f"LatentGoalCost(metric={self.metric!r}, reduction={self.reduction!r}, discount={self.discount})"
         )
+
+
+class ProjectedGoalCost(LatentGoalCost):
+    """:class:`LatentGoalCost` measured after a projection of each latent frame (e.g. a state readout).
+
+    Args:
+        project: maps one frame's latent ``[..., N, D]`` to features ``[..., F]``.
+        goal: goal latent ``[N, D]`` (projected once, when set).
+        metric, reduction, discount: as :class:`LatentGoalCost`.
+    """
+
+    def __init__(
+        self,
+        project: Callable[[Tensor], Tensor],
+        goal: Tensor | None = None,
+        metric: str = "l1",
+        reduction: str = "final",
+        discount: float = 1.0,
+    ) -> None:
+        self.project = project
+        super().__init__(goal, metric, reduction, discount)
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Project the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
+        if not isinstance(goal, Tensor):
+            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        with torch.no_grad():
+            self.goal = self.project(goal.detach()).reshape(1, -1)  # [1, F]: one "token" of features
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if pred.dim() != 4:
+            raise ValueError(f"predicted latents must be [S, H, N, D]; got shape {tuple(pred.shape)}")
+        if self.reduction == "final":
+            pred = pred[:, -1:]
+        return super().__call__(self.project(pred).unsqueeze(-2), actions)  # [S, H, 1, F]
+
+    def __repr__(self) -> str:
+        return "Projected" + super().__repr__()
 
 
 class ActionMagnitudeCost(Cost):

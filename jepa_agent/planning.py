@@ -26,11 +26,20 @@ from planners.base import PlanResult  # noqa: E402
 
 
 class ConfiguredCost:
-    """A planning model whose goal cost uses the run's ``cost`` settings (metric, reduction, penalty)."""
+    """A planning model whose goal cost follows the run's ``cost`` settings (space, metric, reduction,
+    action penalty)."""
 
-    def __init__(self, model: WorldModel, metric: str, reduction: str, discount: float, action_weight: float):
+    def __init__(
+        self,
+        model: WorldModel,
+        metric: str,
+        reduction: str,
+        discount: float,
+        action_weight: float,
+        space: str = "latent",
+    ):
         self.model = model
-        self.cost_kwargs = {"metric": metric, "reduction": reduction, "discount": discount}
+        self.cost_kwargs = {"metric": metric, "reduction": reduction, "discount": discount, "space": space}
         self.action_weight = float(action_weight)
 
     def __getattr__(self, name: str) -> Any:  # encode, encode_goal, context, rollout, action_dim, ...
@@ -45,13 +54,22 @@ def load_planning_model(
     checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_cfg: DictConfig, device: Any
 ) -> ConfiguredCost:
     """The world model of ``checkpoint`` (checked against the env: a mismatch names both values),
-    with the goal cost configured by ``cost_cfg`` (``metric``, ``reduction``, ``discount``,
+    with the goal cost configured by ``cost_cfg`` (``space``, ``metric``, ``reduction``, ``discount``,
     ``action_weight``)."""
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )
+    space = str(cost_cfg.get("space", "latent"))
+    if space not in ("latent", "readout"):
+        raise ValueError(f"cost.space={space!r}; expected 'latent' or 'readout'")
+    if space == "readout" and model.readout is None:
+        raise ValueError(
+            f"cost.space=readout but the world model {checkpoint} has no state readout (train it with "
+            "world_model.readout.angles=N, the number of joint angles in the proprio); "
+            "or use cost.space=latent"
+        )
     return ConfiguredCost(
-        model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight
+        model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight, space
     )
 
 

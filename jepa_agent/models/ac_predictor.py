@@ -463,7 +463,8 @@ def teacher_forcing_loss(
     proprio: Tensor | None = None,
     proprio_weight: float = 1.0,
     loss: str = "l1",
-) -> Tensor:
+    return_predictions: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """One-step loss (L1 by default, as V-JEPA 2-AC; or ``"mse"``) with ground-truth inputs at every step.
 
     Args:
@@ -472,6 +473,7 @@ def teacher_forcing_loss(
         proprio: ``[B, T, P]`` or None.
         loss: ``"l1"`` (fits the conditional median: stays at "no change" where changes are uncertain)
             or ``"mse"`` (the conditional mean).
+        return_predictions: also return the predicted latents ``[B, T-1, N, D]``.
     """
     fn = _regression(loss)
     p_in = None if proprio is None else proprio[:, :-1]
@@ -479,7 +481,7 @@ def teacher_forcing_loss(
     out = fn(z_pred, z[:, 1:])
     if p_pred is not None:
         out = out + proprio_weight * fn(p_pred, proprio[:, 1:])
-    return out
+    return (out, z_pred) if return_predictions else out
 
 
 def rollout_loss(
@@ -491,7 +493,8 @@ def rollout_loss(
     context: int = 1,
     proprio_weight: float = 1.0,
     loss: str = "l1",
-) -> Tensor:
+    return_predictions: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``k``-step autoregressive loss: from ``context`` true frames, feed predictions back ``k`` times.
 
     Args:
@@ -501,6 +504,7 @@ def rollout_loss(
         proprio: ``[B, T, P]`` or None.
         context: observed frames before imagination starts.
         loss: ``"l1"`` or ``"mse"``.
+        return_predictions: also return the imagined latents ``[B, k, N, D]``.
     """
     fn = _regression(loss)
     T = z.shape[1]
@@ -517,4 +521,4 @@ def rollout_loss(
     out = fn(z_hat, z[:, context : context + k])
     if p_hat is not None:
         out = out + proprio_weight * fn(p_hat, proprio[:, context : context + k])
-    return out
+    return (out, z_hat) if return_predictions else out

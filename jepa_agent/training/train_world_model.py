@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state
@@ -60,6 +61,8 @@ class WorldModelTrainConfig:
         rollout_weight: weight of the rollout loss.
         loss: ``"l1"`` (V-JEPA 2-AC) or ``"mse"`` for both terms.
         proprio_weight: weight of the proprio prediction terms (models with a proprio token).
+        readout_weight: weight of the state-readout terms (models with a readout): the readout of the
+            encoded AND of the predicted (teacher-forced and rolled-out) latents regresses the state.
         variance_weight: collapse guard for learned (attentive) pooling.
         lr, final_lr, warmup, weight_decay, betas, clip_grad: AdamW with warm-up + cosine lr.
         log_every, ckpt_every: intervals in steps (``ckpt_every=0``: only at the end).
@@ -78,6 +81,7 @@ class WorldModelTrainConfig:
     rollout_weight: float = 1.0
     loss: str = "l1"
     proprio_weight: float = 1.0
+    readout_weight: float = 1.0
     variance_weight: float = 1.0
     lr: float = 1e-3
     final_lr: float = 1e-5
@@ -118,7 +122,8 @@ class LatentEpisodes:
 
     ``z`` is ``[F, N, D]`` pooled latents (or ``[F, Hp*Wp, D]`` patch tokens when the pooling is
     learned), ``actions [F, A]`` normalised (row ``t`` = action after frame ``t``; the last row of each
-    episode is padding), ``proprio [F, P]`` normalised, ``starts`` / ``lengths`` per episode.
+    episode is padding), ``proprio [F, P]`` normalised, ``starts`` / ``lengths`` per episode, and
+    ``targets [F, R]`` the state-readout targets (models with a readout).
     """
 
     z: Tensor
@@ -126,6 +131,7 @@ class LatentEpisodes:
     proprio: Tensor | None
     starts: list[int]
     lengths: list[int]
+    targets: Tensor | None = None
 
     def window_starts(self, window: int) -> Tensor:
         """Global frame indices where a window of ``window`` frames fits inside one episode."""
@@ -138,6 +144,12 @@ class LatentEpisodes:
         idx = first[:, None] + torch.arange(window)  # [B, T]
         p = None if self.proprio is None else self.proprio[idx]
         return self.z[idx], self.actions[idx[:, :-1]], p
+
+    def target_windows(self, first: Tensor, window: int) -> Tensor | None:
+        """``first [B]`` -> readout targets ``[B, T, R]`` (None without a readout)."""
+        if self.targets is None:
+            return None
+        return self.targets[first[:, None] + torch.arange(window, device=first.device)]
 
 
 @dataclass
@@ -183,7 +195,7 @@ def encode_episodes(
     from tqdm.auto import tqdm
 
     device = model.device
-    zs, acts, props, starts, lengths = [], [], [], [], []
+    zs, acts, props, targets, starts, lengths = [], [], [], [], [], []
     total = 0
     use_p = model.predictor.proprio_dim > 0
     for i in tqdm(range(source.num_episodes), desc="encode frames", disable=not progress, leave=False):
@@ -207,9 +219,12 @@ def encode_episodes(
             acts.append(
                 torch.cat([model.normalizer.actions(action), torch.zeros(1, model.action_dim)])
             )  # [T, A]
-            if use_p:
+            if use_p or model.readout is not None:
                 prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32)
-                props.append(model.normalizer.proprio(prop))
+                if use_p:
+                    props.append(model.normalizer.proprio(prop))
+                if model.readout is not None:
+                    targets.append(model.readout.targets(prop))
         starts.append(total)
         lengths.append(T)
         total += T
@@ -217,7 +232,7 @@ def encode_episodes(
         raise ValueError("no episodes to encode")
     return LatentEpisodes(
         torch.cat(zs).to(device), torch.cat(acts).to(device), torch.cat(props).to(device) if use_p else None,
-        starts, lengths,
+        starts, lengths, torch.cat(targets).to(device) if targets else None,
     )  # fmt: skip
 
 
@@ -254,22 +269,36 @@ class WorldModelLoss(nn.Module):
 
     def __init__(self, model: WorldModel, cfg: WorldModelTrainConfig) -> None:
         super().__init__()
-        self.predictor, self.pooler = model.predictor, model.pooler
+        self.predictor, self.pooler, self.readout = model.predictor, model.pooler, model.readout
         self.cfg = cfg
 
-    def forward(self, z: Tensor, actions: Tensor, proprio: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, z: Tensor, actions: Tensor, proprio: Tensor | None, targets: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``targets [B, T, R]``: state-readout targets (required when the model has a readout)."""
         c = self.cfg
         parts: dict[str, Tensor] = {}
         if self.pooler.learned:
             B, T = z.shape[:2]
             z = self.pooler(z.flatten(0, 1)).view(B, T, self.pooler.num_tokens, -1)  # [B, T, N, D]
             parts["variance"] = variance_loss(z)
-        parts["teacher_forcing"] = teacher_forcing_loss(
-            self.predictor, z, actions, proprio, c.proprio_weight, loss=c.loss
+        parts["teacher_forcing"], z_tf = teacher_forcing_loss(
+            self.predictor, z, actions, proprio, c.proprio_weight, loss=c.loss, return_predictions=True
         )
-        parts["rollout"] = rollout_loss(self.predictor, z, actions, c.rollout_steps, proprio,
-                                        proprio_weight=c.proprio_weight, loss=c.loss)  # fmt: skip
+        k = c.rollout_steps
+        parts["rollout"], z_ro = rollout_loss(self.predictor, z, actions, k, proprio,
+                                              proprio_weight=c.proprio_weight, loss=c.loss,
+                                              return_predictions=True)  # fmt: skip
         loss = parts["teacher_forcing"] + c.rollout_weight * parts["rollout"]
+        if self.readout is not None:
+            if targets is None:
+                raise ValueError("this world model has a state readout: the loss needs its targets")
+            r = self.readout
+            parts["readout"] = (
+                F.mse_loss(r(z), targets) + F.mse_loss(r(z_tf), targets[:, 1:])
+                + F.mse_loss(r(z_ro), targets[:, 1 : 1 + k])
+            )  # fmt: skip
+            loss = loss + c.readout_weight * parts["readout"]
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
         return loss, parts
@@ -306,6 +335,12 @@ def evaluate_world_model(
         "final_step": (imag[:, -1], z[:, 0], target[:, -1]),
     }
     res: dict[str, float] = {}
+    s = data.target_windows(first.to(data.z.device), horizon + 1)
+    if model.readout is not None and s is not None:  # squared error of the state readout (cos/sin space)
+        r = model.readout
+        res["readout_encoded_mse"] = (r(z) - s).square().mean().item()
+        res["readout_final_step_mse"] = (r(imag[:, -1]) - s[:, -1]).square().mean().item()
+        res["readout_final_step_copy_last_mse"] = (r(z[:, 0]) - s[:, -1]).square().mean().item()
     for k, (pred, copy, tgt) in pairs.items():
         res[f"{k}_l1"] = (pred - tgt).abs().mean().item()
         res[f"{k}_copy_last_l1"] = (copy - tgt).abs().mean().item()
@@ -317,7 +352,11 @@ def evaluate_world_model(
 
 # -- the loop --------------------------------------------------------------------------------------
 def _trainable(model: WorldModel) -> list[nn.Module]:
-    return [model.predictor] + ([model.pooler] if model.pooler.learned else [])
+    return (
+        [model.predictor]
+        + ([model.pooler] if model.pooler.learned else [])
+        + ([model.readout] if model.readout is not None else [])
+    )
 
 
 def make_optimizer(modules: Sequence[nn.Module], cfg: WorldModelTrainConfig) -> torch.optim.AdamW:
@@ -364,7 +403,7 @@ def train_world_model(
     model.to(device)
     state = None
     if resume and checkpoint_exists(ckpt):
-        for name in ("encoder", "predictor", "normalizer") + (("pooler",) if model.pooler.learned else ()):
+        for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
     else:
@@ -458,10 +497,11 @@ def train_on_latents(
         for step in range(start, stop):
             idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)]
             z, a, p = train.windows(idx.to(device), cfg.window)
+            s = train.target_windows(idx.to(device), cfg.window)
             lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.final_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss, parts = loss_mod(z, a, p)
+            loss, parts = loss_mod(z, a, p, s)
             value = loss.detach()
             if world > 1:
                 dist.all_reduce(value)
