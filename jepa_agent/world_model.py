@@ -17,6 +17,7 @@ learns ``Q`` attentive queries (``attentive``; trained with the predictor, guard
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -142,28 +143,35 @@ def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tens
 class StateReadout(nn.Module):
     """Latent -> robot state features: the metric space of the planning cost (``cost.space=readout``).
 
-    An MLP on one frame's latent ``[.., N, D]`` that regresses ``(cos q, sin q)`` of the first ``angles``
-    proprio dims (joint angles; the embedding is smooth across the +-pi wrap of continuous joints). It is
-    trained with the predictor (on encoded AND on predicted latents, so imagined futures read out right)
-    from the proprio recorded with the episodes. The goal is still only an image: planning compares the
-    readout of the imagined latent with the readout of the goal image's latent.
+    An MLP on one frame's latent ``[.., N, D]`` that regresses the joint angles (the first ``angles``
+    proprio dims): ``(cos q, sin q)`` for the continuous joints listed in ``wrap`` (smooth across their
+    +-pi wrap) and ``q`` itself for limited joints (so the distance follows the way the joint can really
+    move, not the shortcut through its limit). Both give a squared distance ~ ``dq^2`` for small moves.
+    It is trained with the predictor (on encoded AND on predicted latents, so imagined futures read out
+    right) from the proprio recorded with the episodes. The goal is still only an image: planning
+    compares the readout of the imagined latents with the readout of the goal image's latent.
 
-    Why: the latent distance itself is a poor reach cost (measured in docs/benchmarks.md: with perfect
-    dynamics, greedy search on latent or pixel MSE reaches 63-76% of goals, on this readout 99%): two
-    arm images that do not overlap are about equally far apart however far apart the poses are.
+    Why: the latent distance itself is a poor reach cost (``scripts/cost_landscape.py``, in
+    docs/benchmarks.md): two arm images that do not overlap are about equally far apart however far
+    apart the poses are, so even with perfect dynamics greedy search on it strands many goals.
 
     Args:
         in_dim: ``N * D`` (one frame's latent, flattened).
         angles: leading proprio dims that are joint angles.
+        wrap: indices (< ``angles``) of the continuous joints.
         hidden: MLP width.
     """
 
-    def __init__(self, in_dim: int, angles: int, hidden: int = 256) -> None:
+    def __init__(self, in_dim: int, angles: int, wrap: Sequence[int] = (), hidden: int = 256) -> None:
         super().__init__()
         if angles < 1:
             raise ValueError(f"readout angles={angles}; expected >= 1 joint angle in the proprio")
-        self.in_dim, self.angles, self.hidden = int(in_dim), int(angles), int(hidden)
-        self.out_dim = 2 * self.angles
+        wrap = sorted({int(i) for i in wrap})
+        if any(not 0 <= i < angles for i in wrap):
+            raise ValueError(f"readout wrap={wrap}: joint indices must be in [0, angles={angles})")
+        self.in_dim, self.angles, self.hidden, self.wrap = int(in_dim), int(angles), int(hidden), wrap
+        self.limited = [i for i in range(self.angles) if i not in wrap]
+        self.out_dim = 2 * len(wrap) + len(self.limited)
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden),
             nn.GELU(),
@@ -173,17 +181,19 @@ class StateReadout(nn.Module):
         )
 
     def targets(self, proprio: Tensor) -> Tensor:
-        """Raw (un-normalised) proprio ``[..., P]`` -> ``[..., 2 * angles]`` regression targets."""
+        """Raw (un-normalised) proprio ``[..., P]`` -> ``[..., out_dim]`` regression targets:
+        ``[cos q_wrap, sin q_wrap, q_limited]``."""
         if proprio.shape[-1] < self.angles:
             raise ValueError(
                 f"proprio has {proprio.shape[-1]} dims; the readout needs the first {self.angles} "
                 "(joint angles)"
             )
         q = proprio[..., : self.angles].float()
-        return torch.cat([torch.cos(q), torch.sin(q)], -1)
+        w, lim = q[..., self.wrap], q[..., self.limited]
+        return torch.cat([torch.cos(w), torch.sin(w), lim], -1)
 
     def forward(self, z: Tensor) -> Tensor:
-        """Latents ``[..., N, D]`` -> state features ``[..., 2 * angles]``."""
+        """Latents ``[..., N, D]`` -> state features ``[..., out_dim]``."""
         return self.net(z.flatten(-2))
 
 
@@ -565,7 +575,10 @@ def build_world_model(cfg: Any) -> WorldModel:
     readout = None
     if int(ro.get("angles", 0) or 0) > 0:
         readout = StateReadout(
-            pooler.num_tokens * pooler.out_dim, int(ro["angles"]), int(ro.get("hidden", 256))
+            pooler.num_tokens * pooler.out_dim,
+            int(ro["angles"]),
+            wrap=[int(i) for i in ro.get("wrap") or ()],
+            hidden=int(ro.get("hidden", 256)),
         )
     return WorldModel(encoder, pooler, predictor, normalizer, meta, readout)
 
@@ -589,6 +602,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
             "predictor": pred,
             "readout": {
                 "angles": model.readout.angles if model.readout else 0,
+                "wrap": list(model.readout.wrap) if model.readout else [],
                 "hidden": model.readout.hidden if model.readout else 256,
             },
         },

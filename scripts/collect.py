@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # jepa_agent is imported inside main(): collection workers start from a process that imports this
 # file, and keeping torch out of it saves ~2 s of start-up.
-ENV_META_KEYS = ("name", "id", "joint_angles")  # keys of configs/env/*.yaml that are not env kwargs
+# keys of configs/env/*.yaml that are not env constructor kwargs
+ENV_META_KEYS = ("name", "id", "joint_angles", "continuous_joints")
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="collect")

@@ -16,18 +16,24 @@ from jepa_agent.world_model import Normalizer, StateReadout, WorldModel, save_wo
 from tests.test_world_model import A, Episodes, T, cfg, obs, tiny_model, tiny_world_model  # noqa: F401
 
 
-def test_readout_targets_are_wrap_free_angles():
-    r = StateReadout(in_dim=8, angles=2)
-    p = torch.tensor([[0.0, math.pi / 2, 9.0, 9.0], [2 * math.pi, -math.pi / 2, 0.0, 0.0]])
-    t = r.targets(p)  # [cos q0, cos q1, sin q0, sin q1]; velocities ignored
-    torch.testing.assert_close(
-        t, torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0]]), atol=1e-6, rtol=0
-    )
-    assert r(torch.randn(5, 3, 2, 4)).shape == (5, 3, 4)  # [..., N, D] -> [..., 2 * angles]
+def test_readout_targets_wrap_continuous_joints_only():
+    r = StateReadout(in_dim=8, angles=2, wrap=[0])  # joint 0 continuous, joint 1 limited
+    p = torch.tensor([[0.0, math.pi / 2, 9.0, 9.0], [2 * math.pi, -1.0, 0.0, 0.0]])
+    t = r.targets(p)  # [cos q0, sin q0, q1]; velocities ignored
+    want = torch.tensor([[1.0, 0.0, math.pi / 2], [1.0, 0.0, -1.0]])
+    torch.testing.assert_close(t, want, atol=1e-6, rtol=0)
+    assert r(torch.randn(5, 3, 2, 4)).shape == (5, 3, 3)  # [..., N, D] -> [..., out_dim]
+    # a limited joint's distance follows the joint: +2.5 and -2.5 rad are 5 rad apart, not 1.28 via the limit
+    far = r.targets(torch.tensor([[0.0, 2.5], [0.0, -2.5]]))
+    assert (far[0] - far[1]).square().sum() > 20
+    assert StateReadout(in_dim=8, angles=2, wrap=[0, 1]).out_dim == 4
+    assert StateReadout(in_dim=8, angles=3).out_dim == 3
     with pytest.raises(ValueError, match="proprio has 1 dims; the readout needs the first 2"):
         r.targets(torch.zeros(3, 1))
     with pytest.raises(ValueError, match="angles=0"):
         StateReadout(in_dim=8, angles=0)
+    with pytest.raises(ValueError, match=r"wrap=\[2\]"):
+        StateReadout(in_dim=8, angles=2, wrap=[2])
 
 
 def test_projected_cost_equals_latent_cost_on_projections():
@@ -53,7 +59,7 @@ def test_projected_cost_equals_latent_cost_on_projections():
 
 def with_readout(model: WorldModel) -> WorldModel:
     n, d = model.latent_shape
-    model.readout = StateReadout(n * d, angles=2, hidden=16)
+    model.readout = StateReadout(n * d, angles=2, wrap=[0], hidden=16)
     return model
 
 
@@ -93,8 +99,8 @@ def test_cost_space_readout_and_its_errors(tmp_path):
 
 
 def test_training_fits_the_readout_of_encoded_and_predicted_latents(tmp_path):
-    model = tiny_world_model(readout={"angles": 2, "hidden": 32})
-    assert model.readout is not None and "readout" in model.module_names()
+    model = tiny_world_model(readout={"angles": 2, "wrap": [1], "hidden": 32})
+    assert model.readout is not None and "readout" in model.module_names() and model.readout.wrap == [1]
     train_cfg = cfg(steps=60, readout_weight=5.0)
     res = train_world_model(
         model, Episodes(range(8)), Episodes([100, 101]), train_cfg, tmp_path, progress=False
@@ -110,4 +116,5 @@ def test_training_fits_the_readout_of_encoded_and_predicted_latents(tmp_path):
     loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
     z = torch.randn(3, *model.latent_shape)
     torch.testing.assert_close(loaded.readout(z), model.readout(z))
+    assert loaded.readout.wrap == [1]
     assert res.frames_encoded == 10 * T
