@@ -23,7 +23,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from jepa_agent.costs import LatentGoalCost
 from jepa_agent.utils import emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel, build_world_model
 
@@ -45,6 +44,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the uncached (full-window) baseline")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the rollout")
+    p.add_argument(
+        "--cost-space",
+        default="readout",
+        choices=["readout", "latent"],
+        help="score imagined latents by their state readout (plan.py's default) or the latents themselves",
+    )
     return p.parse_args(argv)
 
 
@@ -74,9 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
         source = str(args.checkpoint)
     else:
+        wm_cfg = OmegaConf.to_container(cfg.world_model)
+        if args.cost_space == "readout":  # the reach readout: 2 joint angles, the first continuous
+            wm_cfg["readout"] = {"angles": 2, "wrap": [0], "hidden": 256}
         run_cfg = {
             "encoder": OmegaConf.to_container(cfg.encoder),
-            "world_model": cfg.world_model,
+            "world_model": wm_cfg,
             "action_dim": args.action_dim,
             "proprio_dim": 0,
         }
@@ -88,7 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("bench_plan times latent-only models; this checkpoint uses proprio")
     z_hist = torch.nn.functional.layer_norm(torch.randn(1, args.context, N, D), (D,))
     ctx = model.context(list(z_hist[0]), [torch.zeros(A)] * (args.context - 1))
-    cost = LatentGoalCost(torch.nn.functional.layer_norm(torch.randn(N, D), (D,)))
+    goal = torch.nn.functional.layer_norm(torch.randn(N, D), (D,))
+    if args.cost_space == "readout" and model.readout is None:
+        raise ValueError(f"--cost-space=readout but {source} has no state readout; pass --cost-space=latent")
+    cost = model.cost(goal, metric="mse", space=args.cost_space)
     budget = dict(population=args.population, iterations=args.iterations, horizon=args.horizon)
     elites = cfg.planner.get("elites")
     if elites is not None and elites > args.population:  # keep the elite share for small populations
@@ -122,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg()
     result = {
         "model": source,
+        "cost_space": args.cost_space,
         "latent_tokens": N,
         "latent_dim": D,
         "action_dim": A,

@@ -112,7 +112,8 @@ def main(cfg: DictConfig) -> None:
         ship = Path(cfg.ship)
         tmp = ship.parent / f".{ship.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(wm_dir / "checkpoint", tmp)
+        # weights + config + meta only: the optimizer state (train_state.pt) is for resuming training
+        shutil.copytree(wm_dir / "checkpoint", tmp, ignore=shutil.ignore_patterns("train_state.pt"))
         shutil.rmtree(ship, ignore_errors=True)
         tmp.rename(ship)
 

@@ -341,4 +341,4 @@ def test_bench_plan_smoke(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == json.loads(json.dumps(res))
     assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
-    assert res["threads"] == 1 and res["latent_tokens"] == 1
+    assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "readout"

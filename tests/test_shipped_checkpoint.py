@@ -1,0 +1,59 @@
+"""The checkpoint shipped in checkpoints/reach (made by scripts/train_all.py ... ship=checkpoints/reach)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from jepa_agent.world_model import WorldModel
+from tests.conftest import REPO
+
+SHIPPED = REPO / "checkpoints" / "reach"
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    if not (SHIPPED / "meta.json").exists():
+        pytest.fail(
+            f"{SHIPPED} is missing: regenerate it with scripts/train_all.py env=reach ship=checkpoints/reach"
+        )
+    return WorldModel.from_checkpoint(
+        SHIPPED, device="cpu", env_id="JepaAgent/Reach-v0", image_size=64, action_dim=2
+    )
+
+
+def test_shipped_checkpoint_reads_the_pose_from_a_goal_image(model):
+    """The readout of a goal image's latent recovers the goal joint angles (the cost's metric space)."""
+    assert model.readout is not None and model.readout.wrap == [0]
+    env = envs.make_env("reach")
+    errors = []
+    for seed in range(8):
+        env.reset(seed=10_000 + seed)
+        u = env.unwrapped
+        with torch.inference_mode():
+            r = model.readout(model.encode_pixels(u.render_goal())).numpy()  # [cos q0, sin q0, q1]
+        shoulder = np.arctan2(r[1], r[0])
+        d0 = (shoulder - u.goal_qpos[0] + np.pi) % (2 * np.pi) - np.pi
+        errors.append(max(abs(d0), abs(r[2] - u.goal_qpos[1])))
+    env.close()
+    assert np.median(errors) < np.radians(8), np.degrees(errors)
+
+
+def test_shipped_checkpoint_predicts_the_effect_of_actions(model):
+    """Imagined 5-step futures read out closer to the true end pose than 'nothing moves' does."""
+    env = envs.make_env("reach")
+    obs, _ = env.reset(seed=10_100)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(5, 2)).astype(np.float32)
+    for a in actions:
+        final, *_ = env.step(a)
+    with torch.inference_mode():
+        state = model.encode(obs)
+        pred = model.rollout(state, torch.as_tensor(actions)[None])  # [1, 5, N, D]
+        r_pred = model.readout(pred[0, -1])
+        r_start = model.readout(state.z)
+        target = model.readout.targets(torch.as_tensor(final["proprio"]))
+    env.close()
+    assert (r_pred - target).square().sum() < 0.25 * (r_start - target).square().sum()
