@@ -336,7 +336,7 @@ def evaluate_world_model(
     }
     res: dict[str, float] = {}
     s = data.target_windows(first.to(data.z.device), horizon + 1)
-    if model.readout is not None and s is not None:  # squared error of the state readout (cos/sin space)
+    if model.readout is not None and s is not None:  # squared error of the state readout (its feature space)
         r = model.readout
         res["readout_encoded_mse"] = (r(z) - s).square().mean().item()
         res["readout_final_step_mse"] = (r(imag[:, -1]) - s[:, -1]).square().mean().item()
