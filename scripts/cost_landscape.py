@@ -21,7 +21,6 @@ import torch
 from omegaconf import DictConfig
 
 import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
-from envs.reach import forward_kinematics
 from jepa_agent.utils import cli_errors, emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel
 
@@ -41,9 +40,8 @@ def render_grid(env_name: str, image_size: int, shoulder_steps: int, elbow_steps
     for pose in q:
         u.set_goal(pose)
         images.append(u.render_goal())
-    ee = np.stack([forward_kinematics(p) for p in q])
     env.close()
-    return q, np.stack(images), ee
+    return q, np.stack(images)
 
 
 def greedy_success(
@@ -74,15 +72,15 @@ def main(cfg: DictConfig) -> None:
     model = WorldModel.from_checkpoint(cfg.checkpoint, device=cfg.device)
     if cfg.env.name != "reach":
         raise ValueError(f"env={cfg.env.name}: this diagnostic renders the 2-joint reach arm only")
-    q, images, _ = render_grid(cfg.env.name, model.image_size, cfg.shoulder_steps, cfg.elbow_steps)
+    q, images = render_grid(cfg.env.name, model.image_size, cfg.shoulder_steps, cfg.elbow_steps)
     with torch.inference_mode():
-        z = model.encode_pixels(images).flatten(1).float().cpu()  # [M, N*D] standardised latents
+        z = model.encode_pixels(images)  # [M, N, D] standardised latents
         spaces = {
             "pixels": torch.as_tensor(images).flatten(1).float() / 255.0,
-            "latent": z,
+            "latent": z.flatten(1).float().cpu(),
         }
         if model.readout is not None:
-            spaces["readout"] = model.readout(model.encode_pixels(images)).float().cpu()
+            spaces["readout"] = model.readout(z).float().cpu()
     rng = np.random.default_rng(cfg.seed)
     goals = rng.choice(len(q), cfg.goals, replace=False)
     starts = rng.integers(len(q), size=cfg.goals)

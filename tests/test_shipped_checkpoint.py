@@ -57,3 +57,19 @@ def test_shipped_checkpoint_predicts_the_effect_of_actions(model):
         target = model.readout.targets(torch.as_tensor(final["proprio"]))
     env.close()
     assert (r_pred - target).square().sum() < 0.25 * (r_start - target).square().sum()
+
+
+def test_cost_landscape_script_ranks_the_readout_cost(run_env, python, tmp_path):
+    """scripts/cost_landscape.py on a coarse grid: the readout cost strands fewer goals than pixels."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [python, str(REPO / "scripts" / "cost_landscape.py"), f"checkpoint={SHIPPED}",
+         "shoulder_steps=16", "elbow_steps=12", "goals=20", "threads=1", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out["success"]) == {"pixels", "latent", "readout"}
+    assert out["success"]["readout"] >= 0.9 and out["success"]["readout"] > out["success"]["pixels"], out
