@@ -60,14 +60,10 @@ def load_planning_model(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )
     space = str(cost_cfg.get("space", "latent"))
-    if space not in ("latent", "readout"):
-        raise ValueError(f"cost.space={space!r}; expected 'latent' or 'readout'")
-    if space == "readout" and model.readout is None:
-        raise ValueError(
-            f"cost.space=readout but the world model {checkpoint} has no state readout (train it with "
-            "world_model.readout.angles=N, the number of joint angles in the proprio); "
-            "or use cost.space=latent"
-        )
+    try:
+        model.check_cost_space(space)
+    except ValueError as e:
+        raise ValueError(f"world model {checkpoint}: {e}") from None
     return ConfiguredCost(
         model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight, space
     )

@@ -394,16 +394,21 @@ class WorldModel(nn.Module):
     ) -> LatentGoalCost:
         """A :class:`LatentGoalCost` towards the goal latent, measured on the latents themselves
         (``space="latent"``) or on their :class:`StateReadout` (``space="readout"``)."""
+        self.check_cost_space(space)
         if space == "latent":
             return LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
-        if space != "readout":
-            raise ValueError(f"cost space={space!r}; expected 'latent' or 'readout'")
-        if self.readout is None:
-            raise ValueError(
-                "cost space 'readout' needs a world model trained with a state readout "
-                "(world_model.readout.angles > 0); this one has none: use cost.space=latent"
-            )
         return ProjectedGoalCost(self.readout, goal, metric=metric, reduction=reduction, discount=discount)
+
+    def check_cost_space(self, space: str) -> None:
+        """Raise a ValueError unless ``space`` is ``"latent"``, or ``"readout"`` on a model with a readout."""
+        if space not in ("latent", "readout"):
+            raise ValueError(f"cost.space={space!r}; expected 'latent' or 'readout'")
+        if space == "readout" and self.readout is None:
+            raise ValueError(
+                "cost.space=readout needs a world model trained with a state readout "
+                "(world_model.readout.angles=N, the number of joint angles in the proprio); "
+                "this one has none: use cost.space=latent"
+            )
 
     # -- imagination -----------------------------------------------------------------------------
     def context(

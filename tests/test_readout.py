@@ -73,9 +73,9 @@ def plain_model() -> WorldModel:
 def test_cost_space_readout_and_its_errors(tmp_path):
     model = plain_model()
     goal = model.encode_goal({"image": obs()["pixels"]})
-    with pytest.raises(ValueError, match="has none: use cost.space=latent"):
+    with pytest.raises(ValueError, match="this one has none: use cost.space=latent"):
         model.cost(goal, space="readout")
-    with pytest.raises(ValueError, match="space='pixels'"):
+    with pytest.raises(ValueError, match="cost.space='pixels'"):
         model.cost(goal, space="pixels")
     with_readout(model)
     with torch.inference_mode():  # as the MPC agent plans
@@ -91,7 +91,7 @@ def test_cost_space_readout_and_its_errors(tmp_path):
                                  "action_weight": 0.0})  # fmt: skip
     load_planning_model(str(tmp_path / "ro"), None, None, A, cost_cfg, "cpu")
     save_world_model(tmp_path / "plain", plain_model(), encoder_name="vit_micro")
-    with pytest.raises(ValueError, match=r"plain has no state readout.*cost.space=latent"):
+    with pytest.raises(ValueError, match=r"plain: cost.space=readout needs .*use cost.space=latent"):
         load_planning_model(str(tmp_path / "plain"), None, None, A, cost_cfg, "cpu")
     with pytest.raises(ValueError, match="cost.space='pixels'"):
         bad = OmegaConf.merge(cost_cfg, {"space": "pixels"})
