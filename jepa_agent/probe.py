@@ -44,6 +44,9 @@ class ProbeConfig:
         batch_size: probe mini-batch.
         lr: peak AdamW lr (5% warm-up, cosine to 0).
         weight_decay: AdamW weight decay.
+        mlp_ratio: 0 (default): the pooled queries go straight to the linear head, as the issue's
+            "cross-attention, then linear"; > 0: V-JEPA's ``AttentivePooler`` block, a residual MLP
+            of this width ratio after the cross-attention (a stronger probe).
         seed: probe init and batch order.
     """
 
@@ -53,6 +56,7 @@ class ProbeConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
+    mlp_ratio: float = 0.0
     seed: int = 0
 
 
@@ -62,15 +66,27 @@ class AttentiveProbe(nn.Module):
     Tokens are first standardised per feature dimension with statistics of the train features
     (``feat_mean``/``feat_std``, set by :func:`train_probe`): a BatchNorm without affine, as MAE's
     linear probe, so that encoders whose features differ only in scale or offset are probed alike.
+    With ``mlp_ratio > 0`` the queries are updated as in V-JEPA's ``AttentivePooler``:
+    ``q = q + attn(q, tokens)``, then ``q = q + mlp(norm(q))``.
     """
 
-    def __init__(self, dim: int, out_dim: int, num_heads: int = 4, num_queries: int = 1) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, num_heads: int = 4, num_queries: int = 1, mlp_ratio: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"probe num_heads={num_heads} does not divide the feature dim {dim}")
+        if mlp_ratio < 0:
+            raise ValueError(f"probe mlp_ratio={mlp_ratio}; expected 0 (no MLP) or a positive ratio")
         self.query = nn.Parameter(torch.randn(1, num_queries, dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = (
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            if hidden
+            else None
+        )
         self.head = nn.Sequential(nn.LayerNorm(dim * num_queries), nn.Linear(dim * num_queries, out_dim))
         # feature and target standardisation (set by train_probe); forward predicts standardised targets
         self.register_buffer("feat_mean", torch.zeros(dim))
@@ -82,6 +98,9 @@ class AttentiveProbe(nn.Module):
         kv = self.norm((tokens - self.feat_mean) / self.feat_std)  # [B, N, D]
         q = self.query.expand(tokens.shape[0], -1, -1)  # [B, Q, D]
         pooled, _ = self.attn(q, kv, kv, need_weights=False)  # [B, Q, D]
+        if self.mlp is not None:  # V-JEPA AttentivePooler: residual cross-attention, then residual MLP
+            pooled = q + pooled
+            pooled = pooled + self.mlp(pooled)
         return self.head(pooled.flatten(1))  # [B, K]
 
 
@@ -214,7 +233,8 @@ def train_probe(
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     yt = torch.as_tensor(y, dtype=torch.float32)
-    probe = AttentiveProbe(feats.shape[-1], yt.shape[1], cfg.num_heads, cfg.num_queries).to(device)
+    probe = AttentiveProbe(feats.shape[-1], yt.shape[1], cfg.num_heads, cfg.num_queries, cfg.mlp_ratio)
+    probe = probe.to(device)
     flat = feats.reshape(-1, feats.shape[-1])  # [M*N, D]
     mean = torch.stack([c.float().sum(0) for c in flat.split(65536)]).sum(0) / len(
         flat
@@ -244,6 +264,61 @@ def train_probe(
             opt.step()
             step += 1
     return probe.eval(), {"train_loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
+
+
+def train_supervised_reference(
+    encoder: VideoViT,
+    frames: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> tuple[VideoViT, dict[str, float]]:
+    """Upper-bound reference: train ``encoder`` end to end with an attentive head to regress ``y``.
+
+    The encoder (a fresh one of the size under test) and an :class:`AttentiveProbe` head are trained
+    together on the *train* frames ``[M, H, W, 3]`` for ``steps`` AdamW steps; the head is then
+    discarded and the encoder returned frozen, to be probed from scratch like every other encoder.
+    It shows what the probe reads from features that do carry the targets, so "pretrained vs
+    random-init" can be read against what this architecture can hold.
+
+    Returns:
+        the frozen encoder and ``{"first_loss", "final_loss"}`` (mean of the first / last 10% of steps).
+    """
+    if steps < 1:
+        raise ValueError(f"supervised reference steps={steps}; expected >= 1")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    yn = (yt - yt.mean(0)) / yt.std(0).clamp_min(1e-6)
+    x_all = torch.as_tensor(frames)
+    encoder = encoder.to(device).train()
+    head = AttentiveProbe(encoder.embed_dim, yt.shape[1]).to(device)
+    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.01)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), lr, 0.0)
+        x = x_all[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # [b, 3, H, W]
+        loss = F.mse_loss(head(encoder.encode_images(x)), yn[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    k = max(1, steps // 10)
+    info = {"first_loss": float(np.mean(losses[:k])), "final_loss": float(np.mean(losses[-k:]))}
+    return encoder.eval().requires_grad_(False), info
+
+
+def ee_rmse(pred: np.ndarray, target: np.ndarray, names: list[str]) -> float | None:
+    """Root-mean-square end-effector error in target units (metres for reach); ``None`` without ee_x/ee_y."""
+    cols = [names.index(k) for k in ("ee_x", "ee_y") if k in names]
+    if len(cols) != 2:
+        return None
+    return float(np.sqrt(((pred[:, cols] - target[:, cols]) ** 2).sum(1).mean()))
 
 
 @torch.no_grad()
@@ -321,13 +396,20 @@ def evaluate_encoder(
     """Cache frozen features, train the probe on train frames, return R^2 on val frames (+ timings).
 
     Also reports ``r2_pooled``: a ridge regression on the mean-pooled tokens (:func:`pooled_ridge_r2`),
-    the relevant view when the features are pooled into one compact latent (the world model's).
+    the relevant view when the features are pooled into one compact latent (the world model's), and
+    ``ee_rmse``: the probe's end-effector error in target units (metres for reach).
     """
     t0 = time.perf_counter()
     f_train = extract_features(encoder, train_frames, device=device, precision=precision)
     f_val = extract_features(encoder, val_frames, device=device, precision=precision)
     t_feat = time.perf_counter() - t0
     probe, info = train_probe(f_train, train_y, cfg, device=device)
-    r2 = r2_scores(predict(probe, f_val), val_y)
+    pred = predict(probe, f_val)
     pooled = summarise_r2(pooled_ridge_r2(f_train, train_y, f_val, val_y), names)
-    return {"r2": summarise_r2(r2, names), "r2_pooled": pooled, "feature_seconds": t_feat, **info}
+    return {
+        "r2": summarise_r2(r2_scores(pred, val_y), names),
+        "ee_rmse": ee_rmse(pred, val_y, names),
+        "r2_pooled": pooled,
+        "feature_seconds": t_feat,
+        **info,
+    }

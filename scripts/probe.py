@@ -2,12 +2,16 @@
 
     python scripts/probe.py checkpoint=outputs/pt/checkpoint data.path=/tmp/eps_reach
 
-Ends with one JSON line: {"r2": {...}, "r2_random_init": {...}, "checkpoint", "train_frames", ...}.
+Ends with one JSON line: {"r2": {...}, "r2_random_init": {...}, "r2_supervised_reference": {...} or
+null, "ee_rmse": {encoder: metres}, "r2_pooled": {...}, "checkpoint", "train_frames", ...}.
+``supervised_reference_steps=N`` adds an upper bound: a same-size encoder trained end to end on the
+train targets for N steps, then probed like the others.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import hydra
 import torch
@@ -16,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from jepa_agent.checkpoint import CheckpointError
 from jepa_agent.data import EpisodeDataset
 from jepa_agent.models.vit import VideoViT, encoder_config, load_encoder
-from jepa_agent.probe import ProbeConfig, load_episode_frames, probe_encoders
+from jepa_agent.probe import (
+    ProbeConfig,
+    load_episode_frames,
+    probe_encoders,
+    probe_targets,
+    train_supervised_reference,
+)
 from jepa_agent.utils import emit_json_line, resolve_device, seed_everything, set_threads
 
 
@@ -42,14 +52,31 @@ def run(cfg: DictConfig) -> dict:
     val_f, val_s = load_episode_frames(val_ds, cfg.frame_stride, cfg.max_val_frames, cfg.seed)
     env = cfg.env or train_ds.meta["env_id"]
     probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)
-    res = probe_encoders(
-        encoders, train_f, train_s, val_f, val_s, env, probe_cfg, resolve_device(cfg.device), cfg.precision
-    )
+    device = resolve_device(cfg.device)
+    sup_info = None
+    if cfg.supervised_reference_steps:  # upper bound: same-size encoder trained on the train targets
+        t0 = time.perf_counter()
+        sup = VideoViT(**encoder_config(encoder))
+        encoders["supervised_reference"], sup_info = train_supervised_reference(
+            sup, train_f, probe_targets(train_s, env)[0], int(cfg.supervised_reference_steps),
+            device=device, seed=cfg.seed,
+        )  # fmt: skip
+        sup_seconds = time.perf_counter() - t0
+    res = probe_encoders(encoders, train_f, train_s, val_f, val_s, env, probe_cfg, device, cfg.precision)
+    if "supervised_reference" in res:
+        res["supervised_reference"]["seconds"] += sup_seconds
+
+    def get(name: str, key: str) -> object:
+        return res[name][key] if name in res else None
+
     return {
         "r2": res["pretrained"]["r2"],
-        "r2_random_init": res["random_init"]["r2"] if "random_init" in res else None,
+        "r2_random_init": get("random_init", "r2"),
+        "r2_supervised_reference": get("supervised_reference", "r2"),
+        "supervised_reference_training": sup_info,
+        "ee_rmse": {name: r["ee_rmse"] for name, r in res.items()},
         "r2_pooled": res["pretrained"]["r2_pooled"],
-        "r2_pooled_random_init": res["random_init"]["r2_pooled"] if "random_init" in res else None,
+        "r2_pooled_random_init": get("random_init", "r2_pooled"),
         "checkpoint": str(cfg.checkpoint),
         "env": env,
         "train_frames": len(train_f),

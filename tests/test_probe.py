@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from jepa_agent.probe import (
     AttentiveProbe,
     ProbeConfig,
+    ee_rmse,
     extract_features,
     joint_sincos,
     pooled_ridge_r2,
@@ -23,6 +24,7 @@ from jepa_agent.probe import (
     r2_scores,
     summarise_r2,
     train_probe,
+    train_supervised_reference,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +80,39 @@ def test_probe_learns_where_the_hot_token_is() -> None:
     assert isinstance(probe, AttentiveProbe) and info["seconds"] > 0
     r2 = r2_scores(predict(probe, feats[600:]), y[600:])
     assert (r2 > 0.8).all(), r2  # mean pooling scores ~0 here (every clip has the same mean token)
+
+
+def test_mlp_probe_is_the_vjepa_pooler_block() -> None:
+    plain, block = AttentiveProbe(12, 3, 2, 2), AttentiveProbe(12, 3, 2, 2, mlp_ratio=4.0)
+    assert plain.mlp is None and block.mlp[1].out_features == 48
+    x = torch.randn(5, 7, 12)
+    assert plain(x).shape == block(x).shape == (5, 3)
+    with pytest.raises(ValueError, match="mlp_ratio=-1"):
+        AttentiveProbe(12, 3, 2, 2, mlp_ratio=-1)
+
+
+def test_ee_rmse_in_target_units() -> None:
+    names = ["q0_sin", "ee_x", "ee_y"]
+    target = np.zeros((4, 3))
+    pred = np.array([[9.0, 0.03, 0.04]] * 4)  # 5 cm off everywhere; the joint column is ignored
+    assert ee_rmse(pred, target, names) == pytest.approx(0.05)
+    assert ee_rmse(pred, target, ["a", "b", "c"]) is None
+
+
+def test_supervised_reference_trains_the_encoder_and_returns_it_frozen() -> None:
+    from jepa_agent.models.vit import vit_micro
+
+    torch.manual_seed(0)
+    enc = vit_micro(img_size=16, num_frames=2, depth=1, embed_dim=32, num_heads=2)
+    before = [p.detach().clone() for p in enc.parameters()]
+    frames = np.random.default_rng(0).integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
+    y = frames.reshape(40, -1, 3).mean(1)  # mean colour: decodable from any patch
+    out, info = train_supervised_reference(enc, frames, y, steps=60, batch_size=8, lr=3e-3)
+    assert out is enc and not out.training and not any(p.requires_grad for p in out.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, out.parameters(), strict=True))
+    assert info["final_loss"] < 0.5 * info["first_loss"], info  # it fits the targets
+    with pytest.raises(ValueError, match="steps=0"):
+        train_supervised_reference(enc, frames, y, steps=0)
 
 
 def test_pooled_ridge_recovers_a_linear_target() -> None:
@@ -149,6 +184,7 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
                    {"encoder": {"name": "vit_micro", **encoder_config(enc)}}, progress=False)  # fmt: skip
     cmd = [sys.executable, str(REPO / "scripts" / "probe.py"), f"checkpoint={res.checkpoint}",
            f"data.path={eps}", "data.val_fraction=0.4", "probe.epochs=2", "probe.num_heads=2", "device=cpu",
+           "probe.mlp_ratio=2", "supervised_reference_steps=2",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,6 +192,9 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
     assert {"ee_pos", "ee_x", "ee_y", "joints"} <= set(out["r2"]) and set(out["r2"]) == set(
         out["r2_random_init"]
     )
+    assert set(out["r2_supervised_reference"]) == set(out["r2"])
+    assert set(out["ee_rmse"]) == {"pretrained", "random_init", "supervised_reference"}
+    assert all(0 <= v < 1 for v in out["ee_rmse"].values())  # metres
     assert out["train_episodes"] == 3 and out["val_episodes"] == 2 and out["val_frames"] == 14
     bad = subprocess.run(cmd[:2] + [f"checkpoint={tmp_path / 'nope'}", f"data.path={eps}"],
                          capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)  # fmt: skip
