@@ -8,23 +8,21 @@
   gradients when the actions require them, for the gradient planner);
 * ``encode_goal(goal)`` and ``cost(goal)``: a goal image -> goal latent -> :class:`LatentGoalCost`.
 
-The latent is compact by default: :class:`LatentPooler` reduces the encoder's ``Hp x Wp`` patch tokens
-to ``g x g`` average-pooled tokens (``g = 1``: the mean token), keeps all patch tokens (``patch``), or
-learns ``Q`` attentive queries (``attentive``; trained with the predictor, guarded against collapse by
-:func:`variance_loss`). Tokens are layer-normed (no affine) as in V-JEPA 2-AC.
+The latent is compact by default: :class:`~jepa_agent.models.latent.LatentPooler` pools the encoder's
+patch tokens; :class:`~jepa_agent.models.latent.Normalizer` standardises latents, actions and proprio;
+:class:`~jepa_agent.models.latent.StateReadout` maps a latent to joint angles for the readout cost
+(all three live in ``jepa_agent/models/latent.py`` and are re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_agent.checkpoint import (
@@ -37,11 +35,25 @@ from jepa_agent.checkpoint import (
 )
 from jepa_agent.costs import LatentGoalCost, ProjectedGoalCost
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
+from jepa_agent.models.latent import POOLINGS, LatentPooler, Normalizer, StateReadout, variance_loss
 from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config
 from jepa_agent.utils import resolve_device
 
 KIND = "world_model"
-POOLINGS = ("grid", "patch", "attentive")
+__all__ = [
+    "POOLINGS",
+    "Context",
+    "LatentPooler",
+    "LatentState",
+    "Normalizer",
+    "StateReadout",
+    "WorldModel",
+    "build_world_model",
+    "resolve_checkpoint",
+    "save_world_model",
+    "variance_loss",
+    "world_model_config",
+]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -50,151 +62,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
         return path / "checkpoint"
     return path
-
-
-# -- pooling ---------------------------------------------------------------------------------------
-class LatentPooler(nn.Module):
-    """Patch tokens ``[B, Hp*Wp, D]`` -> latent tokens ``[B, N_lat, D]``.
-
-    Args:
-        mode: ``"grid"`` (``g x g`` average pooling), ``"patch"`` (all tokens) or ``"attentive"``.
-        embed_dim: token width ``D``.
-        grid_hw: the patch grid ``(Hp, Wp)`` of one frame.
-        grid_size: ``g`` for grid pooling.
-        num_queries: learned queries for attentive pooling.
-        num_heads: attention heads for attentive pooling.
-        normalize: layer-norm each output token (no affine).
-        flatten: concatenate the output tokens into ONE token of width ``N_lat * D`` (keeps the grid's
-            spatial layout at the planning cost of a single token per frame).
-    """
-
-    def __init__(
-        self,
-        mode: str = "grid",
-        embed_dim: int = 192,
-        grid_hw: tuple[int, int] = (8, 8),
-        grid_size: int = 1,
-        num_queries: int = 4,
-        num_heads: int = 4,
-        normalize: bool = True,
-        flatten: bool = False,
-    ) -> None:
-        super().__init__()
-        if mode not in POOLINGS:
-            raise ValueError(f"pooling={mode!r}; expected one of {list(POOLINGS)}")
-        hp, wp = grid_hw
-        if mode == "grid" and not 1 <= grid_size <= min(hp, wp):
-            raise ValueError(
-                f"grid_size={grid_size} must be in [1, {min(hp, wp)}] for a {hp}x{wp} patch grid"
-            )
-        self.mode, self.embed_dim, self.grid_hw = mode, embed_dim, (int(hp), int(wp))
-        self.grid_size, self.normalize, self.num_heads = grid_size, normalize, num_heads
-        self.queries: nn.Parameter | None = None
-        if mode == "attentive":
-            if embed_dim % num_heads:
-                raise ValueError(
-                    f"embed_dim={embed_dim} must be divisible by attentive num_heads={num_heads}"
-                )
-            self.queries = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
-            self.norm_in = nn.LayerNorm(embed_dim)
-            self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
-        self.flatten, self.num_queries = flatten, num_queries
-        tokens = {"grid": grid_size**2, "patch": hp * wp, "attentive": num_queries}[mode]
-        self.num_tokens = 1 if flatten else tokens  # latent tokens per frame
-        self.out_dim = tokens * embed_dim if flatten else embed_dim  # their width
-
-    @property
-    def learned(self) -> bool:
-        """True when the pooler has trainable parameters (saved in the world-model checkpoint)."""
-        return self.mode == "attentive"
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        B, n, D = tokens.shape
-        hp, wp = self.grid_hw
-        if n != hp * wp or D != self.embed_dim:
-            raise ValueError(
-                f"patch tokens of shape {tuple(tokens.shape)}; expected [B, {hp * wp}, {self.embed_dim}]"
-            )
-        if self.mode == "grid":
-            x = tokens.transpose(1, 2).reshape(B, D, hp, wp)  # [B, D, Hp, Wp]
-            z = F.adaptive_avg_pool2d(x, self.grid_size).flatten(2).transpose(1, 2)  # [B, g*g, D]
-        elif self.mode == "patch":
-            z = tokens
-        else:
-            kv = self.norm_in(tokens)
-            q = self.queries.unsqueeze(0).expand(B, -1, -1)  # [B, Q, D]
-            z = self.attn(q, kv, kv, need_weights=False)[0] + tokens.mean(1, keepdim=True)  # [B, Q, D]
-        if self.normalize:
-            z = F.layer_norm(z, (D,))
-        return z.reshape(B, 1, -1) if self.flatten else z  # [B, N_lat, D] or [B, 1, N_lat * D]
-
-
-def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tensor:
-    """Collapse guard (VICReg variance term): hinge ``relu(target - std)`` of each latent dim over the batch.
-
-    Args:
-        z: ``[..., D]`` latents; every leading dim is treated as batch.
-    """
-    flat = z.reshape(-1, z.shape[-1])
-    std = torch.sqrt(flat.var(dim=0) + eps)
-    return F.relu(target_std - std).mean()
-
-
-class StateReadout(nn.Module):
-    """Latent -> robot state features: the metric space of the planning cost (``cost.space=readout``).
-
-    An MLP on one frame's latent ``[.., N, D]`` that regresses the joint angles (the first ``angles``
-    proprio dims): ``(cos q, sin q)`` for the continuous joints listed in ``wrap`` (smooth across their
-    +-pi wrap) and ``q`` itself for limited joints (so the distance follows the way the joint can really
-    move, not the shortcut through its limit). Both give a squared distance ~ ``dq^2`` for small moves.
-    It is trained with the predictor (on encoded AND on predicted latents, so imagined futures read out
-    right) from the proprio recorded with the episodes. The goal is still only an image: planning
-    compares the readout of the imagined latents with the readout of the goal image's latent.
-
-    Why: the latent distance itself is a poor reach cost (``scripts/cost_landscape.py``, in
-    docs/benchmarks.md): two arm images that do not overlap are about equally far apart however far
-    apart the poses are, so even with perfect dynamics greedy search on it strands many goals.
-
-    Args:
-        in_dim: ``N * D`` (one frame's latent, flattened).
-        angles: leading proprio dims that are joint angles.
-        wrap: indices (< ``angles``) of the continuous joints.
-        hidden: MLP width.
-    """
-
-    def __init__(self, in_dim: int, angles: int, wrap: Sequence[int] = (), hidden: int = 256) -> None:
-        super().__init__()
-        if angles < 1:
-            raise ValueError(f"readout angles={angles}; expected >= 1 joint angle in the proprio")
-        wrap = sorted({int(i) for i in wrap})
-        if any(not 0 <= i < angles for i in wrap):
-            raise ValueError(f"readout wrap={wrap}: joint indices must be in [0, angles={angles})")
-        self.in_dim, self.angles, self.hidden, self.wrap = int(in_dim), int(angles), int(hidden), wrap
-        self.limited = [i for i in range(self.angles) if i not in wrap]
-        self.out_dim = 2 * len(wrap) + len(self.limited)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, self.out_dim),
-        )
-
-    def targets(self, proprio: Tensor) -> Tensor:
-        """Raw (un-normalised) proprio ``[..., P]`` -> ``[..., out_dim]`` regression targets:
-        ``[cos q_wrap, sin q_wrap, q_limited]``."""
-        if proprio.shape[-1] < self.angles:
-            raise ValueError(
-                f"proprio has {proprio.shape[-1]} dims; the readout needs the first {self.angles} "
-                "(joint angles)"
-            )
-        q = proprio[..., : self.angles].float()
-        w, lim = q[..., self.wrap], q[..., self.limited]
-        return torch.cat([torch.cos(w), torch.sin(w), lim], -1)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """Latents ``[..., N, D]`` -> state features ``[..., out_dim]``."""
-        return self.net(z.flatten(-2))
 
 
 # -- state containers ------------------------------------------------------------------------------
@@ -214,65 +81,6 @@ class Context:
     proprio: Tensor | None = None  # [B, C, P], normalised
 
 
-class Normalizer(nn.Module):
-    """Action / proprio / latent standardisation with statistics from the training data (saved as buffers).
-
-    Latents are standardised per feature (``(z - mean) / std`` over the training frames): after the
-    encoder's layer norm, what moves with the scene (a thin arm) is ~1% of each token, the rest is
-    background and position; standardising makes the moving part O(1) for the predictor's loss and the
-    planning cost. Features that barely vary are floored at ``latent_std_floor`` x the median std so
-    codec noise is not amplified.
-    """
-
-    def __init__(
-        self, action_dim: int, proprio_dim: int = 0, latent_shape: tuple[int, int] | None = None
-    ) -> None:
-        super().__init__()
-        self.register_buffer("action_mean", torch.zeros(action_dim))
-        self.register_buffer("action_std", torch.ones(action_dim))
-        self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(proprio_dim))
-        shape = tuple(latent_shape) if latent_shape is not None else (0,)
-        self.register_buffer("latent_mean", torch.zeros(shape))
-        self.register_buffer("latent_std", torch.ones(shape))
-
-    def set_stats(self, actions: Tensor, proprio: Tensor | None = None, min_std: float = 1e-3) -> None:
-        """Fit the statistics on ``actions [..., A]`` (and ``proprio [..., P]``)."""
-        a = actions.reshape(-1, actions.shape[-1]).float()
-        self.action_mean.copy_(a.mean(0))
-        self.action_std.copy_(a.std(0).clamp(min=min_std))
-        if proprio is not None and self.proprio_mean.numel():
-            p = proprio.reshape(-1, proprio.shape[-1]).float()
-            self.proprio_mean.copy_(p.mean(0))
-            self.proprio_std.copy_(p.std(0).clamp(min=min_std))
-
-    def set_latent_stats(self, z: Tensor, latent_std_floor: float = 0.1) -> None:
-        """Fit the latent statistics on pooled latents ``z [M, N, D]`` of the training frames."""
-        if not self.latent_mean.numel():
-            return
-        if tuple(z.shape[1:]) != tuple(self.latent_mean.shape):
-            raise ValueError(
-                f"latents of shape {tuple(z.shape)}; expected [M, *{tuple(self.latent_mean.shape)}]"
-            )
-        z = z.float()
-        std = z.std(0)
-        self.latent_mean.copy_(z.mean(0))
-        self.latent_std.copy_(std.clamp(min=float(latent_std_floor * std.median().clamp(min=1e-8))))
-
-    def latent(self, z: Tensor) -> Tensor:
-        """Standardise pooled latents ``[..., N, D]`` (identity before :meth:`set_latent_stats`)."""
-        if not self.latent_mean.numel():
-            return z
-        return (z - self.latent_mean.to(z.dtype)) / self.latent_std.to(z.dtype)
-
-    def actions(self, a: Tensor) -> Tensor:
-        return (a - self.action_mean) / self.action_std
-
-    def proprio(self, p: Tensor) -> Tensor:
-        return (p - self.proprio_mean) / self.proprio_std
-
-
-# -- the world model -------------------------------------------------------------------------------
 class WorldModel(nn.Module):
     """Frozen encoder + pooler + action-conditioned predictor (+ normalisation statistics).
 

@@ -1,0 +1,145 @@
+"""The latent cache for world-model training: every frame encoded once by the frozen encoder.
+
+:func:`encode_episodes` turns episodes into :class:`LatentEpisodes` (latents, normalised actions and
+proprio, readout targets, window bookkeeping); :func:`fit_normalizer` and :func:`fit_delta_scale` set
+the statistics the predictor trains with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from jepa_agent.world_model import WorldModel
+
+
+class EpisodeSource(Protocol):
+    """What training reads episodes from (``jepa_agent.data.EpisodeDataset`` fits)."""
+
+    @property
+    def num_episodes(self) -> int: ...
+
+    def episode(self, i: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class LatentEpisodes:
+    """Every frame's latent, concatenated over episodes, with window bookkeeping.
+
+    ``z`` is ``[F, N, D]`` pooled latents (or ``[F, Hp*Wp, D]`` patch tokens when the pooling is
+    learned), ``actions [F, A]`` normalised (row ``t`` = action after frame ``t``; the last row of each
+    episode is padding), ``proprio [F, P]`` normalised, ``starts`` / ``lengths`` per episode, and
+    ``targets [F, R]`` the state-readout targets (models with a readout).
+    """
+
+    z: Tensor
+    actions: Tensor
+    proprio: Tensor | None
+    starts: list[int]
+    lengths: list[int]
+    targets: Tensor | None = None
+
+    def window_starts(self, window: int) -> Tensor:
+        """Global frame indices where a window of ``window`` frames fits inside one episode."""
+        pairs = zip(self.starts, self.lengths, strict=True)
+        out = [torch.arange(s, s + n - window + 1) for s, n in pairs if n >= window]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+    def windows(self, first: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``first [B]`` -> ``z [B, T, N, D]``, ``actions [B, T-1, A]``, ``proprio [B, T, P] | None``."""
+        idx = first[:, None] + torch.arange(window)  # [B, T]
+        p = None if self.proprio is None else self.proprio[idx]
+        return self.z[idx], self.actions[idx[:, :-1]], p
+
+    def target_windows(self, first: Tensor, window: int) -> Tensor | None:
+        """``first [B]`` -> readout targets ``[B, T, R]`` (None without a readout)."""
+        if self.targets is None:
+            return None
+        return self.targets[first[:, None] + torch.arange(window, device=first.device)]
+
+
+def encode_episodes(
+    model: WorldModel,
+    source: EpisodeSource,
+    batch_size: int = 128,
+    pooled: bool = True,
+    progress: bool = True,
+) -> LatentEpisodes:
+    """Encode every frame of every episode once with the frozen encoder (batched).
+
+    Args:
+        model: the world model (its encoder, pooler and normalizer are used).
+        source: episodes with ``frames`` uint8 ``[T, H, W, 3]``, ``action [T-1, A]`` (+ ``proprio [T, P]``).
+        batch_size: frames per encoder call.
+        pooled: store pooled latents (False: raw patch tokens, for a learned pooler).
+        progress: tqdm bar over episodes (stderr).
+    """
+    from tqdm.auto import tqdm
+
+    device = model.device
+    zs, acts, props, targets, starts, lengths = [], [], [], [], [], []
+    total = 0
+    use_p = model.predictor.proprio_dim > 0
+    for i in tqdm(range(source.num_episodes), desc="encode frames", disable=not progress, leave=False):
+        ep = source.episode(i)
+        frames = np.asarray(ep["frames"])
+        T = frames.shape[0]
+        action = torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32)
+        if action.shape != (T - 1, model.action_dim):
+            raise ValueError(
+                f"episode {i}: action shape {tuple(action.shape)} for {T} frames; expected "
+                f"({T - 1}, {model.action_dim}) (the world model's action_dim)"
+            )
+        out = []
+        with torch.inference_mode():
+            for j in range(0, T, batch_size):
+                x = torch.as_tensor(frames[j : j + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+                tokens = model.encoder.encode_images(x)  # [b, Hp*Wp, D]
+                out.append((model.pooler(tokens) if pooled else tokens).float().cpu())
+        zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
+        with torch.no_grad():
+            acts.append(
+                torch.cat([model.normalizer.actions(action), torch.zeros(1, model.action_dim)])
+            )  # [T, A]
+            if use_p or model.readout is not None:
+                prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32)
+                if use_p:
+                    props.append(model.normalizer.proprio(prop))
+                if model.readout is not None:
+                    targets.append(model.readout.targets(prop))
+        starts.append(total)
+        lengths.append(T)
+        total += T
+    if not zs:
+        raise ValueError("no episodes to encode")
+    return LatentEpisodes(
+        torch.cat(zs).to(device), torch.cat(acts).to(device), torch.cat(props).to(device) if use_p else None,
+        starts, lengths, torch.cat(targets).to(device) if targets else None,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def fit_delta_scale(model: WorldModel, data: LatentEpisodes, max_pairs: int = 20000) -> float:
+    """Set the predictor's residual scale to the std of frame-to-frame latent changes; returns it."""
+    pairs = data.window_starts(2)[:max_pairs].to(data.z.device)
+    z0, z1 = data.z[pairs], data.z[pairs + 1]
+    if model.pooler.learned:
+        z0, z1 = model.pooler(z0), model.pooler(z1)
+    scale = float((z1 - z0).std().clamp(min=1e-6))
+    model.predictor.set_delta_scale(scale)
+    return scale
+
+
+def fit_normalizer(model: WorldModel, source: EpisodeSource) -> None:
+    """Set the action (and proprio) statistics from every episode of ``source``."""
+    acts, props = [], []
+    for i in range(source.num_episodes):
+        ep = source.episode(i)
+        acts.append(torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32))
+        if model.predictor.proprio_dim:
+            props.append(torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32))
+    model.normalizer.set_stats(torch.cat(acts), torch.cat(props) if props else None)
