@@ -3,8 +3,8 @@
 The encoder is frozen, so every frame is encoded exactly once (batched, with a progress bar) into a
 latent cache (``jepa_agent/training/latent_cache.py``); actions/proprio are standardised and the
 predictor's residual scale is set to the std of frame-to-frame latent changes (its head then regresses
-unit-scale targets, however small the changes). Training samples windows of ``T`` latents (+ the ``T -
-1`` actions between them) and minimises, as V-JEPA 2-AC, ``teacher_forcing_loss + rollout_weight *
+unit-scale targets, however small the changes). Training samples windows of ``T`` latents (+ the ``T-1``
+actions between them) and minimises, as V-JEPA 2-AC, ``teacher_forcing_loss + rollout_weight *
 rollout_loss(k)`` (plus a variance guard when the pooling is learned). Held-out episodes
 (``split="val"``) are scored by one-step and H-step latent L1 against the copy-last-frame baseline.
 
