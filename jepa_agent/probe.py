@@ -285,7 +285,8 @@ def train_supervised_reference(
     random-init" can be read against what this architecture can hold.
 
     Returns:
-        the frozen encoder and ``{"first_loss", "final_loss"}`` (mean of the first / last 10% of steps).
+        the frozen encoder and ``{"first_loss", "final_loss", "seconds"}`` (losses: mean of the first /
+        last 10% of steps).
     """
     if steps < 1:
         raise ValueError(f"supervised reference steps={steps}; expected >= 1")
@@ -297,7 +298,7 @@ def train_supervised_reference(
     encoder = encoder.to(device).train()
     head = AttentiveProbe(encoder.embed_dim, yt.shape[1]).to(device)
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.01)
-    losses = []
+    losses, t0 = [], time.perf_counter()
     for step in range(steps):
         idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
         for group in opt.param_groups:
@@ -309,7 +310,11 @@ def train_supervised_reference(
         opt.step()
         losses.append(float(loss.detach()))
     k = max(1, steps // 10)
-    info = {"first_loss": float(np.mean(losses[:k])), "final_loss": float(np.mean(losses[-k:]))}
+    info = {
+        "first_loss": float(np.mean(losses[:k])),
+        "final_loss": float(np.mean(losses[-k:])),
+        "seconds": time.perf_counter() - t0,
+    }
     return encoder.eval().requires_grad_(False), info
 
 
