@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jepa_agent.models.vit import VideoViT
+from jepa_agent.models.vit import VideoViT, pixels_to_images
 from jepa_agent.training.schedules import warmup_cosine
 
 
@@ -213,7 +213,7 @@ def extract_features(
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     out = []
     for i in range(0, len(frames), batch_size):
-        x = frames[i : i + batch_size].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # [b, 3, H, W]
+        x = pixels_to_images(frames[i : i + batch_size], device)  # [b, 3, H, W]
         with autocast:
             out.append(encoder.encode_images(x).to("cpu", torch.float16))  # [b, N, D]
     return torch.cat(out)
@@ -303,7 +303,7 @@ def train_supervised_reference(
         idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), lr, 0.0)
-        x = x_all[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # [b, 3, H, W]
+        x = pixels_to_images(x_all[idx], device)  # [b, 3, H, W]
         loss = F.mse_loss(head(encoder.encode_images(x)), yn[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

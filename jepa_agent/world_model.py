@@ -36,7 +36,7 @@ from jepa_agent.checkpoint import (
 from jepa_agent.costs import LatentGoalCost, ProjectedGoalCost
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import POOLINGS, LatentPooler, Normalizer, StateReadout, variance_loss
-from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config
+from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config, pixels_to_images
 from jepa_agent.utils import resolve_device
 
 KIND = "world_model"
@@ -162,7 +162,7 @@ class WorldModel(nn.Module):
             )
         out = []
         for i in range(0, x.shape[0], batch_size):
-            chunk = x[i : i + batch_size].to(self.device).permute(0, 3, 1, 2).float() / 255.0  # [b, 3, H, W]
+            chunk = pixels_to_images(x[i : i + batch_size], self.device)  # [b, 3, H, W]
             out.append(self.normalizer.latent(self.pooler(self.encoder.encode_images(chunk))))  # [b, N, D]
         z = torch.cat(out)
         return z[0] if single else z

@@ -84,7 +84,7 @@ def main(cfg: DictConfig) -> None:
     rng = np.random.default_rng(cfg.seed)
     goals = rng.choice(len(q), cfg.goals, replace=False)
     starts = rng.integers(len(q), size=cfg.goals)
-    wrap = True  # the reach shoulder is continuous
+    wrap = 0 in (cfg.env.get("continuous_joints") or [])  # the env config: is the shoulder continuous?
     out = {name: greedy_success(f, q, goals, starts, cfg.window, wrap) for name, f in spaces.items()}
     emit_json_line({"success": out, "goals": int(cfg.goals), "grid": [cfg.shoulder_steps, cfg.elbow_steps],
                     "window": cfg.window, "checkpoint": str(cfg.checkpoint)})  # fmt: skip

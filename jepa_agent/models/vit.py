@@ -224,6 +224,11 @@ class VideoViT(nn.Module):
         return self.forward(clip)
 
 
+def pixels_to_images(pixels: torch.Tensor | Any, device: torch.device | str) -> torch.Tensor:
+    """uint8 frames ``[B, H, W, 3]`` (tensor or array) -> float ``[B, 3, H, W]`` in [0, 1] on ``device``."""
+    return torch.as_tensor(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 # --------------------------------------------------------------------------- presets and registry
 
 

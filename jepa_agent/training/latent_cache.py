@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jepa_agent.models.vit import pixels_to_images
 from jepa_agent.world_model import WorldModel
 
 
@@ -97,7 +98,7 @@ def encode_episodes(
         out = []
         with torch.inference_mode():
             for j in range(0, T, batch_size):
-                x = torch.as_tensor(frames[j : j + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+                x = pixels_to_images(frames[j : j + batch_size], device)  # [b, 3, H, W]
                 tokens = model.encoder.encode_images(x)  # [b, Hp*Wp, D]
                 out.append((model.pooler(tokens) if pooled else tokens).float().cpu())
         zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
