@@ -80,6 +80,10 @@ class Context:
     actions: Tensor | None = None  # [B, C-1, A], normalised
     proprio: Tensor | None = None  # [B, C, P], normalised
 
+    @property
+    def device(self) -> torch.device:
+        return self.z.device
+
 
 class WorldModel(nn.Module):
     """Frozen encoder + pooler + action-conditioned predictor (+ normalisation statistics).

@@ -72,9 +72,12 @@ def shift_plan(plan: Tensor, steps: int = 1, fill: float | Tensor | None = 0.0) 
 
 
 def device_of(*objs: Any) -> torch.device:
-    """Device of the first tensor in ``objs`` (tensors or dicts/lists/tuples of them); CPU if none."""
+    """Device of the first tensor in ``objs`` (tensors, dicts/lists/tuples of them, or any object with
+    a ``device`` attribute, such as a world model's context); CPU if none."""
     for o in objs:
         if isinstance(o, Tensor):
+            return o.device
+        if isinstance(getattr(o, "device", None), torch.device):
             return o.device
         if isinstance(o, dict):
             o = list(o.values())

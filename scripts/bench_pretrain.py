@@ -3,12 +3,14 @@
     python scripts/bench_pretrain.py                          # vit_tiny, 64x64, 8 frames, batch 32
     python scripts/bench_pretrain.py --threads 2 --steps 7 --data /tmp/eps_reach
     python scripts/bench_pretrain.py --encoder vit_micro --frames 4 --variants fp32
+    python scripts/bench_pretrain.py --device cuda --steps 20 --warmup 5   # on a GPU
 
 Variants (each its own model + optimizer, run in turn step by step so machine load hits all alike):
 ``fp32`` and ``bf16`` (autocast) with the V-JEPA context encoder on visible tokens only, and
 ``fp32_all_tokens``: the context encoder on all tokens (then keeping the context outputs), the
 baseline for the drop-masked-tokens speed-up. A step is split into data (fetch + collate + masks),
 forward (target + context encoder + predictor + loss), backward, and optimizer (clip + AdamW + EMA).
+On CUDA the device is synchronised at each boundary, so every phase is charged its own kernels.
 Prints a table of medians (and min/max step time), the torch threads and the load average, then
 one JSON line.
 """
@@ -35,7 +37,7 @@ from jepa_agent.training.pretrain import (
     jepa_step_loss,
     make_optimizer,
 )
-from jepa_agent.utils import emit_json_line, set_threads
+from jepa_agent.utils import emit_json_line, resolve_device, set_threads
 
 VARIANTS = {"fp32": ("fp32", True), "bf16": ("bf16", True), "fp32_all_tokens": ("fp32", False)}
 
@@ -54,6 +56,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default="fp32,bf16,fp32_all_tokens", help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--data", default=None, help="episodes dir (collect.py); default: random in-memory clips")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:i] | auto (default cpu: the CI figure)")
     return p.parse_args(argv)
 
 
@@ -73,8 +76,11 @@ class RandomClips(torch.utils.data.Dataset):
 class Variant:
     """One benchmarked configuration: its own encoder, predictor, EMA target and optimizer."""
 
-    def __init__(self, args: argparse.Namespace, precision: str, drop_masked: bool) -> None:
+    def __init__(
+        self, args: argparse.Namespace, precision: str, drop_masked: bool, device: torch.device
+    ) -> None:
         torch.manual_seed(0)
+        self.device = device
         kw = {"img_size": args.img_size, "num_frames": args.frames}
         if args.depth:
             kw["depth"] = args.depth
@@ -88,32 +94,41 @@ class Variant:
         )
         self.target = build_encoder(args.encoder, **kw).requires_grad_(False)
         self.target.load_state_dict(self.encoder.state_dict())
+        self.encoder.to(device)
+        self.predictor.to(device)
+        self.target.to(device)
         self.model = ContextPredictor(self.encoder, self.predictor, drop_masked=drop_masked)
         self.opt = make_optimizer([self.encoder, self.predictor], PretrainConfig(steps=10, warmup=0))
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.times: dict[str, list[float]] = {
             k: [] for k in ("data", "forward", "backward", "optimizer", "step")
         }
 
+    def clock(self) -> float:
+        """Wall time after the device has finished its queued work (CUDA kernels run asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def step(
         self, dataset: torch.utils.data.Dataset, masker: TubeMaskCollator, step: int, batch: int
     ) -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         idx = [(step * batch + i) % len(dataset) for i in range(batch)]
-        clips = frames_to_clips(collate_frames([dataset[i] for i in idx]), torch.device("cpu"))
-        masks = masker(batch, step)
-        t1 = time.perf_counter()
+        clips = frames_to_clips(collate_frames([dataset[i] for i in idx]), self.device)
+        masks = [m.to(self.device) for m in masker(batch, step)]
+        t1 = self.clock()
         with self.autocast:
             loss, _ = jepa_step_loss(self.model, self.target, clips, masks)
-        t2 = time.perf_counter()
+        t2 = self.clock()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        t3 = time.perf_counter()
+        t3 = self.clock()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         ema_update(self.target, self.encoder, 0.996)
-        t4 = time.perf_counter()
+        t4 = self.clock()
         for key, dt in zip(self.times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
             self.times[key].append(dt)
 
@@ -133,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = EpisodeDataset(Path(args.data), window=args.frames, expect_image_size=args.img_size)
     else:
         dataset = RandomClips(4 * args.batch, args.frames, args.img_size)
-    variants = {n: Variant(args, *VARIANTS[n]) for n in names}
+    device = resolve_device(args.device)
+    variants = {n: Variant(args, *VARIANTS[n], device) for n in names}
     masker = TubeMaskCollator(next(iter(variants.values())).encoder.grid, DEFAULT_MASKS, seed=0)
     for step in range(args.warmup + args.steps):
         for v in variants.values():  # interleaved: load changes hit every variant alike
@@ -152,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"encoder={args.encoder} depth={variants[names[0]].encoder.depth} img={args.img_size} "
         f"frames={args.frames} batch={args.batch} predictor={args.predictor_dim}x{args.predictor_depth} "
-        f"threads={torch.get_num_threads()} loadavg={os.getloadavg()[0]:.2f} steps={args.steps} (medians)"
+        f"device={device} threads={torch.get_num_threads()} loadavg={os.getloadavg()[0]:.2f} "
+        f"steps={args.steps} (medians)"
     )
     cols = [
         "data_s",
@@ -170,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{n:<16}" + "".join(f"{r[c]:>13}" for c in cols))
     out = {
         "variants": rows,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "loadavg": round(os.getloadavg()[0], 2),
         "encoder": args.encoder,

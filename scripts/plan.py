@@ -101,6 +101,7 @@ def main(cfg: DictConfig) -> None:
         "episodes": main_res["episodes"],
         "final_distance_mean": None if kind == "file" else main_res["final_distance_mean"],
         "plan_seconds_median": main_res["plan_seconds_median"],
+        "device": str(device),
     }
     for name in ("random", "oracle"):
         if name in results and name != main_name:

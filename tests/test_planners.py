@@ -154,3 +154,18 @@ def test_hydra_configs_instantiate():
         assert isinstance(planner, cls)
         res = planner.plan(cumsum_rollout, cost, z0)
         assert res.actions.shape == (planner.horizon, A)
+
+
+def test_planners_sample_on_the_device_of_a_world_model_context():
+    """A world model's ``Context`` names its device: planners must sample there (the CUDA path).
+
+    The meta device stands in for a GPU here: CPU-only CI still catches a planner that falls back to
+    the CPU for an object that is not a plain tensor.
+    """
+    from jepa_agent.world_model import Context
+    from planners.base import device_of
+
+    ctx = Context(z=torch.empty(1, 1, 4, 8, device="meta"))
+    assert device_of(None, ctx) == torch.device("meta")
+    assert device_of(None, {"z": torch.zeros(1)}) == torch.device("cpu")
+    assert device_of(None, object()) == torch.device("cpu")

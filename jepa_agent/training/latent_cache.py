@@ -89,7 +89,7 @@ def encode_episodes(
         ep = source.episode(i)
         frames = np.asarray(ep["frames"])
         T = frames.shape[0]
-        action = torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32)
+        action = torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32, device=device)
         if action.shape != (T - 1, model.action_dim):
             raise ValueError(
                 f"episode {i}: action shape {tuple(action.shape)} for {T} frames; expected "
@@ -104,10 +104,10 @@ def encode_episodes(
         zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
         with torch.no_grad():
             acts.append(
-                torch.cat([model.normalizer.actions(action), torch.zeros(1, model.action_dim)])
+                torch.cat([model.normalizer.actions(action), action.new_zeros(1, model.action_dim)])
             )  # [T, A]
             if use_p or model.readout is not None:
-                prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32)
+                prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32, device=device)
                 if use_p:
                     props.append(model.normalizer.proprio(prop))
                 if model.readout is not None:
