@@ -52,7 +52,7 @@ class LatentEpisodes:
 
     def windows(self, first: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """``first [B]`` -> ``z [B, T, N, D]``, ``actions [B, T-1, A]``, ``proprio [B, T, P] | None``."""
-        idx = first[:, None] + torch.arange(window)  # [B, T]
+        idx = first[:, None] + torch.arange(window, device=first.device)  # [B, T]
         p = None if self.proprio is None else self.proprio[idx]
         return self.z[idx], self.actions[idx[:, :-1]], p
 
