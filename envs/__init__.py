@@ -11,10 +11,20 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym  # noqa: E402
 
-ENV_IDS: dict[str, str] = {"reach": "JepaAgent/Reach-v0"}
+ENV_IDS: dict[str, str] = {
+    "reach": "JepaAgent/Reach-v0",
+    "reach_distracting": "JepaAgent/ReachDistracting-v0",  # same task, distracting visuals (envs/reach.py)
+}
 
 if ENV_IDS["reach"] not in gym.registry:
     gym.register(id=ENV_IDS["reach"], entry_point="envs.reach:ReachEnv", max_episode_steps=50)
+if ENV_IDS["reach_distracting"] not in gym.registry:
+    gym.register(
+        id=ENV_IDS["reach_distracting"],
+        entry_point="envs.reach:ReachEnv",
+        max_episode_steps=50,
+        kwargs={"distracting": True},
+    )
 
 
 def resolve_env_id(name: str) -> str:

@@ -14,6 +14,12 @@ Gymnasium's MuJoCo renderer turns frames black when another env in the process c
   (:meth:`ReachEnv.render_goal`, the scene rendered with the arm at the goal pose).
 * Success: ``info["is_success"]`` when the end effector is within ``success_threshold`` (default
   0.01 m = 5% of the arm's 0.2 m reach, like Meta-World reach's 5 cm) of the goal end effector.
+
+``JepaAgent/ReachDistracting-v0`` (``distracting=True``) is the same task with the visual distractions of
+the Distracting Control Suite (Stone et al., 2021), drawn anew at every reset from the env's seeded
+RNG: a background of 8 x 8 randomly coloured tiles, the arm's colours jittered per channel, two loose
+fingertip-sized decoys of the fingertip's colours lying in the workspace, and the camera shifted by up
+to 2 cm. Dynamics, actions, goals and success are unchanged; the goal image shows the same scene.
 """
 
 from __future__ import annotations
@@ -36,6 +42,41 @@ REACH = sum(LINK_LENGTHS)
 # is not wrapped: wrapping would make the joint angle jump at +-pi)
 MAX_SPEED = 1000.0  # rad/s
 MAX_ANGLE = 1000.0  # rad
+
+# JepaAgent/ReachDistracting-v0: what each reset randomises (see the module docstring)
+TILES = 8  # background tiles per side, over the floor's +-0.3 m
+TILE_COLOUR = (0.05, 0.6)  # per-channel range of a tile's colour (darker than the arm's)
+DECOYS = 2  # loose fingertip look-alikes
+COLOUR_JITTER = 0.15  # per-channel jitter of the arm's (and the decoys') colours
+CAMERA_SHIFT = 0.02  # m, per-episode camera offset in x and y
+ARM_GEOMS = ("base", "link1", "link2", "fingertip")
+
+
+def build_model(distracting: bool = False) -> mujoco.MjModel:
+    """The reach model; with ``distracting``, plus the background tiles and the decoys (geoms that
+    never collide, placed and coloured at each reset)."""
+    if not distracting:
+        return mujoco.MjModel.from_xml_path(str(ASSET))
+    spec = mujoco.MjSpec.from_file(str(ASSET))
+    half = 0.3
+    side = 2 * half / TILES
+    for i in range(TILES):
+        for j in range(TILES):
+            spec.worldbody.add_geom(
+                name=f"tile_{i}_{j}",
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[side / 2, side / 2, 0.0005],
+                pos=[-half + (i + 0.5) * side, -half + (j + 0.5) * side, 0.001],
+                contype=0,
+                conaffinity=0,
+            )
+    tip = spec.geom("fingertip")
+    for k in range(DECOYS):
+        spec.worldbody.add_geom(
+            name=f"decoy_{k}", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=list(tip.size), pos=[0, 0, 0.02],
+            contype=0, conaffinity=0,
+        )  # fmt: skip
+    return spec.compile()
 
 
 def forward_kinematics(qpos: np.ndarray) -> np.ndarray:
@@ -61,6 +102,7 @@ class ReachEnv(gym.Env):
         camera: str = "top",
         render_mode: str | None = None,
         render_size: int | None = None,
+        distracting: bool = False,
     ) -> None:
         if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 512:
             raise ValueError(f"image_size={image_size!r}: expected an int in [8, 512]")
@@ -78,7 +120,8 @@ class ReachEnv(gym.Env):
         self.render_mode = render_mode
         self.render_size = int(render_size or image_size)
 
-        self.model = mujoco.MjModel.from_xml_path(str(ASSET))
+        self.distracting = bool(distracting)
+        self.model = build_model(self.distracting)
         self.data = mujoco.MjData(self.model)
         self._goal_data = mujoco.MjData(self.model)  # scratch pose for goal images
         self._camera = camera
@@ -93,6 +136,14 @@ class ReachEnv(gym.Env):
         self.sample_low = np.maximum(self.joint_low, -np.pi)
         self.sample_high = np.minimum(self.joint_high, np.pi)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
+        if self.distracting:
+            geom = lambda name: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, name)  # noqa: E731
+            self._tiles = np.array([geom(f"tile_{i}_{j}") for i in range(TILES) for j in range(TILES)])
+            self._arm = np.array([geom(name) for name in ARM_GEOMS])
+            self._decoys = np.array([geom(f"decoy_{k}") for k in range(DECOYS)])
+            self._arm_rgba = self.model.geom_rgba[self._arm].copy()
+            self._cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            self._cam_pos = self.model.cam_pos[self._cam_id].copy()
 
         n = self.model.nq
         self.action_space = spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
@@ -168,6 +219,20 @@ class ReachEnv(gym.Env):
         mujoco.mj_forward(self.model, self._goal_data)
         return self._render_data(self._goal_data, size or self.image_size)
 
+    def _randomise_scene(self) -> None:
+        """Draw this episode's distractions (``distracting`` only) from the env's seeded RNG."""
+        rng, m = self.np_random, self.model
+        m.geom_rgba[self._tiles, :3] = rng.uniform(*TILE_COLOUR, size=(len(self._tiles), 3))
+        jitter = lambda rgba: np.clip(rgba + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 1)  # noqa: E731
+        for k, g in enumerate(self._arm):
+            m.geom_rgba[g, :3] = jitter(self._arm_rgba[k, :3])
+        tip = self._arm_rgba[ARM_GEOMS.index("fingertip"), :3]
+        for g in self._decoys:  # anywhere the fingertip could be: radius in [0.02, 0.2] m
+            r, a = np.sqrt(rng.uniform(0.1**2, 1.0)) * REACH, rng.uniform(-np.pi, np.pi)
+            m.geom_pos[g, :2] = r * np.cos(a), r * np.sin(a)
+            m.geom_rgba[g, :3] = jitter(tip)
+        m.cam_pos[self._cam_id, :2] = self._cam_pos[:2] + rng.uniform(-CAMERA_SHIFT, CAMERA_SHIFT, 2)
+
     def _sample_qpos(self) -> np.ndarray:
         return self.np_random.uniform(self.sample_low, self.sample_high)
 
@@ -203,6 +268,8 @@ class ReachEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        if self.distracting:
+            self._randomise_scene()
         mujoco.mj_resetData(self.model, self.data)
         self.reset_model(options or {})
         return self._get_obs(), self._get_info()

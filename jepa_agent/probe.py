@@ -120,11 +120,12 @@ def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
     """
     import importlib
 
+    import gymnasium as gym
+
     import envs
 
-    env_id = envs.resolve_env_id(env_name)
-    short = next((k for k, v in envs.ENV_IDS.items() if v == env_id), env_name)
-    module = importlib.import_module(f"envs.{short}")
+    entry = gym.spec(envs.resolve_env_id(env_name)).entry_point  # e.g. "envs.reach:ReachEnv"
+    module = importlib.import_module(entry.split(":")[0]) if isinstance(entry, str) else None
     fk: Callable[[np.ndarray], np.ndarray] | None = getattr(module, "forward_kinematics", None)
     if fk is not None:
         return np.asarray(fk(qpos), dtype=np.float64)

@@ -55,8 +55,9 @@ def test_time_limit_and_frames_not_black(env_id):
     env.close()
 
 
-def test_goal_image_is_scene_at_goal_pose():
-    env = envs.make_env("reach")
+@pytest.mark.parametrize("name", sorted(envs.ENV_IDS))
+def test_goal_image_is_scene_at_goal_pose(name):
+    env = envs.make_env(name)
     env.reset(seed=7)
     u = env.unwrapped
     goal_img = u.render_goal()
@@ -140,3 +141,31 @@ def test_image_size_configurable():
     obs, _ = env.reset(seed=0)
     assert obs["pixels"].shape == (32, 32, 3) and env.unwrapped.render_goal().shape == (32, 32, 3)
     env.close()
+
+
+def test_distracting_variant_redraws_the_scene_but_not_the_task():
+    """ReachDistracting-v0: tiles, arm colours, decoys and camera change with the seed; physics does not."""
+    plain, noisy = envs.make_env("reach"), envs.make_env("reach_distracting")
+    m = noisy.unwrapped.model
+    assert m.ngeom == plain.unwrapped.model.ngeom + 8 * 8 + 2 and m.nbody == plain.unwrapped.model.nbody
+    assert not m.geom_contype.any() and not m.geom_conaffinity.any()  # nothing new collides
+
+    def scene(seed):
+        noisy.reset(seed=seed)
+        return m.geom_rgba.copy(), m.geom_pos.copy(), m.cam_pos.copy()
+
+    a, b, c = scene(1), scene(1), scene(2)
+    for x, y, z in zip(a, b, c, strict=True):
+        np.testing.assert_array_equal(x, y)  # same seed, same scene
+        assert not np.array_equal(x, z)  # another seed, another scene
+    assert np.abs(c[2][0, :2]).max() <= 0.02  # camera shifted by at most 2 cm
+
+    opts = {"qpos": np.array([0.3, -0.5]), "goal_qpos": np.array([1.0, 1.0])}
+    actions = np.random.default_rng(0).uniform(-1, 1, (8, 2))
+    traces = []
+    for env in (plain, noisy):
+        env.reset(seed=5, options=opts)
+        traces.append([env.step(a)[0]["proprio"] for a in actions])
+    np.testing.assert_array_equal(traces[0], traces[1])  # identical dynamics and actions
+    plain.close()
+    noisy.close()
