@@ -49,6 +49,9 @@ def test_reach_targets_are_sincos_and_forward_kinematics() -> None:
     np.testing.assert_allclose(y[0, 4:], [0.2, 0.0], atol=1e-12)  # straight arm along x
     with pytest.raises(ValueError, match="qpos, qvel"):
         probe_targets(np.zeros((3, 3)), "reach")
+    # the distracting variant is registered from the same module: same kinematics, by id or short name
+    for name in ("reach_distracting", "JepaAgent/ReachDistracting-v0"):
+        np.testing.assert_array_equal(probe_targets(states, name)[0], y)
 
 
 def test_summary_groups() -> None:
