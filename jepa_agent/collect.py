@@ -304,7 +304,7 @@ def collect(
         DataError: ``out_dir`` holds another dataset (env, image size, settings) or is being written.
     """
     import envs  # registers the env ids
-    from jepa_agent.data.episodes import EpisodeWriter, build_meta
+    from jepa_agent.data import EpisodeWriter, build_meta
     from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 
     t_start = time.perf_counter()

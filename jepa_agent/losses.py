@@ -3,18 +3,25 @@
 Follows V-JEPA (``app/vjepa/train.py``): the target encoder is an exponential moving average of the
 context encoder, run under ``no_grad`` on all tokens; its outputs are layer-normed over the feature
 dimension; the loss is the L1 distance between predictions and targets on the masked (target)
-tokens only, averaged over the mask kinds.
+tokens only, averaged over the mask kinds. The world model's losses follow V-JEPA 2-AC: one-step
+teacher forcing and a k-step rollout through the action-conditioned predictor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from jepa_agent.models.vit import gather_tokens
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from jepa_agent.models.ac_predictor import ACPredictor
 
 
 @torch.no_grad()
@@ -117,3 +124,81 @@ def effective_rank(x: torch.Tensor, max_rows: int = 2048) -> float:
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+# -- world-model losses (V-JEPA 2-AC) -------------------------------------------------------------
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+def _regression(loss: str):
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[loss]
+
+
+def teacher_forcing_loss(
+    predictor: ACPredictor,
+    z: Tensor,
+    actions: Tensor,
+    proprio: Tensor | None = None,
+    proprio_weight: float = 1.0,
+    loss: str = "l1",
+    return_predictions: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """One-step loss (L1 by default, as V-JEPA 2-AC; or ``"mse"``) with ground-truth inputs at every step.
+
+    Args:
+        z: ``[B, T, N, D]`` target-encoder latents of a window of ``T`` frames.
+        actions: ``[B, T-1, A]`` the actions between consecutive frames.
+        proprio: ``[B, T, P]`` or None.
+        loss: ``"l1"`` (fits the conditional median: stays at "no change" where changes are uncertain)
+            or ``"mse"`` (the conditional mean).
+        return_predictions: also return the predicted latents ``[B, T-1, N, D]``.
+    """
+    fn = _regression(loss)
+    p_in = None if proprio is None else proprio[:, :-1]
+    z_pred, p_pred = predictor(z[:, :-1], actions, p_in)  # [B, T-1, N, D]
+    out = fn(z_pred, z[:, 1:])
+    if p_pred is not None:
+        out = out + proprio_weight * fn(p_pred, proprio[:, 1:])
+    return (out, z_pred) if return_predictions else out
+
+
+def rollout_loss(
+    predictor: ACPredictor,
+    z: Tensor,
+    actions: Tensor,
+    k: int = 2,
+    proprio: Tensor | None = None,
+    context: int = 1,
+    proprio_weight: float = 1.0,
+    loss: str = "l1",
+    return_predictions: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``k``-step autoregressive loss: from ``context`` true frames, feed predictions back ``k`` times.
+
+    Args:
+        z: ``[B, T, N, D]`` latents; needs ``T >= context + k``.
+        actions: ``[B, T-1, A]``.
+        k: number of imagined steps scored.
+        proprio: ``[B, T, P]`` or None.
+        context: observed frames before imagination starts.
+        loss: ``"l1"`` or ``"mse"``.
+        return_predictions: also return the imagined latents ``[B, k, N, D]``.
+    """
+    fn = _regression(loss)
+    T = z.shape[1]
+    if k < 1 or context < 1 or context + k > T:
+        raise ValueError(
+            f"rollout_loss needs 1 <= k and context + k <= T; got k={k}, context={context}, T={T}"
+        )
+    z_hat, p_hat = predictor.imagine(
+        z[:, :context],
+        actions[:, context - 1 : context - 1 + k],
+        actions_ctx=actions[:, : context - 1] if context > 1 else None,
+        proprio_ctx=None if proprio is None else proprio[:, :context],
+    )  # [B, k, N, D]
+    out = fn(z_hat, z[:, context : context + k])
+    if p_hat is not None:
+        out = out + proprio_weight * fn(p_hat, proprio[:, context : context + k])
+    return (out, z_hat) if return_predictions else out

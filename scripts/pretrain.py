@@ -14,7 +14,6 @@ import sys
 import warnings
 
 import hydra
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,12 +21,12 @@ from jepa_agent.checkpoint import CheckpointError
 from jepa_agent.masks import specs_from_config
 from jepa_agent.models.predictor import MaskedPredictor
 from jepa_agent.models.vit import build_encoder, encoder_config
+from jepa_agent.training.distributed import dist_info, shutdown_distributed
 from jepa_agent.training.pretrain import (
     CollapseWarning,
     NonFiniteLossError,
     PretrainConfig,
     build_pretrain_dataset,
-    dist_info,
     pretrain,
 )
 from jepa_agent.utils import emit_json_line, seed_everything, set_threads
@@ -71,8 +70,7 @@ def main(cfg: DictConfig) -> None:
         print(f"pretrain: error: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
     if dist_info()[0] == 0:
         emit_json_line(summary)
 

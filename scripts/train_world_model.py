@@ -13,14 +13,13 @@ from __future__ import annotations
 import warnings
 
 import hydra
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.checkpoint import load_config
 from jepa_agent.data import DataError, EpisodeDataset
 from jepa_agent.models.vit import encoder_config, load_encoder
-from jepa_agent.training.pretrain import dist_info
+from jepa_agent.training.distributed import dist_info, shutdown_distributed
 from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_world_model
 from jepa_agent.utils import cli_errors, emit_json_line, seed_everything, set_threads
 from jepa_agent.world_model import build_world_model, resolve_checkpoint
@@ -102,8 +101,7 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
     if dist_info()[0] == 0:  # one JSON line per job, not per torchrun rank
         emit_json_line(summary)
 

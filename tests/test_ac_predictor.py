@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa_agent.models.ac_predictor import (
-    ACPredictor,
-    ac_predictor_config,
-    block_causal_mask,
-    rollout_loss,
-    teacher_forcing_loss,
-)
+from jepa_agent.losses import rollout_loss, teacher_forcing_loss
+from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config, block_causal_mask
 
 D, A, P = 16, 3, 4
 

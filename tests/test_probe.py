@@ -139,7 +139,7 @@ def test_extract_features_shapes_and_dtype() -> None:
 
 def _tiny_episodes(root: Path, n: int = 5, steps: int = 6, size: int = 16) -> None:
     import envs
-    from jepa_agent.data.episodes import EpisodeWriter, build_meta
+    from jepa_agent.data import EpisodeWriter, build_meta
 
     env = envs.make_env("reach", image_size=size)
     u = env.unwrapped

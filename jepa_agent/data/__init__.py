@@ -7,10 +7,10 @@
   inconsistent episode, dataset of another env or image size), naming the file and the problem.
 """
 
+from jepa_agent.data.episode_writer import EpisodeWriter
 from jepa_agent.data.episodes import (
     EpisodeDataset,
     EpisodeRecord,
-    EpisodeWriter,
     build_meta,
     episode_paths,
     list_episodes,

@@ -11,8 +11,8 @@ appended, so imagination caches them (:class:`KVCache`): each imagined step only
 tokens per sample. :meth:`ACPredictor.imagine` does this; ``use_cache=False`` recomputes the whole
 window each step (the reference the cache is tested against).
 
-Losses (named, as in V-JEPA 2-AC): :func:`teacher_forcing_loss` (one-step, ground-truth inputs) and
-:func:`rollout_loss` (k-step autoregressive, the predictor's own outputs fed back).
+Its losses (named, as in V-JEPA 2-AC) are in :mod:`jepa_agent.losses`: ``teacher_forcing_loss``
+(one-step, ground-truth inputs) and ``rollout_loss`` (k-step autoregressive, outputs fed back).
 """
 
 from __future__ import annotations
@@ -444,81 +444,3 @@ def ac_predictor_config(model: ACPredictor) -> dict[str, Any]:
         max_steps=model.max_steps,
         residual=model.residual,
     )
-
-
-# -- losses ---------------------------------------------------------------------------------------
-LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
-
-
-def _regression(loss: str):
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[loss]
-
-
-def teacher_forcing_loss(
-    predictor: ACPredictor,
-    z: Tensor,
-    actions: Tensor,
-    proprio: Tensor | None = None,
-    proprio_weight: float = 1.0,
-    loss: str = "l1",
-    return_predictions: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """One-step loss (L1 by default, as V-JEPA 2-AC; or ``"mse"``) with ground-truth inputs at every step.
-
-    Args:
-        z: ``[B, T, N, D]`` target-encoder latents of a window of ``T`` frames.
-        actions: ``[B, T-1, A]`` the actions between consecutive frames.
-        proprio: ``[B, T, P]`` or None.
-        loss: ``"l1"`` (fits the conditional median: stays at "no change" where changes are uncertain)
-            or ``"mse"`` (the conditional mean).
-        return_predictions: also return the predicted latents ``[B, T-1, N, D]``.
-    """
-    fn = _regression(loss)
-    p_in = None if proprio is None else proprio[:, :-1]
-    z_pred, p_pred = predictor(z[:, :-1], actions, p_in)  # [B, T-1, N, D]
-    out = fn(z_pred, z[:, 1:])
-    if p_pred is not None:
-        out = out + proprio_weight * fn(p_pred, proprio[:, 1:])
-    return (out, z_pred) if return_predictions else out
-
-
-def rollout_loss(
-    predictor: ACPredictor,
-    z: Tensor,
-    actions: Tensor,
-    k: int = 2,
-    proprio: Tensor | None = None,
-    context: int = 1,
-    proprio_weight: float = 1.0,
-    loss: str = "l1",
-    return_predictions: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """``k``-step autoregressive loss: from ``context`` true frames, feed predictions back ``k`` times.
-
-    Args:
-        z: ``[B, T, N, D]`` latents; needs ``T >= context + k``.
-        actions: ``[B, T-1, A]``.
-        k: number of imagined steps scored.
-        proprio: ``[B, T, P]`` or None.
-        context: observed frames before imagination starts.
-        loss: ``"l1"`` or ``"mse"``.
-        return_predictions: also return the imagined latents ``[B, k, N, D]``.
-    """
-    fn = _regression(loss)
-    T = z.shape[1]
-    if k < 1 or context < 1 or context + k > T:
-        raise ValueError(
-            f"rollout_loss needs 1 <= k and context + k <= T; got k={k}, context={context}, T={T}"
-        )
-    z_hat, p_hat = predictor.imagine(
-        z[:, :context],
-        actions[:, context - 1 : context - 1 + k],
-        actions_ctx=actions[:, : context - 1] if context > 1 else None,
-        proprio_ctx=None if proprio is None else proprio[:, :context],
-    )  # [B, k, N, D]
-    out = fn(z_hat, z[:, context : context + k])
-    if p_hat is not None:
-        out = out + proprio_weight * fn(p_hat, proprio[:, context : context + k])
-    return (out, z_hat) if return_predictions else out

@@ -44,9 +44,9 @@ from jepa_agent.losses import (
 from jepa_agent.masks import MaskSet, MaskSpec, TubeMaskCollator
 from jepa_agent.models.predictor import MaskedPredictor
 from jepa_agent.models.vit import VideoViT, gather_tokens
+from jepa_agent.training.distributed import broadcast_path, init_distributed
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.schedules import linear_momentum, warmup_cosine
-from jepa_agent.utils import resolve_device
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -139,28 +139,6 @@ class PretrainResult:
 
 
 # ------------------------------------------------------------------------------- data and ranks
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the torchrun environment (1 process: 0, 1, 0)."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
-    """Init the process group if ``WORLD_SIZE > 1`` (nccl on GPU, gloo on CPU); return rank, world, device."""
-    rank, world, local = dist_info()
-    dev = resolve_device(device)
-    if world > 1:
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
 
 
 class StepBatchSampler:
@@ -317,15 +295,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
 
 
-def _broadcast_path(path: Path, world: int) -> Path:
-    """Rank 0's ``path`` on every rank (Hydra run dirs may differ per process)."""
-    if world <= 1:
-        return path
-    obj = [str(path)]
-    dist.broadcast_object_list(obj, src=0)
-    return Path(obj[0])
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -361,7 +330,7 @@ def pretrain(
     from tqdm.auto import tqdm
 
     rank, world, device = init_distributed(cfg.device)
-    out_dir = _broadcast_path(Path(out_dir), world)
+    out_dir = broadcast_path(Path(out_dir), world)
     ckpt_path = out_dir / CHECKPOINT_DIR
     if predictor.num_mask_tokens < len(mask_specs):
         raise ValueError(

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state
-from jepa_agent.models.ac_predictor import rollout_loss, teacher_forcing_loss
+from jepa_agent.losses import rollout_loss, teacher_forcing_loss
+from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.latent_cache import (
     EpisodeSource,
     LatentEpisodes,
@@ -39,7 +40,7 @@ from jepa_agent.training.latent_cache import (
     fit_normalizer,
 )
 from jepa_agent.training.logger import MetricLogger
-from jepa_agent.training.pretrain import NonFiniteLossError, init_distributed
+from jepa_agent.training.pretrain import NonFiniteLossError
 from jepa_agent.training.schedules import warmup_cosine
 from jepa_agent.world_model import WorldModel, save_world_model, variance_loss
 
