@@ -231,3 +231,21 @@ def test_script_videos_json_line_and_error(tmp_path: Path, run_env: dict) -> Non
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("pretrain: error: data.path=")
     assert "Traceback" not in bad.stderr
+
+
+def test_bench_pretrain_smoke(capsys) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_pretrain", REPO / "scripts" / "bench_pretrain.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--encoder", "vit_micro", "--img-size", "32", "--frames", "4", "--batch", "2", "--steps", "3",
+            "--warmup", "0", "--threads", "1", "--device", "cpu"]  # fmt: skip
+    res = bench.main(argv + ["--variants", "fp32,fp32_all_tokens"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out == json.loads(json.dumps(res))
+    assert res["device"] == "cpu" and set(res["variants"]) == {"fp32", "fp32_all_tokens"}
+    assert all(v["step_s"] > 0 and v["clips_per_s"] > 0 for v in res["variants"].values())
+    assert res["all_tokens_over_drop_masked_step_ratio"] > 0
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.main(argv + ["--variants", "fp16"])
