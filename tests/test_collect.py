@@ -169,3 +169,15 @@ def test_kill9_then_resume(tmp_path, run_env):
     for npz in done:
         for p in (npz, npz.with_suffix(".mp4")):
             assert after[p.name] == kept[p.name]
+
+
+def test_dev_npyvideo_harness_collects_without_ffmpeg(tmp_path, run_env):
+    """scripts/dev/npyvideo.py (used on a GPU machine with no ffmpeg) still patches the live writer."""
+    harness, out = REPO / "scripts" / "dev" / "npyvideo.py", tmp_path / "eps"
+    run_env = dict(run_env, IMAGEIO_FFMPEG_EXE="/nonexistent/ffmpeg")  # any ffmpeg call would fail
+    args = [sys.executable, str(harness), str(REPO / "scripts" / "collect.py"), "env=reach", "episodes=2",
+            "num_envs=1", "env.max_episode_steps=5", f"out={out}", "progress=false"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frames = np.load(out / "episode_000000.mp4")  # .npy content under the episode's usual name
+    assert frames.shape == (6, 64, 64, 3) and frames.dtype == np.uint8
