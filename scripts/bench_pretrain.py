@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{n:<16}" + "".join(f"{r[c]:>13}" for c in cols))
     out = {
         "variants": rows,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "threads": torch.get_num_threads(),
         "loadavg": round(os.getloadavg()[0], 2),
         "encoder": args.encoder,
