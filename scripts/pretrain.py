@@ -43,7 +43,8 @@ def run(cfg: DictConfig) -> dict:
     enc_kw = {k: v for k, v in OmegaConf.to_container(cfg.encoder, resolve=True).items() if k != "name"}
     encoder = build_encoder(cfg.encoder.name, **enc_kw)
     specs = specs_from_config(OmegaConf.to_container(cfg.masks, resolve=True))
-    predictor = MaskedPredictor(encoder.grid, encoder.embed_dim, num_mask_tokens=len(specs), **cfg.predictor)
+    pred_kw = {"pos_embed": encoder.pos_embed_kind, **cfg.predictor}  # positions as the encoder's by default
+    predictor = MaskedPredictor(encoder.grid, encoder.embed_dim, num_mask_tokens=len(specs), **pred_kw)
     dataset = build_pretrain_dataset(
         cfg.data.kind, cfg.data.path, clip_len=encoder.num_frames, frame_stride=cfg.data.frame_stride,
         image_size=encoder.img_size, val_fraction=cfg.data.val_fraction,

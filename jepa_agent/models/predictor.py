@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jepa_agent.models.vit import Block, gather_tokens, init_transformer_weights, sincos_pos_embed_3d
+from jepa_agent.models.vit import (
+    Block,
+    gather_tokens,
+    init_transformer_weights,
+    register_positions,
+    rope_cos_sin,
+)
 
 
 class MaskedPredictor(nn.Module):
@@ -25,6 +31,7 @@ class MaskedPredictor(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / ``embed_dim``.
         num_mask_tokens: learnable mask tokens, one per mask kind (V-JEPA: one per mask config).
+        pos_embed: ``"sincos"`` or ``"rope"`` (see :class:`jepa_agent.models.vit.VideoViT`).
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class MaskedPredictor(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
         num_mask_tokens: int = 2,
+        pos_embed: str = "sincos",
     ) -> None:
         super().__init__()
         if num_mask_tokens < 1:
@@ -46,7 +54,7 @@ class MaskedPredictor(nn.Module):
         self.embed = nn.Linear(encoder_dim, embed_dim)
         # zero-initialised mask tokens, as V-JEPA (zero_init_mask_tokens=True)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, 1, 1, embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed_3d(embed_dim, self.grid)[None], persistent=False)
+        register_positions(self, pos_embed, embed_dim, num_heads, self.grid)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.proj = nn.Linear(embed_dim, encoder_dim)
@@ -73,12 +81,18 @@ class MaskedPredictor(nn.Module):
         if not 0 <= mask_index < self.num_mask_tokens:
             raise ValueError(f"mask_index={mask_index}; expected 0..{self.num_mask_tokens - 1}")
         B, Kc, _ = ctx.shape
-        pos = self.pos_embed.to(ctx.dtype).expand(B, -1, -1)  # [B, N, Dp]
-        x = self.embed(ctx) + gather_tokens(pos, ctx_idx)  # [B, Kc, Dp]
-        m = self.mask_tokens[mask_index].to(x.dtype) + gather_tokens(pos, tgt_idx)  # [B, Kt, Dp]
+        x = self.embed(ctx)  # [B, Kc, Dp]
+        m = self.mask_tokens[mask_index].to(x.dtype).expand(B, tgt_idx.shape[1], -1)  # [B, Kt, Dp]
+        rope = None
+        if self.pos_embed_kind == "sincos":
+            pos = self.pos_embed.to(ctx.dtype).expand(B, -1, -1)  # [B, N, Dp]
+            x, m = x + gather_tokens(pos, ctx_idx), m + gather_tokens(pos, tgt_idx)
+        else:
+            idx = torch.cat([ctx_idx, tgt_idx], dim=1)  # [B, Kc + Kt]
+            rope = rope_cos_sin(self.rope_angles, idx, x)  # [B, 1, Kc + Kt, hd/2] each
         x = torch.cat([x, m], dim=1)  # [B, Kc + Kt, Dp]
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, rope)
         x = self.norm(x[:, Kc:])  # [B, Kt, Dp]
         return self.proj(x)  # [B, Kt, D]
 
@@ -86,4 +100,5 @@ class MaskedPredictor(nn.Module):
 def predictor_config(model: MaskedPredictor) -> dict:
     """Constructor arguments that rebuild ``model``."""
     keys = ("grid", "encoder_dim", "embed_dim", "depth", "num_heads", "mlp_ratio", "num_mask_tokens")
-    return {k: (list(getattr(model, k)) if k == "grid" else getattr(model, k)) for k in keys}
+    out = {k: (list(getattr(model, k)) if k == "grid" else getattr(model, k)) for k in keys}
+    return {**out, "pos_embed": model.pos_embed_kind}

@@ -1,10 +1,12 @@
 """Perception: a video Vision Transformer (V-JEPA style) on tubelet tokens.
 
 ``[B, 3, T, H, W]`` pixels in ``[0, 1]`` -> ``[B, N, D]`` patch tokens, with ``N = T/t * H/p * W/p``
-(tubelet of ``t`` frames x ``p`` x ``p`` pixels, a Conv3d), fixed 3D sin-cos positions and pre-norm
-transformer blocks on ``F.scaled_dot_product_attention``. Passing ``keep`` encodes only those token
-indices (the masked-out tokens are dropped before the transformer, which is what makes V-JEPA's
-context encoder cheap). A single image is encoded by repeating it to fill one tubelet.
+(tubelet of ``t`` frames x ``p`` x ``p`` pixels, a Conv3d), positions as fixed 3D sin-cos embeddings added
+to the tokens (``pos_embed="sincos"``, V-JEPA) or as 3D rotary embeddings inside attention
+(``pos_embed="rope"``, V-JEPA 2: tokens then carry no absolute position, only attention sees relative
+offsets), and pre-norm transformer blocks on ``F.scaled_dot_product_attention``. Passing ``keep``
+encodes only those token indices (the masked-out tokens are dropped before the transformer, which is
+what makes V-JEPA's context encoder cheap). A single image is encoded by repeating it to fill one tubelet.
 """
 
 from __future__ import annotations
@@ -47,6 +49,57 @@ def sincos_pos_embed_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(emb).float()  # [T'*H'*W', dim], ordered t-major then h then w
 
 
+def rope_angles_3d(head_dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Rotation angles of 3D rotary embeddings for a ``(T', H', W')`` grid -> ``[T'*H'*W', head_dim/2]``.
+
+    As V-JEPA 2: each axis rotates its own ``2 * (head_dim // 6)`` channels (``head_dim // 6`` pairs)
+    with frequencies ``10000^(-2k/d)``; channels left over (``head_dim mod 6``) are not rotated (angle 0).
+    """
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"head_dim={head_dim}; rotary embeddings need an even head width >= 6")
+    pairs = head_dim // 6  # rotation pairs per axis
+    omega = 1.0 / 10000 ** (np.arange(pairs, dtype=np.float64) / pairs)  # [pairs]
+    coords = np.meshgrid(*(np.arange(g) for g in grid), indexing="ij")  # 3 x [T', H', W']
+    ang = [np.einsum("m,d->md", c.reshape(-1).astype(np.float64), omega) for c in coords]  # 3 x [N, pairs]
+    out = np.zeros((coords[0].size, head_dim // 2))
+    out[:, : 3 * pairs] = np.concatenate(ang, axis=1)
+    return torch.from_numpy(out).float()  # [N, head_dim/2], t-major then h then w
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs ``(2i, 2i+1)`` of ``x`` [B, heads, N, hd] by cos/sin [B|1, 1, N, hd/2]."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, heads, N, hd/2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def rope_cos_sin(
+    angles: torch.Tensor, idx: torch.Tensor | None, ref: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``angles`` [N, hd/2] (gathered at Long ``idx`` [B, K] if given) -> cos, sin ``[B|1, 1, N|K, hd/2]``."""
+    a = angles.to(ref.device, torch.float32)
+    a = a[None] if idx is None else a[idx]  # [1, N, hd/2] or [B, K, hd/2]
+    return a.cos().unsqueeze(1).to(ref.dtype), a.sin().unsqueeze(1).to(ref.dtype)
+
+
+POS_EMBEDS = ("sincos", "rope")
+
+
+def register_positions(
+    module: nn.Module, kind: str, dim: int, num_heads: int, grid: tuple[int, int, int]
+) -> None:
+    """Give ``module`` its fixed positions for ``grid``: a ``pos_embed`` [1, N, dim] (``"sincos"``) or
+    ``rope_angles`` [N, dim/heads/2] (``"rope"``) buffer, and ``pos_embed_kind``; validates ``kind``."""
+    if kind not in POS_EMBEDS:
+        raise ValueError(f"pos_embed={kind!r}; expected one of {list(POS_EMBEDS)}")
+    if dim % num_heads:
+        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+    module.pos_embed_kind = kind
+    if kind == "sincos":
+        module.register_buffer("pos_embed", sincos_pos_embed_3d(dim, grid)[None], persistent=False)
+    else:
+        module.register_buffer("rope_angles", rope_angles_3d(dim // num_heads, grid), persistent=False)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens: ``x`` [B, N, D], ``idx`` Long [B, K] -> [B, K, D]."""
     if idx.dim() != 2 or idx.shape[0] != x.shape[0]:
@@ -65,10 +118,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``x`` [B, N, D]; ``rope``: optional (cos, sin) ``[B|1, 1, N, D/heads/2]`` for queries and keys."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, N, D/heads]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
@@ -95,8 +151,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -134,6 +190,8 @@ class VideoViT(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / ``D``.
         in_chans: input channels (3 = RGB; pixel normalisation uses ImageNet statistics).
+        pos_embed: ``"sincos"`` (fixed 3D sin-cos added to the tokens) or ``"rope"`` (3D rotary
+            embeddings of queries and keys in every block; needs ``embed_dim / num_heads >= 6``).
     """
 
     def __init__(
@@ -147,6 +205,7 @@ class VideoViT(nn.Module):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         in_chans: int = 3,
+        pos_embed: str = "sincos",
     ) -> None:
         super().__init__()
         if img_size % patch_size:
@@ -164,7 +223,7 @@ class VideoViT(nn.Module):
             in_chans, embed_dim, kernel_size=(tubelet_size, patch_size, patch_size),
             stride=(tubelet_size, patch_size, patch_size),
         )  # fmt: skip
-        self.register_buffer("pos_embed", sincos_pos_embed_3d(embed_dim, self.grid)[None], persistent=False)
+        register_positions(self, pos_embed, embed_dim, num_heads, self.grid)
         mean = torch.tensor(PIXEL_MEAN if in_chans == 3 else [0.5] * in_chans).view(1, -1, 1, 1, 1)
         std = torch.tensor(PIXEL_STD if in_chans == 3 else [0.5] * in_chans).view(1, -1, 1, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -180,6 +239,11 @@ class VideoViT(nn.Module):
         if grid == self.grid:
             return self.pos_embed.to(ref.dtype)
         return sincos_pos_embed_3d(self.embed_dim, grid)[None].to(ref.device, ref.dtype)
+
+    def _rope_angles(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        if grid == self.grid:
+            return self.rope_angles
+        return rope_angles_3d(self.embed_dim // self.num_heads, grid)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -209,11 +273,15 @@ class VideoViT(nn.Module):
         x = self.patch_embed(x)  # [B, D, T/t, H/p, W/p]
         grid = (x.shape[2], x.shape[3], x.shape[4])
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]
-        x = x + self._pos_embed(grid, x)
+        rope = None
+        if self.pos_embed_kind == "sincos":
+            x = x + self._pos_embed(grid, x)
+        else:
+            rope = rope_cos_sin(self._rope_angles(grid), keep, x)  # [B|1, 1, N|K, hd/2] each
         if keep is not None:
             x = gather_tokens(x, keep)  # [B, K, D]
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, rope)
         return self.norm(x)
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,7 +329,7 @@ ENCODERS: dict[str, Callable[..., VideoViT]] = {
 
 _CONSTRUCTOR_ARGS = (
     "img_size", "patch_size", "num_frames", "tubelet_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "in_chans",
+    "in_chans", "pos_embed",
 )  # fmt: skip
 
 
@@ -281,7 +349,7 @@ def build_encoder(name: str, **kw: Any) -> VideoViT:
 
 def encoder_config(model: VideoViT) -> dict[str, Any]:
     """The constructor arguments that rebuild ``model`` (``VideoViT(**encoder_config(model))``)."""
-    return {k: getattr(model, k) for k in _CONSTRUCTOR_ARGS}
+    return {k: getattr(model, "pos_embed_kind" if k == "pos_embed" else k) for k in _CONSTRUCTOR_ARGS}
 
 
 def load_encoder(ckpt_path: str | os.PathLike, which: str = "target_encoder") -> VideoViT:
@@ -314,5 +382,6 @@ def load_encoder(ckpt_path: str | os.PathLike, which: str = "target_encoder") ->
 
 __all__ = [
     "VideoViT", "Block", "Attention", "build_encoder", "encoder_config", "load_encoder", "gather_tokens",
-    "sincos_pos_embed_3d", "vit_micro", "vit_tiny", "vit_small", "vit_base", "ENCODERS",
+    "sincos_pos_embed_3d", "rope_angles_3d", "apply_rope", "POS_EMBEDS", "vit_micro", "vit_tiny", "vit_small",
+    "vit_base", "ENCODERS",
 ]  # fmt: skip
