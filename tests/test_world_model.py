@@ -38,11 +38,14 @@ PS, T = 2, 12  # synthetic episodes: proprio dim, frames
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_model(pooling="grid", grid_size=1, proprio_dim=0, env_id="JepaAgent/Reach-v0") -> WorldModel:
+def tiny_model(
+    pooling="grid", grid_size=1, proprio_dim=0, env_id="JepaAgent/Reach-v0", pos_embed="sincos"
+) -> WorldModel:
     torch.manual_seed(0)
     enc = VideoViT(
-        img_size=IMG, patch_size=4, num_frames=2, tubelet_size=2, embed_dim=D, depth=1, num_heads=2
-    )
+        img_size=IMG, patch_size=4, num_frames=2, tubelet_size=2, embed_dim=D, depth=1, num_heads=2,
+        pos_embed=pos_embed,
+    )  # fmt: skip
     pooler = LatentPooler(pooling, D, grid_hw=(4, 4), grid_size=grid_size, num_queries=3, num_heads=2)
     pred = ACPredictor(
         D, A, num_tokens=pooler.num_tokens, proprio_dim=proprio_dim, dim=32, depth=2, num_heads=2
@@ -160,6 +163,17 @@ def test_checkpoint_roundtrip_and_mismatch_errors(tmp_path):
         WorldModel.from_checkpoint(tmp_path / "pre")
     with pytest.raises(ValueError, match=r"pixels are 32x32 .* 16x16"):
         loaded.encode({"pixels": np.zeros((32, 32, 3), np.uint8)})
+
+
+def test_rope_encoder_survives_the_world_model_checkpoint(tmp_path):
+    model = tiny_model("attentive", pos_embed="rope")
+    save_world_model(tmp_path / "wm", model, {}, encoder_name="vit_micro")
+    loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
+    assert loaded.encoder.pos_embed_kind == "rope"
+    actions = torch.rand(4, 3, A)
+    torch.testing.assert_close(
+        loaded.rollout(loaded.encode(obs()), actions), model.rollout(model.encode(obs()), actions)
+    )
 
 
 def test_variance_guard():
