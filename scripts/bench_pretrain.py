@@ -8,11 +8,12 @@
 Variants (each its own model + optimizer, run in turn step by step so machine load hits all alike):
 ``fp32`` and ``bf16`` (autocast) with the V-JEPA context encoder on visible tokens only, and
 ``fp32_all_tokens``: the context encoder on all tokens (then keeping the context outputs), the
-baseline for the drop-masked-tokens speed-up. A step is split into data (fetch + collate + masks),
-forward (target + context encoder + predictor + loss), backward, and optimizer (clip + AdamW + EMA).
-On CUDA the device is synchronised at each boundary, so every phase is charged its own kernels.
-Prints a table of medians (and min/max step time), the torch threads and the load average, then
-one JSON line.
+baseline for the drop-masked-tokens speed-up; ``fp32_rope`` (opt-in): 3D rotary positions in the encoder
+and predictor instead of added sin-cos, to price ``encoder.pos_embed=rope``. A step is split into
+data (fetch + collate + masks), forward (target + context encoder + predictor + loss), backward, and
+optimizer (clip + AdamW + EMA). On CUDA the device is synchronised at each boundary, so every phase
+is charged its own kernels. Prints a table of medians (and min/max step time), the torch threads and
+the load average, then one JSON line.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ from jepa_agent.training.pretrain import (
 )
 from jepa_agent.utils import emit_json_line, resolve_device, set_threads
 
-VARIANTS = {"fp32": ("fp32", True), "bf16": ("bf16", True), "fp32_all_tokens": ("fp32", False)}
+# name -> (precision, context encoder on visible tokens only, positions)
+VARIANTS = {
+    "fp32": ("fp32", True, "sincos"),
+    "bf16": ("bf16", True, "sincos"),
+    "fp32_all_tokens": ("fp32", False, "sincos"),
+    "fp32_rope": ("fp32", True, "rope"),
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -77,11 +84,16 @@ class Variant:
     """One benchmarked configuration: its own encoder, predictor, EMA target and optimizer."""
 
     def __init__(
-        self, args: argparse.Namespace, precision: str, drop_masked: bool, device: torch.device
+        self,
+        args: argparse.Namespace,
+        precision: str,
+        drop_masked: bool,
+        pos_embed: str,
+        device: torch.device,
     ) -> None:
         torch.manual_seed(0)
         self.device = device
-        kw = {"img_size": args.img_size, "num_frames": args.frames}
+        kw = {"img_size": args.img_size, "num_frames": args.frames, "pos_embed": pos_embed}
         if args.depth:
             kw["depth"] = args.depth
         self.encoder = build_encoder(args.encoder, **kw)
@@ -91,6 +103,7 @@ class Variant:
             embed_dim=args.predictor_dim,
             depth=args.predictor_depth,
             num_mask_tokens=len(DEFAULT_MASKS),
+            pos_embed=pos_embed,
         )
         self.target = build_encoder(args.encoder, **kw).requires_grad_(False)
         self.target.load_state_dict(self.encoder.state_dict())

@@ -241,10 +241,10 @@ def test_bench_pretrain_smoke(capsys) -> None:
     spec.loader.exec_module(bench)
     argv = ["--encoder", "vit_micro", "--img-size", "32", "--frames", "4", "--batch", "2", "--steps", "3",
             "--warmup", "0", "--threads", "1", "--device", "cpu"]  # fmt: skip
-    res = bench.main(argv + ["--variants", "fp32,fp32_all_tokens"])
+    res = bench.main(argv + ["--variants", "fp32,fp32_all_tokens,fp32_rope"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == json.loads(json.dumps(res))
-    assert res["device"] == "cpu" and set(res["variants"]) == {"fp32", "fp32_all_tokens"}
+    assert res["device"] == "cpu" and set(res["variants"]) == {"fp32", "fp32_all_tokens", "fp32_rope"}
     assert all(v["step_s"] > 0 and v["clips_per_s"] > 0 for v in res["variants"].values())
     assert res["all_tokens_over_drop_masked_step_ratio"] > 0
     with pytest.raises(ValueError, match="unknown variant"):
