@@ -177,25 +177,27 @@ def summarise_r2(r2: np.ndarray, names: list[str]) -> dict[str, float]:
 
 def load_episode_frames(
     dataset: Any, frame_stride: int = 1, max_frames: int | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Single frames and their sim states from an ``EpisodeDataset`` (every ``frame_stride``-th step).
 
     Returns:
-        frames uint8 ``[M, H, W, 3]`` and states float64 ``[M, S]``; at most ``max_frames`` (a seeded
-        random subset, kept in episode order).
+        frames uint8 ``[M, H, W, 3]``, states float64 ``[M, S]`` and each frame's episode (its index
+        in ``dataset``) int64 ``[M]``; at most ``max_frames`` (a seeded random subset, kept in episode
+        order).
     """
     if frame_stride < 1:
         raise ValueError(f"frame_stride={frame_stride}; expected >= 1")
-    frames, states = [], []
+    frames, states, episodes = [], [], []
     for i in range(dataset.num_episodes):
         ep = dataset.episode(i)
         frames.append(ep["frames"][::frame_stride])
         states.append(np.asarray(ep["state"], dtype=np.float64)[::frame_stride])
-    f, st = np.concatenate(frames), np.concatenate(states)
+        episodes.append(np.full(len(frames[-1]), i, dtype=np.int64))
+    f, st, e = np.concatenate(frames), np.concatenate(states), np.concatenate(episodes)
     if max_frames is not None and len(f) > max_frames:
         keep = np.sort(np.random.default_rng(seed).choice(len(f), size=max_frames, replace=False))
-        f, st = f[keep], st[keep]
-    return f, st
+        f, st, e = f[keep], st[keep], e[keep]
+    return f, st, e
 
 
 @torch.no_grad()
@@ -319,6 +321,52 @@ def train_supervised_reference(
     return encoder.eval().requires_grad_(False), info
 
 
+def paired_bootstrap_r2_gain(
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    cols: list[int],
+    num_samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much encoder A's probe beats B's: R^2(A) - R^2(B) with a 95% CI from a paired bootstrap.
+
+    Held-out *episodes* (``groups`` [M], one id per frame) are resampled with replacement, since the
+    frames of one episode are not independent; both probes are scored on the same resample. The R^2
+    is the mean over the target columns ``cols`` (e.g. ee_x and ee_y).
+
+    Returns:
+        ``{"gain", "ci95": [lo, hi], "p_not_above"}``: the gain on all held-out frames, the 2.5/97.5%
+        bootstrap quantiles, and the fraction of resamples where A does not beat B.
+    """
+    if not (len(pred_a) == len(pred_b) == len(target) == len(groups)):
+        raise ValueError(
+            f"predictions {len(pred_a)}/{len(pred_b)}, targets {len(target)} and groups {len(groups)} "
+            "must have one row per frame"
+        )
+    _, gid = np.unique(groups, return_inverse=True)
+    n_groups = int(gid.max()) + 1
+    y = target[:, cols]  # [M, C]
+    counts = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), num_samples)
+    w = np.vstack([np.ones(n_groups), counts])[:, gid].astype(np.float64)  # [1 + S, M]: row 0 = all frames
+    w_sum = w.sum(1, keepdims=True)  # [1 + S, 1]
+
+    def r2(pred: np.ndarray) -> np.ndarray:
+        res = w @ ((y - pred[:, cols]) ** 2)  # [1 + S, C]
+        mean = (w @ y) / w_sum  # [1 + S, C]
+        tot = w @ (y**2) - w_sum * mean**2
+        return (1.0 - res / np.maximum(tot, 1e-12)).mean(1)  # [1 + S]
+
+    gain = r2(pred_a) - r2(pred_b)
+    lo, hi = np.quantile(gain[1:], [0.025, 0.975])
+    return {
+        "gain": float(gain[0]),
+        "ci95": [float(lo), float(hi)],
+        "p_not_above": float((gain[1:] <= 0).mean()),
+    }
+
+
 def ee_rmse(pred: np.ndarray, target: np.ndarray, names: list[str]) -> float | None:
     """Root-mean-square end-effector error in target units (metres for reach); ``None`` without ee_x/ee_y."""
     cols = [names.index(k) for k in ("ee_x", "ee_y") if k in names]
@@ -414,6 +462,7 @@ def evaluate_encoder(
     pooled = summarise_r2(pooled_ridge_r2(f_train, train_y, f_val, val_y), names)
     return {
         "r2": summarise_r2(r2_scores(pred, val_y), names),
+        "val_pred": pred,  # [M, K] in target units (for paired comparisons; not JSON)
         "ee_rmse": ee_rmse(pred, val_y, names),
         "r2_pooled": pooled,
         "feature_seconds": t_feat,

@@ -3,7 +3,10 @@
     python scripts/probe.py checkpoint=outputs/pt/checkpoint data.path=/tmp/eps_reach
 
 Ends with one JSON line: {"r2": {...}, "r2_random_init": {...}, "r2_supervised_reference": {...} or
-null, "ee_rmse": {encoder: metres}, "r2_pooled": {...}, "checkpoint", "train_frames", ...}.
+null, "ee_gain_over_random_init": {"gain", "ci95", "p_not_above"} or null, "ee_rmse": {encoder:
+metres}, "r2_pooled": {...}, "checkpoint", "train_frames", ...}. The gain is the end-effector R^2 of
+the pretrained encoder minus the random-init one's, with a 95% CI from a paired bootstrap over the
+held-out episodes.
 ``supervised_reference_steps=N`` adds an upper bound: a same-size encoder trained end to end on the
 train targets for N steps, then probed like the others.
 """
@@ -22,6 +25,7 @@ from jepa_agent.models.vit import VideoViT, encoder_config, load_encoder
 from jepa_agent.probe import (
     ProbeConfig,
     load_episode_frames,
+    paired_bootstrap_r2_gain,
     probe_encoders,
     probe_targets,
     train_supervised_reference,
@@ -47,8 +51,8 @@ def run(cfg: DictConfig) -> dict:
     split = dict(window=1, val_fraction=cfg.data.val_fraction, expect_image_size=encoder.img_size)
     train_ds = EpisodeDataset(cfg.data.path, split="train", **split)
     val_ds = EpisodeDataset(cfg.data.path, split="val", **split)
-    train_f, train_s = load_episode_frames(train_ds, cfg.frame_stride, cfg.max_train_frames, cfg.seed)
-    val_f, val_s = load_episode_frames(val_ds, cfg.frame_stride, cfg.max_val_frames, cfg.seed)
+    train_f, train_s, _ = load_episode_frames(train_ds, cfg.frame_stride, cfg.max_train_frames, cfg.seed)
+    val_f, val_s, val_eps = load_episode_frames(val_ds, cfg.frame_stride, cfg.max_val_frames, cfg.seed)
     env = cfg.env or train_ds.meta["env_id"]
     probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)
     device = resolve_device(cfg.device)
@@ -64,10 +68,18 @@ def run(cfg: DictConfig) -> dict:
     def get(name: str, key: str) -> object:
         return res[name][key] if name in res else None
 
+    gain = None
+    val_y, names = probe_targets(val_s, env)
+    if "random_init" in res and {"ee_x", "ee_y"} <= set(names):
+        cols = [names.index("ee_x"), names.index("ee_y")]
+        pre, rnd = res["pretrained"]["val_pred"], res["random_init"]["val_pred"]
+        gain = paired_bootstrap_r2_gain(pre, rnd, val_y, val_eps, cols, seed=cfg.seed)
+
     return {
         "r2": res["pretrained"]["r2"],
         "r2_random_init": get("random_init", "r2"),
         "r2_supervised_reference": get("supervised_reference", "r2"),
+        "ee_gain_over_random_init": gain,
         "supervised_reference_training": sup_info,
         "ee_rmse": {name: r["ee_rmse"] for name, r in res.items()},
         "r2_pooled": res["pretrained"]["r2_pooled"],

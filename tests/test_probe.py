@@ -94,6 +94,28 @@ def test_mlp_probe_is_the_vjepa_pooler_block() -> None:
         AttentiveProbe(12, 3, 2, 2, mlp_ratio=-1)
 
 
+def test_paired_bootstrap_gain_resamples_episodes() -> None:
+    from jepa_agent.probe import paired_bootstrap_r2_gain
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 25)  # 40 episodes of 25 frames
+    y = rng.normal(size=(1000, 3))
+    good = y + 0.1 * rng.normal(size=y.shape)  # R^2 ~ 0.99
+    bad = y + 0.5 * rng.normal(size=y.shape)  # R^2 ~ 0.8
+    res = paired_bootstrap_r2_gain(good, bad, y, groups, cols=[0, 2], num_samples=500)
+    full = r2_scores(good, y)[[0, 2]].mean() - r2_scores(bad, y)[[0, 2]].mean()
+    assert res["gain"] == pytest.approx(full)  # the point estimate uses every frame once
+    assert 0 < res["ci95"][0] < res["gain"] < res["ci95"][1] and res["p_not_above"] == 0.0
+    same = paired_bootstrap_r2_gain(good, good, y, groups, cols=[0, 2], num_samples=200)
+    assert same["gain"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_not_above"] == 1.0
+    # a tie within noise: two equally good probes give a CI around 0
+    other = y + 0.1 * rng.normal(size=y.shape)
+    tie = paired_bootstrap_r2_gain(good, other, y, groups, cols=[0, 2], num_samples=500)
+    assert tie["ci95"][0] < 0 < tie["ci95"][1]
+    with pytest.raises(ValueError, match="one row per frame"):
+        paired_bootstrap_r2_gain(good, bad[:10], y, groups, cols=[0])
+
+
 def test_ee_rmse_in_target_units() -> None:
     names = ["q0_sin", "ee_x", "ee_y"]
     target = np.zeros((4, 3))
@@ -198,6 +220,9 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
     assert set(out["r2_supervised_reference"]) == set(out["r2"])
     assert set(out["ee_rmse"]) == {"pretrained", "random_init", "supervised_reference"}
     assert all(0 <= v < 1 for v in out["ee_rmse"].values())  # metres
+    gain = out["ee_gain_over_random_init"]
+    assert gain["gain"] == pytest.approx(out["r2"]["ee_pos"] - out["r2_random_init"]["ee_pos"])
+    assert gain["ci95"][0] <= gain["ci95"][1] and 0 <= gain["p_not_above"] <= 1
     assert out["train_episodes"] == 3 and out["val_episodes"] == 2 and out["val_frames"] == 14
     bad = subprocess.run(cmd[:2] + [f"checkpoint={tmp_path / 'nope'}", f"data.path={eps}"],
                          capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)  # fmt: skip
