@@ -106,6 +106,26 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(6))  # CSV appended on resume
 
 
+def test_resume_refuses_a_differently_built_model(tmp_path: Path) -> None:
+    from jepa_agent.checkpoint import CheckpointError
+
+    data = MovingSquares()
+    enc, pred = _models()
+    first = pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(stop_after=2), tmp_path, _run_config(enc),
+                     progress=False)  # fmt: skip
+    assert load_meta(first.checkpoint)["architecture"]["encoder"]["pos_embed"] == "sincos"
+    before = (Path(first.checkpoint) / "model.safetensors").read_bytes()
+    # rotary positions add no weights, so only the saved constructor arguments can tell the models apart
+    torch.manual_seed(0)
+    enc = vit_micro(img_size=16, num_frames=4, embed_dim=32, depth=1, num_heads=2, pos_embed="rope")
+    pred = MaskedPredictor(enc.grid, enc.embed_dim, embed_dim=16, depth=1, num_heads=2, pos_embed="rope")
+    match = r"encoder.pos_embed: checkpoint 'sincos', now 'rope'.*new out=DIR"
+    with pytest.raises(CheckpointError, match=match):
+        pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(), tmp_path, _run_config(enc), resume=True,
+                 progress=False)  # fmt: skip
+    assert (Path(first.checkpoint) / "model.safetensors").read_bytes() == before  # nothing overwritten
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch) -> None:
     real = pretrain_mod.jepa_step_loss
     calls = {"n": 0}

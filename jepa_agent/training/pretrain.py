@@ -31,7 +31,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state, save_checkpoint
+from jepa_agent.checkpoint import (
+    CheckpointError,
+    checkpoint_exists,
+    load_into,
+    load_meta,
+    load_train_state,
+    save_checkpoint,
+)
 from jepa_agent.losses import (
     content_std,
     effective_rank,
@@ -42,8 +49,8 @@ from jepa_agent.losses import (
     target_features,
 )
 from jepa_agent.masks import MaskSet, MaskSpec, TubeMaskCollator
-from jepa_agent.models.predictor import MaskedPredictor
-from jepa_agent.models.vit import VideoViT, gather_tokens
+from jepa_agent.models.predictor import MaskedPredictor, predictor_config
+from jepa_agent.models.vit import VideoViT, encoder_config, gather_tokens
 from jepa_agent.training.distributed import broadcast_path, init_distributed
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.schedules import linear_momentum, warmup_cosine
@@ -342,6 +349,7 @@ def pretrain(
     optimizer = make_optimizer([encoder, predictor], cfg)
     start = 0
     if resume and checkpoint_exists(ckpt_path):
+        _check_architecture(ckpt_path, encoder, predictor)
         for name, mod in (("encoder", encoder), ("predictor", predictor), ("target_encoder", target)):
             load_into(ckpt_path, name, mod)
         state = load_train_state(ckpt_path)
@@ -455,6 +463,35 @@ def _check_collapse(
             logger.log(step, {"collapse_warning": 1.0})
 
 
+def _architecture(encoder: VideoViT, predictor: MaskedPredictor) -> dict[str, dict[str, Any]]:
+    """What builds the encoder and predictor (saved in the checkpoint meta, compared on resume)."""
+    return {"encoder": encoder_config(encoder), "predictor": predictor_config(predictor)}
+
+
+def _check_architecture(path: Path, encoder: VideoViT, predictor: MaskedPredictor) -> None:
+    """Refuse to resume into models built differently from the checkpoint's, naming what differs.
+
+    Weights alone cannot tell some changes apart (``pos_embed`` adds no parameters), so the
+    constructor arguments saved with the checkpoint are compared; older checkpoints without them
+    rely on the strict weight load alone.
+    """
+    saved = load_meta(path).get("architecture")
+    if saved is None:
+        return
+    now = _architecture(encoder, predictor)
+    diff = [
+        f"{part}.{key}: checkpoint {saved[part].get(key)!r}, now {value!r}"
+        for part in ("encoder", "predictor")
+        for key, value in now[part].items()
+        if saved[part].get(key) != value
+    ]
+    if diff:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: the models are built differently ({'; '.join(diff)}); "
+            "resume with the run's original encoder/predictor settings, or pass a new out=DIR"
+        )
+
+
 def _save(
     path: Path,
     encoder: VideoViT,
@@ -467,4 +504,5 @@ def _save(
 ) -> None:
     train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state()}
     modules = {"encoder": encoder, "predictor": predictor, "target_encoder": target}
-    save_checkpoint(path, modules, run_config, train_state, {"kind": "pretrain", "step": step, "loss": loss})
+    meta = {"kind": "pretrain", "step": step, "loss": loss, "architecture": _architecture(encoder, predictor)}
+    save_checkpoint(path, modules, run_config, train_state, meta)
