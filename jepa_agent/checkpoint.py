@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from jepa_agent.utils import atomic_write_json
@@ -134,3 +135,42 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} has no train_state.pt; cannot resume from it")
     return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples as plain Python values (for comparing and printing)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"key: checkpoint X, now Y"`` for each key of ``now`` that ``saved`` holds with another value.
+
+    Nested mappings are compared key by key (names joined with dots); keys that ``saved`` lacks (a
+    checkpoint written before the key existed) are skipped.
+    """
+    out = []
+    for key, value in now.items():
+        if key not in saved:
+            continue
+        old, name = saved[key], f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out += config_differences(old, value, f"{name}.")
+        elif _plain(old) != _plain(value):
+            out.append(f"{name}: checkpoint {_plain(old)!r}, now {_plain(value)!r}")
+    return out
+
+
+def check_resume_matches(path: str | os.PathLike, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse to resume from ``path`` into a model built differently (``saved`` vs ``now`` settings).
+
+    Raises:
+        CheckpointError: naming every setting that differs, and what to do instead.
+    """
+    diff = config_differences(saved, now)
+    if diff:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: the model is built differently ({'; '.join(diff)}); "
+            "resume with the run's original settings, or pass a new out=DIR"
+        )

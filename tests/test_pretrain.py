@@ -119,11 +119,23 @@ def test_resume_refuses_a_differently_built_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     enc = vit_micro(img_size=16, num_frames=4, embed_dim=32, depth=1, num_heads=2, pos_embed="rope")
     pred = MaskedPredictor(enc.grid, enc.embed_dim, embed_dim=16, depth=1, num_heads=2, pos_embed="rope")
-    match = r"encoder.pos_embed: checkpoint 'sincos', now 'rope'.*new out=DIR"
+    match = r"built differently \(encoder.pos_embed: checkpoint 'sincos', now 'rope'.*new out=DIR"
     with pytest.raises(CheckpointError, match=match):
         pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(), tmp_path, _run_config(enc), resume=True,
                  progress=False)  # fmt: skip
     assert (Path(first.checkpoint) / "model.safetensors").read_bytes() == before  # nothing overwritten
+
+
+def test_config_differences_nested_plain_and_tolerant_of_older_checkpoints() -> None:
+    from omegaconf import OmegaConf
+
+    from jepa_agent.checkpoint import config_differences
+
+    saved = OmegaConf.create({"encoder": {"depth": 4, "grid": [2, 8, 8], "mlp_ratio": 4}, "seed": 0})
+    now = {"encoder": {"depth": 4, "grid": (2, 8, 8), "mlp_ratio": 4.0, "pos_embed": "rope"}, "seed": 0}
+    assert config_differences(saved, now) == []  # same values; a key the older checkpoint lacks is skipped
+    now["encoder"]["grid"] = (2, 4, 4)
+    assert config_differences(saved, now) == ["encoder.grid: checkpoint [2, 8, 8], now [2, 4, 4]"]
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -291,6 +291,12 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(v, a[k], atol=1e-6, rtol=0)
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(12))
+    # a model built differently (here: no latent standardisation, which changes no weight) is refused
+    with pytest.raises(
+        CheckpointError, match=r"built differently \(world_model.normalize: checkpoint True, now False"
+    ):
+        train_world_model(tiny_world_model(normalize=False), Episodes(range(4)), None, cfg(), tmp_path / "b",
+                          resume=True, progress=False)  # fmt: skip
 
 
 def test_config_errors():

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from jepa_agent.checkpoint import (
-    CheckpointError,
+    check_resume_matches,
     checkpoint_exists,
     load_into,
     load_meta,
@@ -476,20 +476,8 @@ def _check_architecture(path: Path, encoder: VideoViT, predictor: MaskedPredicto
     rely on the strict weight load alone.
     """
     saved = load_meta(path).get("architecture")
-    if saved is None:
-        return
-    now = _architecture(encoder, predictor)
-    diff = [
-        f"{part}.{key}: checkpoint {saved[part].get(key)!r}, now {value!r}"
-        for part in ("encoder", "predictor")
-        for key, value in now[part].items()
-        if saved[part].get(key) != value
-    ]
-    if diff:
-        raise CheckpointError(
-            f"cannot resume from {str(path)!r}: the models are built differently ({'; '.join(diff)}); "
-            "resume with the run's original encoder/predictor settings, or pass a new out=DIR"
-        )
+    if saved is not None:
+        check_resume_matches(path, saved, _architecture(encoder, predictor))
 
 
 def _save(

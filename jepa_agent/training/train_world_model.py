@@ -29,7 +29,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_agent.checkpoint import checkpoint_exists, load_into, load_train_state
+from jepa_agent.checkpoint import (
+    check_resume_matches,
+    checkpoint_exists,
+    load_config,
+    load_into,
+    load_train_state,
+)
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
 from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.latent_cache import (
@@ -42,7 +48,7 @@ from jepa_agent.training.latent_cache import (
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.pretrain import NonFiniteLossError
 from jepa_agent.training.schedules import warmup_cosine
-from jepa_agent.world_model import WorldModel, save_world_model, variance_loss
+from jepa_agent.world_model import WorldModel, save_world_model, variance_loss, world_model_config
 
 CHECKPOINT_DIR = "checkpoint"
 __all__ = [
@@ -295,6 +301,7 @@ def train_world_model(
     model.to(device)
     state = None
     if resume and checkpoint_exists(ckpt):
+        check_resume_matches(ckpt, load_config(ckpt), world_model_config(model, encoder_name))
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
