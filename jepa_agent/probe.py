@@ -367,10 +367,16 @@ def paired_bootstrap_r2_gain(
     }
 
 
+def ee_columns(names: list[str]) -> list[int] | None:
+    """Indices of the ``ee_x`` and ``ee_y`` targets in ``names``; ``None`` when either is missing."""
+    cols = [names.index(k) for k in ("ee_x", "ee_y") if k in names]
+    return cols if len(cols) == 2 else None
+
+
 def ee_rmse(pred: np.ndarray, target: np.ndarray, names: list[str]) -> float | None:
     """Root-mean-square end-effector error in target units (metres for reach); ``None`` without ee_x/ee_y."""
-    cols = [names.index(k) for k in ("ee_x", "ee_y") if k in names]
-    if len(cols) != 2:
+    cols = ee_columns(names)
+    if cols is None:
         return None
     return float(np.sqrt(((pred[:, cols] - target[:, cols]) ** 2).sum(1).mean()))
 

@@ -24,6 +24,7 @@ from jepa_agent.data import EpisodeDataset
 from jepa_agent.models.vit import VideoViT, encoder_config, load_encoder
 from jepa_agent.probe import (
     ProbeConfig,
+    ee_columns,
     load_episode_frames,
     paired_bootstrap_r2_gain,
     probe_encoders,
@@ -70,8 +71,8 @@ def run(cfg: DictConfig) -> dict:
 
     gain = None
     val_y, names = probe_targets(val_s, env)
-    if "random_init" in res and {"ee_x", "ee_y"} <= set(names):
-        cols = [names.index("ee_x"), names.index("ee_y")]
+    cols = ee_columns(names)
+    if "random_init" in res and cols is not None:
         pre, rnd = res["pretrained"]["val_pred"], res["random_init"]["val_pred"]
         gain = paired_bootstrap_r2_gain(pre, rnd, val_y, val_eps, cols, seed=cfg.seed)
 
