@@ -59,6 +59,19 @@ class ProbeConfig:
     mlp_ratio: float = 0.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for key in ("num_heads", "num_queries", "epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"probe.{key}={value!r}; expected an int >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"probe.lr={self.lr!r}; expected > 0")
+        if self.weight_decay < 0 or self.mlp_ratio < 0:
+            raise ValueError(
+                f"probe.weight_decay={self.weight_decay!r}, probe.mlp_ratio={self.mlp_ratio!r}; "
+                "expected both >= 0"
+            )
+
 
 class AttentiveProbe(nn.Module):
     """Learned queries cross-attend to frozen tokens ``[B, N, D]``; a linear head maps them to ``[B, K]``.
@@ -187,6 +200,8 @@ def load_episode_frames(
     """
     if frame_stride < 1:
         raise ValueError(f"frame_stride={frame_stride}; expected >= 1")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames={max_frames}; expected >= 1 or None (all frames)")
     frames, states, episodes = [], [], []
     for i in range(dataset.num_episodes):
         ep = dataset.episode(i)

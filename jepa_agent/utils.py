@@ -115,7 +115,14 @@ def emit_json_line(obj: dict[str, Any]) -> str:
 
 
 def set_threads(num_threads: int | None) -> None:
-    """Set torch's intra-op threads when given (``None`` or 0 keeps the default)."""
+    """Set torch's intra-op threads when given (``None`` or 0 keeps the default).
+
+    Raises:
+        ValueError: a negative or non-integer count.
+    """
+    bad_type = isinstance(num_threads, bool) or not isinstance(num_threads, int)
+    if num_threads is not None and (bad_type or num_threads < 0):
+        raise ValueError(f"threads={num_threads!r}; expected an int >= 0 (0: torch's default)")
     if num_threads:
         import torch
 

@@ -33,9 +33,23 @@ from jepa_agent.utils import (
 )
 
 
+def check_counts(cfg: DictConfig) -> None:
+    """Refuse nonsensical counts up front (before any env or model is built), naming the key."""
+    counts = (
+        ("episodes", 1, "held-out goals to run"),
+        ("videos", 0, "episodes recorded per policy"),
+        ("energy_grid", 0, "energy-landscape resolution; 0 skips the plot"),
+    )
+    for key, least, what in counts:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{key}={value!r}; expected an int >= {least} ({what})")
+
+
 @hydra.main(version_base=None, config_path="../configs", config_name="plan")
 @cli_errors
 def main(cfg: DictConfig) -> None:
+    check_counts(cfg)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

@@ -42,6 +42,10 @@ def run(cfg: DictConfig) -> dict:
         )
     if OmegaConf.is_missing(cfg.data, "path"):
         raise ValueError("data.path is required: pass data.path=EPISODES_DIR (from scripts/collect.py)")
+    for key in ("max_train_frames", "max_val_frames"):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise ValueError(f"{key}={cfg[key]!r}; expected an int >= 1, or null for all frames")
+    probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)  # checked before any slow work
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     encoder = load_encoder(cfg.checkpoint, cfg.which)
@@ -54,8 +58,7 @@ def run(cfg: DictConfig) -> dict:
     val_ds = EpisodeDataset(cfg.data.path, split="val", **split)
     train_f, train_s, _ = load_episode_frames(train_ds, cfg.frame_stride, cfg.max_train_frames, cfg.seed)
     val_f, val_s, val_eps = load_episode_frames(val_ds, cfg.frame_stride, cfg.max_val_frames, cfg.seed)
-    env = cfg.env or train_ds.meta["env_id"]
-    probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)
+    env = cfg.env.id if cfg.get("env") else train_ds.meta["env_id"]  # env=NAME: configs/env/NAME.yaml
     device = resolve_device(cfg.device)
     sup_info = None
     if cfg.supervised_reference_steps:  # upper bound: same-size encoder trained on the train targets

@@ -179,6 +179,17 @@ def test_plan_bad_goal_path(pipeline, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("arg", "msg"),
+    [("episodes=0", "episodes=0; expected an int >= 1"), ("videos=-1", "videos=-1; expected an int >= 0"),
+     ("threads=-2", "threads=-2; expected an int >= 0")],
+)  # fmt: skip
+def test_plan_bad_counts_are_clear_errors(tmp_path, arg, msg):
+    proc = run("plan.py", arg, f"hydra.run.dir={tmp_path / 'run'}", ok=False)
+    assert proc.returncode != 0 and msg in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_plan_mismatched_checkpoint_and_env(pipeline, tmp_path):
     proc = run(
         "plan.py",

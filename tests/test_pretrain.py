@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,6 +234,20 @@ def test_corrupt_video_is_skipped_and_counted(tmp_path: Path) -> None:
         data, enc, pred, DEFAULT_MASKS, _cfg(steps=2), tmp_path / "run", _run_config(enc), progress=False
     )
     assert res.summary()["skipped_files"] == 1 and res.steps == 2
+
+
+def test_config_errors_name_the_bad_value() -> None:
+    cases = (
+        ({"lr": -1e-3}, "lr=-0.001, final_lr=1e-06; expected both >= 0"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+        ({"ema": (1.0, 0.9)}, "ema=[1.0, 0.9]; expected [start, end] with 0 <= start <= end <= 1"),
+        ({"ema": (0.99,)}, "ema=[0.99]"),
+        ({"precision": "fp16"}, "precision='fp16'"),
+    )
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            _cfg(**kw)
+    assert _cfg(lr=0.0, final_lr=0.0).lr == 0.0  # lr 0 writes a never-trained checkpoint (docs use it)
 
 
 def test_missing_data_path_is_a_clear_error(tmp_path: Path) -> None:

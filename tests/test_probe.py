@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from jepa_agent.probe import (
     ee_rmse,
     extract_features,
     joint_sincos,
+    load_episode_frames,
     pooled_ridge_r2,
     predict,
     probe_targets,
@@ -83,6 +85,20 @@ def test_probe_learns_where_the_hot_token_is() -> None:
     assert isinstance(probe, AttentiveProbe) and info["seconds"] > 0
     r2 = r2_scores(predict(probe, feats[600:]), y[600:])
     assert (r2 > 0.8).all(), r2  # mean pooling scores ~0 here (every clip has the same mean token)
+
+
+def test_probe_config_errors_name_the_key() -> None:
+    cases = (
+        ({"epochs": 0}, "probe.epochs=0"),
+        ({"batch_size": 1.5}, "probe.batch_size=1.5"),
+        ({"lr": 0.0}, "probe.lr=0.0"),
+        ({"weight_decay": -1.0}, "probe.weight_decay=-1.0"),
+    )
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            ProbeConfig(**kw)
+    with pytest.raises(ValueError, match="max_frames=0"):
+        load_episode_frames(None, max_frames=0)
 
 
 def test_mlp_probe_is_the_vjepa_pooler_block() -> None:
@@ -209,7 +225,7 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
                    {"encoder": {"name": "vit_micro", **encoder_config(enc)}}, progress=False)  # fmt: skip
     cmd = [sys.executable, str(REPO / "scripts" / "probe.py"), f"checkpoint={res.checkpoint}",
            f"data.path={eps}", "data.val_fraction=0.4", "probe.epochs=2", "probe.num_heads=2", "device=cpu",
-           "probe.mlp_ratio=2", "supervised_reference_steps=2",
+           "probe.mlp_ratio=2", "supervised_reference_steps=2", "env=reach",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,3 +244,8 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
                          capture_output=True, text=True, timeout=120, env=run_env, cwd=tmp_path)  # fmt: skip
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("probe: error: checkpoint")
     assert "Traceback" not in bad.stderr
+    for arg, msg in (("max_train_frames=0", "max_train_frames=0; expected an int >= 1"),
+                     ("probe.epochs=0", "probe.epochs=0; expected an int >= 1")):  # fmt: skip
+        bad = subprocess.run(cmd[:4] + [arg], capture_output=True, text=True, timeout=120, env=run_env,
+                             cwd=tmp_path)  # fmt: skip
+        assert bad.returncode != 0 and msg in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

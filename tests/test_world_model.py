@@ -306,6 +306,10 @@ def test_config_errors():
         WorldModelTrainConfig(window=1)
     with pytest.raises(ValueError, match="train.loss"):
         WorldModelTrainConfig(loss="huber")
+    with pytest.raises(ValueError, match=r"train.lr=-0.1, .*expected both >= 0"):
+        WorldModelTrainConfig(lr=-0.1)
+    with pytest.raises(ValueError, match="train.weight_decay=-1"):
+        WorldModelTrainConfig(weight_decay=-1)
 
 
 def _write_dataset(root: Path, n: int = 3) -> None:

@@ -119,6 +119,15 @@ class PretrainConfig:
             raise ValueError(f"warmup={self.warmup}; expected 0 <= warmup <= steps={self.steps}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after={self.stop_after}; expected None or >= 1")
+        if self.lr < 0 or self.final_lr < 0:
+            raise ValueError(f"lr={self.lr}, final_lr={self.final_lr}; expected both >= 0 (lr=0: no update)")
+        if self.weight_decay < 0 or self.clip_grad < 0:
+            raise ValueError(
+                f"weight_decay={self.weight_decay}, clip_grad={self.clip_grad}; expected both >= 0 "
+                "(clip_grad=0 disables clipping)"
+            )
+        if len(self.ema) != 2 or not 0 <= self.ema[0] <= self.ema[1] <= 1:
+            raise ValueError(f"ema={list(self.ema)}; expected [start, end] with 0 <= start <= end <= 1")
 
 
 @dataclass

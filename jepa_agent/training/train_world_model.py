@@ -132,6 +132,12 @@ class WorldModelTrainConfig:
             raise ValueError(f"train.warmup={self.warmup}; expected 0 <= warmup <= steps={self.steps}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"train.stop_after={self.stop_after}; expected None or >= 1")
+        if self.lr < 0 or self.final_lr < 0:
+            raise ValueError(
+                f"train.lr={self.lr}, train.final_lr={self.final_lr}; expected both >= 0 (lr=0: no update)"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay={self.weight_decay}; expected >= 0")
 
 
 @dataclass
