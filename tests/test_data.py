@@ -288,6 +288,26 @@ def test_writer_refuses_other_dataset(dataset_dir):
         EpisodeWriter(root, other_policy)
 
 
+def test_writer_refuses_a_foreign_directory_and_leaves_it_untouched(tmp_path):
+    run = tmp_path / "pretrain_run"  # e.g. out= pointed at a training run by mistake
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,loss\n")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(
+        DataError, match=r"not a dataset \(no meta.json\) and not empty \('checkpoint', 'metrics.csv'\)"
+    ):
+        EpisodeWriter(run, make_meta())
+    assert sorted(p.name for p in run.iterdir()) == before  # no lock, no meta.json left behind
+    (run / "episode_000000.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match="holds episode files but no meta.json"):
+        EpisodeWriter(run, make_meta())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".writer.lock").touch()  # a killed writer's leftovers are not foreign
+    EpisodeWriter(empty, make_meta()).close()
+    assert (empty / "meta.json").exists()
+
+
 def test_writer_lock(tmp_path):
     with EpisodeWriter(tmp_path / "ds", make_meta()):
         with pytest.raises(DataError, match="another process is writing"):

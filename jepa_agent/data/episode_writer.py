@@ -54,6 +54,7 @@ class EpisodeWriter:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"{self.root}: expected a dataset directory, found a file")
+        _refuse_foreign_directory(self.root)  # before the lock file: a refused directory is left as it was
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._acquire_lock()
         self._mutex = threading.Lock()
@@ -69,8 +70,6 @@ class EpisodeWriter:
             self.meta = read_meta(self.root)
             _check_same_dataset(self.meta, meta, self.root)
         else:
-            if any(EPISODE_RE.match(p.name) or p.suffix == ".mp4" for p in self.root.iterdir()):
-                raise DataError(f"{self.root}: holds episode files but no meta.json; refusing to add to it")
             self.meta = _as_json(meta)
             self._write_meta()
         self.removed_temp_files = self._clean_temp_files()
@@ -198,6 +197,26 @@ class EpisodeWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refuse_foreign_directory(root: Path) -> None:
+    """A new dataset starts in a new or empty directory, never among someone else's files.
+
+    Raises:
+        DataError: ``root`` exists, has no ``meta.json`` and holds files other than a writer's own lock
+            and temp files (names listed).
+    """
+    if not root.is_dir() or (root / META_NAME).exists():
+        return
+    if any(EPISODE_RE.match(p.name) or p.suffix == ".mp4" for p in root.iterdir()):
+        raise DataError(f"{root}: holds episode files but no meta.json; refusing to add to it")
+    other = sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME and not TEMP_RE.match(p.name))
+    if other:
+        shown = ", ".join(repr(n) for n in other[:5]) + (", ..." if len(other) > 5 else "")
+        raise DataError(
+            f"{root}: not a dataset (no meta.json) and not empty ({shown}); pass a new or empty "
+            "directory, or an existing dataset, to write episodes into"
+        )
 
 
 def _json_default(o: Any) -> Any:
