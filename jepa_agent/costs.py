@@ -220,6 +220,8 @@ class ActionMagnitudeCost(Cost):
     def __init__(self, weight: float = 1.0, p: float = 2.0) -> None:
         if not p > 0:
             raise ValueError(f"p={p} must be > 0")
+        if not weight >= 0:  # a negative weight would reward large actions
+            raise ValueError(f"action weight={weight}; expected >= 0")
         self.weight, self.p = float(weight), float(p)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
@@ -240,6 +242,8 @@ def latent_goal_cost(
     action_p: float = 2.0,
 ) -> Cost:
     """Factory for configs: a :class:`LatentGoalCost`, plus an action penalty when ``action_weight > 0``."""
+    if not action_weight >= 0:
+        raise ValueError(f"action_weight={action_weight}; expected >= 0 (0: no action penalty)")
     cost: Cost = LatentGoalCost(goal, metric, reduction, discount)
     if action_weight > 0:
         cost = cost + ActionMagnitudeCost(action_weight, action_p)

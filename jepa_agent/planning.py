@@ -38,6 +38,8 @@ class ConfiguredCost:
         action_weight: float,
         space: str = "latent",
     ):
+        if not action_weight >= 0:  # a negative weight would reward large actions
+            raise ValueError(f"cost.action_weight={action_weight}; expected >= 0 (0: no action penalty)")
         self.model = model
         self.cost_kwargs = {"metric": metric, "reduction": reduction, "discount": discount, "space": space}
         self.action_weight = float(action_weight)

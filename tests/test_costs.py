@@ -58,6 +58,10 @@ def test_composition_and_set_goal():
 
 
 def test_clear_errors():
+    with pytest.raises(ValueError, match="action weight=-1.0; expected >= 0"):
+        ActionMagnitudeCost(weight=-1.0)
+    with pytest.raises(ValueError, match="action_weight=-0.1; expected >= 0"):
+        latent_goal_cost(torch.zeros(N, D), action_weight=-0.1)
     with pytest.raises(ValueError, match="metric"):
         LatentGoalCost(metric="l3")
     with pytest.raises(ValueError, match="reduction"):
