@@ -166,7 +166,15 @@ class TubeMaskCollator:
 
 
 def specs_from_config(items: Sequence[dict]) -> tuple[MaskSpec, ...]:
-    """Build mask kinds from config dicts (``num_blocks``, ``spatial_scale``, ``aspect_ratio``, ...)."""
+    """Build mask kinds from config dicts (``num_blocks``, ``spatial_scale``, ``aspect_ratio``, ...).
+
+    Raises:
+        ValueError: no mask kind, or an invalid one (its index and settings are named).
+    """
+    if not items:
+        raise ValueError(
+            "masks=[]; expected at least one mask kind, e.g. the default 8 x 15% and 2 x 70% blocks"
+        )
     out = []
     for i, d in enumerate(items):
         d = {

@@ -90,3 +90,5 @@ def test_bad_specs_raise() -> None:
     with pytest.raises(ValueError, match="mask kind #0"):
         specs_from_config([{"num_blocks": 1, "spatial_scale": [0.1, 0.1], "colour": "red"}])
     assert specs_from_config([{"num_blocks": 8, "spatial_scale": [0.15, 0.15]}]) == (SHORT_RANGE,)
+    with pytest.raises(ValueError, match=r"masks=\[\]; expected at least one mask kind"):
+        specs_from_config([])
