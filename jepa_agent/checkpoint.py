@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from jepa_agent.utils import atomic_write_json
@@ -93,9 +96,25 @@ def checkpoint_exists(path: str | os.PathLike) -> bool:
         return False
 
 
+def _unreadable(file: Path, e: BaseException) -> CheckpointError:
+    """The error for a checkpoint file that exists but cannot be parsed (truncated, overwritten, ...)."""
+    return CheckpointError(
+        f"checkpoint file {str(file)!r} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
+        "it was changed after it was written (checkpoints are written atomically): restore it, or re-run "
+        "the script that wrote it with a new out=DIR"
+    )
+
+
 def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's ``meta.json``."""
-    return json.loads((_resolve(path) / META).read_text())
+    p = _resolve(path) / META
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _unreadable(p, e) from e
+    if not isinstance(meta, dict):
+        raise _unreadable(p, TypeError(f"expected a JSON object, got {type(meta).__name__}"))
+    return meta
 
 
 def load_config(path: str | os.PathLike) -> DictConfig:
@@ -103,12 +122,21 @@ def load_config(path: str | os.PathLike) -> DictConfig:
     p = _resolve(path) / "config.yaml"
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} has no config.yaml")
-    return OmegaConf.load(p)  # type: ignore[return-value]
+    try:
+        return OmegaConf.load(p)  # type: ignore[return-value]
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise _unreadable(p, e) from e
 
 
 def load_weights(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
     """The state dict of module ``name`` from the checkpoint (safetensors, no pickle)."""
-    tensors = load_file(str(_resolve(path) / "model.safetensors"))
+    p = _resolve(path) / "model.safetensors"
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} has no model.safetensors")
+    try:
+        tensors = load_file(str(p))
+    except (OSError, SafetensorError) as e:
+        raise _unreadable(p, e) from e
     prefix = f"{name}."
     sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not sd:
@@ -134,7 +162,10 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     p = _resolve(path) / "train_state.pt"
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} has no train_state.pt; cannot resume from it")
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise _unreadable(p, e) from e
 
 
 def _plain(value: Any) -> Any:
