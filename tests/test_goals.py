@@ -11,13 +11,28 @@ def test_png_is_cropped_and_resized(tmp_path):
     img = np.zeros((40, 80, 3), np.uint8)
     img[:, 20:60] = 255  # the centre square is white
     Image.fromarray(img).save(tmp_path / "g.png")
-    out = load_goal_image(tmp_path / "g.png", 16)
+    with pytest.warns(UserWarning, match="is 80x40, not square: its centre 40x40 square is used"):
+        out = load_goal_image(tmp_path / "g.png", 16)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out.min() == 255
+
+
+def test_small_image_is_upsampled_with_a_warning(tmp_path):
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(tmp_path / "g.png")
+    with pytest.warns(UserWarning, match=r"\(4x4\) is smaller than the model's 16x16 input"):
+        out = load_goal_image(tmp_path / "g.png", 16)
+    assert (out == (10, 200, 30)).all()
+
+
+def test_16_bit_and_float_greyscale_are_rescaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "g16.png")  # mid-grey
+    assert abs(int(load_goal_image(tmp_path / "g16.png", 8)[0, 0, 0]) - 128) <= 1
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "f.tiff")
+    assert abs(int(load_goal_image(tmp_path / "f.tiff", 8)[0, 0, 0]) - 128) <= 1
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
 def test_other_colour_modes_become_rgb(tmp_path, mode):
-    Image.new(mode, (10, 10)).save(tmp_path / "g.png")
+    Image.new(mode, (8, 8)).save(tmp_path / "g.png")
     assert load_goal_image(tmp_path / "g.png", 8).shape == (8, 8, 3)
 
 
