@@ -27,7 +27,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     img = img.crop((left, top, left + s, top + s))
     if s != size:
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy
 
 
 def _rgb8(img: Image.Image) -> np.ndarray:

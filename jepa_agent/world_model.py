@@ -153,7 +153,11 @@ class WorldModel(nn.Module):
     # -- perception ------------------------------------------------------------------------------
     def encode_pixels(self, pixels: Tensor | np.ndarray, batch_size: int = 256) -> Tensor:
         """uint8 pixels ``[B, H, W, 3]`` (or ``[H, W, 3]``) -> latent tokens ``[B, N, D]`` (or ``[N, D]``)."""
-        x = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, Tensor) else pixels)
+        if not isinstance(pixels, Tensor):
+            pixels = np.asarray(pixels)
+            if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch would warn on a shared view
+                pixels = pixels.copy()
+        x = torch.as_tensor(pixels)
         single = x.dim() == 3
         if single:
             x = x.unsqueeze(0)
