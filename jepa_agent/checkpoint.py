@@ -117,6 +117,14 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def saved_loss(path: str | os.PathLike) -> float | None:
+    """The training loss recorded in the checkpoint's meta, or ``None`` (no checkpoint, or none recorded)."""
+    if not checkpoint_exists(path):
+        return None
+    loss = load_meta(path).get("loss")
+    return float(loss) if isinstance(loss, (int, float)) else None
+
+
 def load_config(path: str | os.PathLike) -> DictConfig:
     """The resolved config saved with the checkpoint."""
     p = _resolve(path) / "config.yaml"

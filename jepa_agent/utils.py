@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import sys
@@ -92,8 +93,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write ``obj`` as indented, strict JSON atomically (NaN/inf become null)."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays and paths made plain and non-finite floats made ``None``.
+
+    Python's ``json`` writes NaN and Infinity, which strict parsers (``jq``, JavaScript) reject.
+    """
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic, Path)):
+        return strict_json(_json_default(obj))
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(o: Any) -> Any:
@@ -108,7 +125,7 @@ def _json_default(o: Any) -> Any:
 
 def emit_json_line(obj: dict[str, Any]) -> str:
     """Print the one-line JSON summary every script ends with; returns the line."""
-    line = json.dumps(obj, default=_json_default)
+    line = json.dumps(strict_json(obj), allow_nan=False)
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
     return line
@@ -148,3 +165,27 @@ def cli_errors(fn):
             raise SystemExit(f"{script}: error: {e}") from None
 
     return wrapper
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch / NumPy / Python global RNG states as tensors (``torch.load(weights_only=True)`` reads them)."""
+    import torch
+
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_extra": torch.tensor([float(pos), float(has_gauss), float(gauss)], dtype=torch.float64),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global RNG states saved by :func:`rng_state`."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, gauss = state["numpy_extra"].tolist()
+    keys = state["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))

@@ -105,6 +105,10 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(6))  # CSV appended on resume
+    enc, pred = _models()  # a finished run: nothing left to do, the saved loss is reported (not NaN)
+    done = pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(), tmp_path / "b", _run_config(enc), resume=True,
+                    progress=False)  # fmt: skip
+    assert done.steps == 6 and done.losses == [] and done.final_loss == pytest.approx(second.final_loss)
 
 
 def test_resume_refuses_a_differently_built_model(tmp_path: Path) -> None:

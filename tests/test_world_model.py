@@ -286,6 +286,10 @@ def test_resume_continues_exactly(tmp_path):
     )
     assert rest.steps == 12 and len(rest.losses) == 7
     assert rest.losses == pytest.approx(full.losses[5:], abs=1e-6)
+    done = train_world_model(  # a finished run: nothing left to do, the saved loss is reported (not NaN)
+        tiny_world_model(), Episodes(range(4)), None, cfg(), tmp_path / "b", resume=True, progress=False
+    )
+    assert done.steps == 12 and done.losses == [] and done.final_loss == pytest.approx(rest.final_loss)
     a = WorldModel.from_checkpoint(tmp_path / "a", device="cpu").predictor.state_dict()
     for k, v in model.predictor.state_dict().items():
         torch.testing.assert_close(v, a[k], atol=1e-6, rtol=0)

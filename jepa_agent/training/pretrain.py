@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -38,6 +36,7 @@ from jepa_agent.checkpoint import (
     load_meta,
     load_train_state,
     save_checkpoint,
+    saved_loss,
 )
 from jepa_agent.losses import (
     content_std,
@@ -54,6 +53,7 @@ from jepa_agent.models.vit import VideoViT, encoder_config, gather_tokens
 from jepa_agent.training.distributed import broadcast_path, init_distributed
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.schedules import linear_momentum, warmup_cosine
+from jepa_agent.utils import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -136,7 +136,7 @@ class PretrainResult:
 
     checkpoint: str | None
     steps: int
-    final_loss: float
+    final_loss: float | None  # None: no step has ever run
     clips_per_s: float
     skipped_files: int
     losses: list[float] = field(default_factory=list)
@@ -291,26 +291,6 @@ def jepa_step_loss(
     return loss, h
 
 
-def _rng_state() -> dict[str, Any]:
-    """Torch / NumPy / Python RNG states as tensors (loadable with ``weights_only=True``)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_extra": torch.tensor([float(pos), float(has_gauss), float(gauss)], dtype=torch.float64),
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, gauss = state["numpy_extra"].tolist()
-    np.random.set_state(
-        ("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss)
-    )
-    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -364,7 +344,7 @@ def pretrain(
         state = load_train_state(ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
     elif resume and rank == 0:
         warnings.warn(f"resume=true but no checkpoint in {ckpt_path}; starting from step 0", stacklevel=2)
     model: nn.Module = ContextPredictor(encoder, predictor)
@@ -450,7 +430,7 @@ def pretrain(
     return PretrainResult(
         checkpoint=str(ckpt_path) if checkpoint_exists(ckpt_path) else None,
         steps=start + n_steps,
-        final_loss=losses[-1] if losses else float("nan"),
+        final_loss=losses[-1] if losses else saved_loss(ckpt_path),  # nothing left to run: the saved one
         clips_per_s=n_steps * cfg.batch_size * world / elapsed if n_steps else 0.0,
         skipped_files=count_skipped(dataset),
         losses=losses,
@@ -499,7 +479,7 @@ def _save(
     loss: float,
     run_config: dict[str, Any] | None,
 ) -> None:
-    train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state()}
+    train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}
     modules = {"encoder": encoder, "predictor": predictor, "target_encoder": target}
     meta = {"kind": "pretrain", "step": step, "loss": loss, "architecture": _architecture(encoder, predictor)}
     save_checkpoint(path, modules, run_config, train_state, meta)

@@ -35,6 +35,7 @@ from jepa_agent.checkpoint import (
     load_config,
     load_into,
     load_train_state,
+    saved_loss,
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
 from jepa_agent.training.distributed import init_distributed
@@ -146,7 +147,7 @@ class WorldModelTrainResult:
 
     checkpoint: str | None
     steps: int
-    final_loss: float
+    final_loss: float | None  # None: no step has ever run
     windows_per_s: float
     train_seconds: float = 0.0
     encode_seconds: float = 0.0
@@ -467,7 +468,7 @@ def train_on_latents(
     return WorldModelTrainResult(
         checkpoint=str(ckpt) if checkpoint_exists(ckpt) else None,
         steps=start + n,
-        final_loss=losses[-1] if losses else float("nan"),
+        final_loss=losses[-1] if losses else saved_loss(ckpt),  # nothing left to run: the saved one
         windows_per_s=n * cfg.batch_size * world / max(seconds, 1e-9) if n else 0.0,
         train_seconds=seconds,
         val=val_metrics,

@@ -1,0 +1,51 @@
+"""Small shared helpers: strict JSON lines, thread settings, RNG state round trips."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_agent.utils import (
+    atomic_write_json,
+    emit_json_line,
+    rng_state,
+    set_rng_state,
+    set_threads,
+    strict_json,
+)
+
+
+def test_json_is_strict_nan_becomes_null(tmp_path: Path, capsys) -> None:
+    obj = {"loss": float("nan"), "x": [np.float32(1.5), float("inf")], "p": Path("a/b"), "n": np.arange(2)}
+    assert strict_json(obj) == {"loss": None, "x": [1.5, None], "p": "a/b", "n": [0, 1]}
+    line = emit_json_line(obj)
+    assert capsys.readouterr().out == line + "\n" and "NaN" not in line and "Infinity" not in line
+    atomic_write_json(tmp_path / "r.json", obj)
+    assert json.loads((tmp_path / "r.json").read_text())["loss"] is None
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        emit_json_line({"t": object()})
+
+
+def test_set_threads_rejects_bad_counts() -> None:
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="expected an int >= 0"):
+            set_threads(bad)
+    before = torch.get_num_threads()
+    set_threads(0)  # 0 / None keep torch's default
+    set_threads(None)
+    assert torch.get_num_threads() == before
+
+
+def test_rng_state_round_trip_through_a_weights_only_load(tmp_path: Path) -> None:
+    state = rng_state()
+    torch.save(state, tmp_path / "s.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
