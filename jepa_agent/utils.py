@@ -47,8 +47,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices).
+
+    Raises:
+        ValueError: ``seed`` is not an int.
+    """
     import torch
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}; expected an int")
 
     random.seed(seed)
     np.random.seed(seed % 2**32)

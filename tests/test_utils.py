@@ -14,6 +14,7 @@ from jepa_agent.utils import (
     atomic_write_json,
     emit_json_line,
     rng_state,
+    seed_everything,
     set_rng_state,
     set_threads,
     strict_json,
@@ -49,3 +50,13 @@ def test_rng_state_round_trip_through_a_weights_only_load(tmp_path: Path) -> Non
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
+
+
+def test_seed_must_be_an_int() -> None:
+    for bad in ("abc", 1.5, None):
+        with pytest.raises(ValueError, match="expected an int"):
+            seed_everything(bad)
+    seed_everything(7)
+    a = torch.rand(2)
+    seed_everything(7)
+    assert torch.equal(a, torch.rand(2))
