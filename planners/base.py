@@ -11,6 +11,7 @@ created on the device of ``z0`` / ``init_mean``), and they return a :class:`Plan
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,10 +144,10 @@ def evaluate(rollout_fn: RolloutFn, cost_fn: CostFn, z0: Any, actions: Tensor) -
 
 
 def check_positive(**values: float) -> None:
-    """Raise ValueError naming any hyperparameter that is not > 0."""
+    """Raise ValueError naming any hyperparameter that is not a number > 0."""
     for name, v in values.items():
-        if v is None or not v > 0:
-            raise ValueError(f"planner {name}={v} must be > 0")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+            raise ValueError(f"planner {name}={v!r} must be a number > 0")
 
 
 class Timer:

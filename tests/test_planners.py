@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,6 +130,9 @@ def test_bad_inputs_raise_clear_errors():
         CEMPlanner(horizon=H).plan(cumsum_rollout, cost, z0)
     with pytest.raises(ValueError, match="elites"):
         CEMPlanner(action_dim=A, population=10, elites=20)
+    with pytest.raises(ValueError, match="planner population='abc' must be a number > 0"):
+        CEMPlanner(action_dim=A, population="abc")
+    assert CEMPlanner(action_dim=A, population=np.int64(10), elites=2).population == 10  # numpy ints are fine
     with pytest.raises(ValueError, match="init_mean"):
         CEMPlanner(action_dim=A, horizon=H).plan(cumsum_rollout, cost, z0, init_mean=torch.zeros(3, A))
     with pytest.raises(ValueError, match=r"shape \[S\]"):
