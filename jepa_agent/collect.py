@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -483,5 +484,7 @@ def _run(
     finally:
         pool.shutdown(wait=True, cancel_futures=not ok)
         bar.close()
-        vec.close(terminate=not ok) if n > 1 else vec.close()
+        with warnings.catch_warnings():  # an interrupted step is expected here: no "pending call" warning
+            warnings.simplefilter("ignore")
+            vec.close(terminate=not ok) if n > 1 else vec.close()
     return t_loop, frames_written

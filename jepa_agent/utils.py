@@ -153,25 +153,39 @@ def set_threads(num_threads: int | None) -> None:
         torch.set_num_threads(int(num_threads))
 
 
-def cli_errors(fn):
-    """Decorate a script's Hydra task: bad input (``ValueError`` and its subclasses such as ``DataError``,
-    ``GoalError``, ``CheckpointError``, ``FileNotFoundError``) exits with one clear line, no traceback.
+RESUME_HINT = "the last checkpoint is kept; run again with resume=true and the same out=DIR to continue"
 
-    Put it *under* ``@hydra.main`` so it runs inside the task (Hydra would print a traceback otherwise).
+
+def cli_errors(fn=None, *, on_interrupt: str = ""):
+    """Decorate a script's Hydra task: bad input (``ValueError`` and its subclasses such as ``DataError``,
+    ``GoalError``, ``CheckpointError``, ``FileNotFoundError``) exits with one clear line, no traceback;
+    Ctrl-C exits with status 130 and one line saying what was kept (``on_interrupt``).
+
+    Put it *under* ``@hydra.main`` so it runs inside the task (Hydra would print a traceback otherwise);
+    use it bare (``@cli_errors``) or with a hint (``@cli_errors(on_interrupt="...")``).
     """
     import functools
 
-    from jepa_agent.checkpoint import CheckpointError
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, CheckpointError, FileNotFoundError) as e:
+    def decorate(task):
+        @functools.wraps(task)
+        def wrapper(*args, **kwargs):
             script = Path(sys.argv[0]).name or "jepa-agent"
-            raise SystemExit(f"{script}: error: {e}") from None
+            try:
+                return task(*args, **kwargs)
+            except (ValueError, RuntimeError, FileNotFoundError) as e:
+                # CheckpointError is a RuntimeError; looked up lazily so that decorating imports no torch
+                ckpt = sys.modules.get("jepa_agent.checkpoint")
+                if isinstance(e, RuntimeError) and not (ckpt and isinstance(e, ckpt.CheckpointError)):
+                    raise
+                raise SystemExit(f"{script}: error: {e}") from None
+            except KeyboardInterrupt:
+                hint = f"; {on_interrupt}" if on_interrupt else ""
+                sys.stderr.write(f"\n{script}: interrupted{hint}\n")
+                raise SystemExit(130) from None
 
-    return wrapper
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,13 +15,16 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-# jepa_agent is imported inside main(): collection workers start from a process that imports this
-# file, and keeping torch out of it saves ~2 s of start-up.
+from jepa_agent.utils import cli_errors  # torch-free
+
+# the rest of jepa_agent is imported inside main(): collection workers start from a process that
+# imports this file, and keeping torch out of it saves ~2 s of start-up.
 # keys of configs/env/*.yaml that are not env constructor kwargs
 ENV_META_KEYS = ("name", "id", "joint_angles", "continuous_joints")
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="collect")
+@cli_errors(on_interrupt="finished episodes are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     from jepa_agent.collect import collect
     from jepa_agent.data import DataError

@@ -29,7 +29,7 @@ from jepa_agent.training.pretrain import (
     build_pretrain_dataset,
     pretrain,
 )
-from jepa_agent.utils import emit_json_line, seed_everything, set_threads
+from jepa_agent.utils import RESUME_HINT, cli_errors, emit_json_line, seed_everything, set_threads
 
 
 def run(cfg: DictConfig) -> dict:
@@ -63,6 +63,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="pretrain")
+@cli_errors(on_interrupt=RESUME_HINT)
 def main(cfg: DictConfig) -> None:
     warnings.simplefilter("always", CollapseWarning)
     try:

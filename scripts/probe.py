@@ -31,7 +31,7 @@ from jepa_agent.probe import (
     probe_targets,
     train_supervised_reference,
 )
-from jepa_agent.utils import emit_json_line, resolve_device, seed_everything, set_threads
+from jepa_agent.utils import cli_errors, emit_json_line, resolve_device, seed_everything, set_threads
 
 
 def run(cfg: DictConfig) -> dict:
@@ -99,6 +99,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="probe")
+@cli_errors
 def main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg)

@@ -11,7 +11,9 @@ Ends with one JSON line: per-stage seconds, the checkpoint paths and the plannin
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,8 +33,13 @@ def run_stage(name: str, script: str, args: list[str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     cmd = [sys.executable, str(SCRIPTS / script), *args]
     print(f"[train_all] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, _ = proc.communicate()
+        except KeyboardInterrupt:  # let the stage save and exit cleanly (its workers too), then go
+            _stop(proc)
+            raise
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(
             f"train_all.py: stage {name!r} failed (exit {proc.returncode}); command: {' '.join(cmd)}"
@@ -40,8 +47,21 @@ def run_stage(name: str, script: str, args: list[str]) -> tuple[dict, float]:
     return json.loads(lines[-1]), time.perf_counter() - t0
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """After Ctrl-C: a stage in our process group got it too; otherwise forward it; kill as a last resort."""
+    for forward, timeout in ((False, 2.0), (True, 30.0)):
+        if forward and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+
+
 @hydra.main(version_base=None, config_path="../configs", config_name="train_all")
-@cli_errors
+@cli_errors(on_interrupt="finished stages and checkpoints are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
     env = [f"env={cfg.env.name}", f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}"]
@@ -114,8 +134,12 @@ def main(cfg: DictConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         # weights + config + meta only: the optimizer state (train_state.pt) is for resuming training
         shutil.copytree(wm_dir / "checkpoint", tmp, ignore=shutil.ignore_patterns("train_state.pt"))
-        shutil.rmtree(ship, ignore_errors=True)
-        tmp.rename(ship)
+        old = ship.parent / f".{ship.name}.old"  # swap by renames: a kill at any point leaves one intact copy
+        shutil.rmtree(old, ignore_errors=True)
+        if ship.exists():
+            os.replace(ship, old)
+        os.replace(tmp, ship)
+        shutil.rmtree(old, ignore_errors=True)
 
     emit_json_line(
         {

@@ -21,7 +21,7 @@ from jepa_agent.data import DataError, EpisodeDataset
 from jepa_agent.models.vit import encoder_config, load_encoder
 from jepa_agent.training.distributed import dist_info, shutdown_distributed
 from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_world_model
-from jepa_agent.utils import cli_errors, emit_json_line, seed_everything, set_threads
+from jepa_agent.utils import RESUME_HINT, cli_errors, emit_json_line, seed_everything, set_threads
 from jepa_agent.world_model import build_world_model, resolve_checkpoint
 
 
@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="train_world_model")
-@cli_errors
+@cli_errors(on_interrupt=RESUME_HINT)
 def main(cfg: DictConfig) -> None:
     if cfg.logger not in ("csv", "tensorboard"):
         raise ValueError(f"logger={cfg.logger!r}; expected 'csv' or 'tensorboard'")

@@ -221,3 +221,34 @@ def test_plan_missing_checkpoint(tmp_path):
         ok=False,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "nothing" in proc.stderr
+
+
+def test_train_all_tiny_runs_every_stage_ships_and_resumes(tmp_path):
+    """scripts/train_all.py chains the four scripts; a re-run skips what is done; ship= copies the model."""
+    out, ship = tmp_path / "ta", tmp_path / "ship" / "reach"
+    args = [
+        "env=reach",
+        f"out={out}",
+        f"ship={ship}",
+        "collect.episodes=4",
+        "collect.num_envs=1",
+        'collect.args=["env.max_episode_steps=10"]',
+        'pretrain.args=["encoder.embed_dim=32","encoder.depth=1","encoder.num_heads=2","predictor.embed_dim=16",'
+        '"predictor.depth=1","predictor.num_heads=2","train.steps=2","train.batch_size=2","train.warmup=0",'
+        '"progress=false"]',
+        'world_model.args=["world_model.predictor.dim=16","world_model.predictor.depth=1",'
+        '"world_model.predictor.num_heads=2","train.steps=2","train.batch_size=4","train.warmup=0",'
+        '"train.eval_windows=4","train.eval_horizon=2","progress=false"]',
+        "plan.episodes=1",
+        f"plan.args=[{','.join(repr(a) for a in TINY_PLAN)},'baselines=false']",
+    ]
+    first = json_line(run("train_all.py", *args))
+    assert set(first["seconds"]) == {"collect", "pretrain", "world_model", "plan"}
+    assert 0.0 <= first["success_rate"] <= 1.0 and first["shipped"] == str(ship)
+    assert (ship / "model.safetensors").exists() and not (ship / "train_state.pt").exists()
+    assert not any(p.name.startswith(".") for p in ship.parent.iterdir())  # no temp or old copy left
+    logs = {d: (out / d / "metrics.csv").read_text() for d in ("encoder", "world_model")}
+    again = json_line(run("train_all.py", *args))  # everything is done: every stage resumes at its end
+    assert again["success_rate"] == first["success_rate"]
+    assert {d: (out / d / "metrics.csv").read_text() for d in logs} == logs  # no step was trained again
+    assert len(list((out / "episodes").glob("episode_*.npz"))) == 4

@@ -60,3 +60,23 @@ def test_seed_must_be_an_int() -> None:
     a = torch.rand(2)
     seed_everything(7)
     assert torch.equal(a, torch.rand(2))
+
+
+def test_cli_errors_one_line_for_bad_input_and_ctrl_c(capsys) -> None:
+    from jepa_agent.checkpoint import CheckpointError
+    from jepa_agent.utils import cli_errors
+
+    def raises(exc):
+        def task():
+            raise exc
+
+        return task
+
+    for exc in (ValueError("bad value"), CheckpointError("bad ckpt"), FileNotFoundError("no file")):
+        with pytest.raises(SystemExit, match=r"error: (bad value|bad ckpt|no file)"):
+            cli_errors(raises(exc))()
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
+        cli_errors(raises(RuntimeError("a bug")))()
+    with pytest.raises(SystemExit) as stop:
+        cli_errors(on_interrupt="the last checkpoint is kept")(raises(KeyboardInterrupt()))()
+    assert stop.value.code == 130 and "interrupted; the last checkpoint is kept" in capsys.readouterr().err
