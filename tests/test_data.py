@@ -303,7 +303,8 @@ def test_writer_refuses_a_foreign_directory_and_leaves_it_untouched(tmp_path):
         EpisodeWriter(run, make_meta())
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / ".writer.lock").touch()  # a killed writer's leftovers are not foreign
+    (empty / ".writer.lock").touch()  # a killed writer's leftovers and other hidden files are not foreign
+    (empty / ".DS_Store").touch()
     EpisodeWriter(empty, make_meta()).close()
     assert (empty / "meta.json").exists()
 

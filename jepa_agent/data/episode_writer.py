@@ -203,14 +203,14 @@ def _refuse_foreign_directory(root: Path) -> None:
     """A new dataset starts in a new or empty directory, never among someone else's files.
 
     Raises:
-        DataError: ``root`` exists, has no ``meta.json`` and holds files other than a writer's own lock
-            and temp files (names listed).
+        DataError: ``root`` exists, has no ``meta.json`` and holds visible files (names listed); hidden
+            ones (a killed writer's lock and temp files, ``.DS_Store``, ...) are ignored.
     """
     if not root.is_dir() or (root / META_NAME).exists():
         return
     if any(EPISODE_RE.match(p.name) or p.suffix == ".mp4" for p in root.iterdir()):
         raise DataError(f"{root}: holds episode files but no meta.json; refusing to add to it")
-    other = sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME and not TEMP_RE.match(p.name))
+    other = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))  # our lock/temps are hidden
     if other:
         shown = ", ".join(repr(n) for n in other[:5]) + (", ..." if len(other) > 5 else "")
         raise DataError(
