@@ -210,3 +210,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     keys = state["numpy"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+
+
+def int_at_least(least: int):
+    """An ``argparse`` type: an int ``>= least``, else a usage error naming the bound (benchmark scripts)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}; expected an int >= {least}")
+        return value
+
+    return parse

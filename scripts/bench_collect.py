@@ -16,15 +16,15 @@ import sys
 import tempfile
 
 from jepa_agent.collect import collect
-from jepa_agent.utils import emit_json_line
+from jepa_agent.utils import emit_json_line, int_at_least
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--episodes", type=int_at_least(1), default=64)
+    p.add_argument("--rounds", type=int_at_least(1), default=3)
     p.add_argument("--policy", default="random")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int_at_least(8), default=64)
     args = p.parse_args(argv)
     fps: dict[int, list[float]] = {2: [], 1: []}
     for _ in range(args.rounds):

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from jepa_agent.utils import emit_json_line, set_threads
+from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import WorldModel, build_world_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -34,14 +34,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: random init)")
     p.add_argument("--world-model", default="compact", help="configs/world_model/<name> for random init")
     p.add_argument("--encoder", default="vit_micro", help="configs/encoder/<name> for random init")
-    p.add_argument("--action-dim", type=int, default=2)
+    p.add_argument("--action-dim", type=int_at_least(1), default=2)
     p.add_argument("--planner", default="cem", choices=["cem", "mppi"], help="configs/planner/<name>")
-    p.add_argument("--population", type=int, default=300)
-    p.add_argument("--iterations", type=int, default=30)
-    p.add_argument("--horizon", type=int, default=5)
-    p.add_argument("--context", type=int, default=1, help="observed frames in the rollout context")
-    p.add_argument("--replans", type=int, default=7, help="timed replans per variant (>= 5)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--population", type=int_at_least(1), default=300)
+    p.add_argument("--iterations", type=int_at_least(1), default=30)
+    p.add_argument("--horizon", type=int_at_least(1), default=5)
+    p.add_argument("--context", type=int_at_least(1), default=1, help="observed frames of rollout context")
+    p.add_argument("--replans", type=int_at_least(5), default=7, help="timed replans per variant (>= 5)")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the uncached (full-window) baseline")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the rollout")
     p.add_argument(
@@ -59,8 +59,6 @@ def stats(xs: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    if args.replans < 5:
-        raise ValueError(f"--replans={args.replans}: need at least 5 for a median")
     set_threads(args.threads)
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):

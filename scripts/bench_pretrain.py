@@ -38,7 +38,7 @@ from jepa_agent.training.pretrain import (
     jepa_step_loss,
     make_optimizer,
 )
-from jepa_agent.utils import emit_json_line, resolve_device, set_threads
+from jepa_agent.utils import emit_json_line, int_at_least, resolve_device, set_threads
 
 # name -> (precision, context encoder on visible tokens only, positions)
 VARIANTS = {
@@ -52,19 +52,23 @@ VARIANTS = {
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="vit_tiny", help="encoder preset (configs/encoder/<name>)")
-    p.add_argument("--depth", type=int, default=None, help="override the preset depth")
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--predictor-dim", type=int, default=96)
-    p.add_argument("--predictor-depth", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (>= 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    p.add_argument("--depth", type=int_at_least(1), default=None, help="override the preset depth")
+    p.add_argument("--img-size", type=int_at_least(8), default=64)
+    p.add_argument("--frames", type=int_at_least(2), default=8)
+    p.add_argument("--batch", type=int_at_least(1), default=32)
+    p.add_argument("--predictor-dim", type=int_at_least(1), default=96)
+    p.add_argument("--predictor-depth", type=int_at_least(1), default=4)
+    p.add_argument("--steps", type=int_at_least(3), default=5, help="timed steps per variant (>= 3)")
+    p.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed steps per variant")
     p.add_argument("--variants", default="fp32,bf16,fp32_all_tokens", help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--data", default=None, help="episodes dir (collect.py); default: random in-memory clips")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:i] | auto (default cpu: the CI figure)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() not in VARIANTS]
+    if bad or not args.variants.strip(" ,"):
+        p.error(f"--variants {args.variants!r}: unknown {bad}; expected a comma list of {list(VARIANTS)}")
+    return args
 
 
 class RandomClips(torch.utils.data.Dataset):
@@ -147,13 +151,8 @@ class Variant:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse(argv)
-    if args.steps < 3:
-        raise ValueError(f"--steps={args.steps}: need at least 3 timed steps for a median")
+    args = parse(argv)  # --steps >= 3 (a median) and the variant names are checked there
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANTS]
-    if bad:
-        raise ValueError(f"unknown variant(s) {bad}; available: {list(VARIANTS)}")
     set_threads(args.threads)
     if args.data:
         from jepa_agent.data import EpisodeDataset

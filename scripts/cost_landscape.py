@@ -68,6 +68,14 @@ def greedy_success(
 @hydra.main(version_base=None, config_path="../configs", config_name="cost_landscape")
 @cli_errors
 def main(cfg: DictConfig) -> None:
+    for key, least in (("shoulder_steps", 2), ("elbow_steps", 2), ("goals", 1)):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < least:
+            raise ValueError(f"{key}={cfg[key]!r}; expected an int >= {least}")
+    poses = cfg.shoulder_steps * cfg.elbow_steps
+    if cfg.goals > poses:
+        raise ValueError(f"goals={cfg.goals}; expected at most the grid's {poses} poses")
+    if not cfg.window > 0:
+        raise ValueError(f"window={cfg.window!r}; expected > 0 (rad reachable per replan)")
     set_threads(cfg.threads)
     model = WorldModel.from_checkpoint(cfg.checkpoint, device=cfg.device)
     if cfg.env.name != "reach":

@@ -298,5 +298,9 @@ def test_bench_pretrain_smoke(capsys) -> None:
     assert res["device"] == "cpu" and set(res["variants"]) == {"fp32", "fp32_all_tokens", "fp32_rope"}
     assert all(v["step_s"] > 0 and v["clips_per_s"] > 0 for v in res["variants"].values())
     assert res["all_tokens_over_drop_masked_step_ratio"] > 0
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(SystemExit):  # a usage error naming the bad value
         bench.main(argv + ["--variants", "fp16"])
+    assert "--variants 'fp16': unknown ['fp16']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(argv[:-2] + ["--steps", "2"])
+    assert "argument --steps: 2; expected an int >= 3" in capsys.readouterr().err

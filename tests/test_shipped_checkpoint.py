@@ -73,3 +73,7 @@ def test_cost_landscape_script_ranks_the_readout_cost(run_env, python, tmp_path)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(out["success"]) == {"pixels", "latent", "readout"}
     assert out["success"]["readout"] >= 0.9 and out["success"]["readout"] > out["success"]["pixels"], out
+    cmd = [python, str(REPO / "scripts" / "cost_landscape.py"), "goals=0", f"hydra.run.dir={tmp_path}"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=120)
+    assert bad.returncode != 0 and "goals=0; expected an int >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr

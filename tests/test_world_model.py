@@ -370,3 +370,6 @@ def test_bench_plan_smoke(capsys):
     assert out == json.loads(json.dumps(res))
     assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
     assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "readout"
+    with pytest.raises(SystemExit):  # a usage error naming the bound, not a planner traceback
+        bench.main(["--population", "0"])
+    assert "argument --population: 0; expected an int >= 1" in capsys.readouterr().err
