@@ -76,6 +76,8 @@ class NoisyTargetPolicy:
             )
         if not max_delta > 0:
             raise ValueError(f"max_delta={max_delta!r}: expected > 0 (rad per unit action)")
+        if not (noise >= 0 and target_span >= 0):
+            raise ValueError(f"noise={noise!r}, target_span={target_span!r}: expected both >= 0")
         self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
         self.n = len(self.low)
         self.max_delta, self.gain, self.noise, self.smoothing = float(max_delta), gain, noise, smoothing
@@ -313,6 +315,9 @@ def collect(
         raise ValueError(f"num_episodes={num_episodes!r}: expected an int >= 0")
     if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
+    contexts = ("auto", *multiprocessing.get_all_start_methods())
+    if mp_context not in contexts:
+        raise ValueError(f"mp_context={mp_context!r}: expected one of {list(contexts)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r}: expected an int >= 0")
     if policy not in POLICIES:

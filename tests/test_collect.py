@@ -55,6 +55,8 @@ def test_policies():
         assert np.all(np.abs(runs[0]) <= 1.0) and runs[0].std() > 0.1
     with pytest.raises(ValueError, match="available: \\['noisy', 'random'\\]"):
         make_policy("greedy", info, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="noise=-0.1, target_span=1.5: expected both >= 0"):
+        make_policy("noisy", info, np.random.default_rng(0), noise=-0.1)
 
 
 def test_collect_roundtrip_matches_env(tmp_path):
@@ -123,6 +125,8 @@ def test_refuses_other_dataset(tmp_path):
         collect(root, 1, env="pong", progress=False)
     with pytest.raises(ValueError, match="unknown policy"):
         collect(root, 1, env_kwargs=ENV_KW, policy="greedy", progress=False)
+    with pytest.raises(ValueError, match="mp_context='threads': expected one of"):
+        collect(root, 1, env_kwargs=ENV_KW, mp_context="threads", progress=False)
 
 
 def _script(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
