@@ -152,8 +152,12 @@ def evaluate(
     video_policies: tuple[str, ...] = (),
     max_videos: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    on_episode: Callable[[str, int, EpisodeResult], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every policy on the same goals (``env.reset(seed=s)`` for each seed in ``seeds``).
+
+    ``on_episode(policy name, index, result)`` is called as each episode ends (e.g. to log it, so that
+    an interrupted run keeps what it finished).
 
     Returns:
         ``{policy name: {**summarize(...), "per_episode": [asdict(EpisodeResult), ...]}}``.
@@ -166,6 +170,8 @@ def evaluate(
             if video_dir is not None and name in video_policies and (max_videos is None or i < max_videos):
                 video = Path(video_dir) / f"{name}_episode_{i:03d}.mp4"
             results.append(run_episode(env, policy, seed, goal_image=goal_image, video_path=video))
+            if on_episode is not None:
+                on_episode(name, i, results[-1])
             if progress is not None:
                 progress(name, i)
         out[name] = {**summarize(results), "per_episode": [asdict(r) for r in results]}

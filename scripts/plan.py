@@ -4,14 +4,16 @@
     python scripts/plan.py goal=path/to/goal.png episodes=3     # any image as the goal
     python scripts/plan.py planner=mppi episodes=100 checkpoint=outputs/train_all/.../world_model
 
-Writes to the run dir: an mp4 per recorded episode (observation | goal), results.json, the planner's
-cost per iteration (cost_per_iteration.png) and an energy landscape (energy_landscape.png); ends with
-one JSON line.
+Writes to the run dir: an mp4 per recorded episode (observation | goal), episodes.jsonl (a line per
+episode as it ends, kept if the run is interrupted), results.json, the planner's cost per iteration
+(cost_per_iteration.png) and an energy landscape (energy_landscape.png); ends with one JSON line.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
-from jepa_agent.evaluation import EVAL_SEED_OFFSET, RandomPolicy, evaluate
+from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
 from jepa_agent.oracle import ReachKinematics
 from jepa_agent.planning import build_agent, build_planner, load_planning_model, write_plan_report
@@ -30,6 +32,7 @@ from jepa_agent.utils import (
     resolve_device,
     seed_everything,
     set_threads,
+    strict_json,
 )
 
 
@@ -47,7 +50,9 @@ def check_counts(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="plan")
-@cli_errors
+@cli_errors(
+    on_interrupt="the episodes finished so far are in the run dir's episodes.jsonl (outputs/plan/<time>)"
+)
 def main(cfg: DictConfig) -> None:
     check_counts(cfg)
     set_threads(cfg.threads)
@@ -84,16 +89,24 @@ def main(cfg: DictConfig) -> None:
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
     bar = tqdm(total=len(seeds) * len(policies), desc="episodes", file=sys.stderr)
-    results = evaluate(
-        env,
-        policies,
-        seeds,
-        goal_image=goal_image,
-        video_dir=out,
-        video_policies=tuple(policies),
-        max_videos=int(cfg.videos),
-        progress=lambda name, i: bar.set_postfix_str(name) or bar.update(),
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "episodes.jsonl", "w") as log:  # one line per finished episode: kept if interrupted
+
+        def log_episode(name: str, i: int, result: EpisodeResult) -> None:
+            log.write(json.dumps(strict_json({"policy": name, "index": i, **asdict(result)})) + "\n")
+            log.flush()
+
+        results = evaluate(
+            env,
+            policies,
+            seeds,
+            goal_image=goal_image,
+            video_dir=out,
+            video_policies=tuple(policies),
+            max_videos=int(cfg.videos),
+            progress=lambda name, i: bar.set_postfix_str(name) or bar.update(),
+            on_episode=log_episode,
+        )
     bar.close()
     main_name = next(iter(policies))
     plots = write_plan_report(env, policies, seeds[0], goal_image, out, int(cfg.energy_grid))

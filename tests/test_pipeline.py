@@ -133,6 +133,11 @@ def test_plan_smoke(pipeline):
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"jepa", "oracle", "random"}
     assert len(results["results"]["jepa"]["per_episode"]) == 2
+    lines = [json.loads(ln) for ln in (out / "episodes.jsonl").read_text().splitlines()]  # as each ended
+    assert [(r["policy"], r["index"]) for r in lines] == [
+        (p, i) for p in ("jepa", "oracle", "random") for i in (0, 1)
+    ]
+    assert lines[0]["seed"] == results["results"]["jepa"]["per_episode"][0]["seed"]
 
 
 def test_plan_with_user_goal_image(pipeline, tmp_path):
