@@ -100,8 +100,8 @@ def _unreadable(file: Path, e: BaseException) -> CheckpointError:
     """The error for a checkpoint file that exists but cannot be parsed (truncated, overwritten, ...)."""
     return CheckpointError(
         f"checkpoint file {str(file)!r} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
-        "it was changed after it was written (checkpoints are written atomically): restore it, or re-run "
-        "the script that wrote it with a new out=DIR"
+        "checkpoints are written atomically, so it was damaged or partly copied afterwards: restore it, or "
+        "re-run the script that wrote it with a new out=DIR"
     )
 
 

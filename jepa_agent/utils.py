@@ -121,7 +121,7 @@ def strict_json(obj: Any) -> Any:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
+    if isinstance(o, np.generic):  # numpy scalars: float32, int64, bool_, ...
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()

@@ -22,8 +22,10 @@ from jepa_agent.utils import (
 
 
 def test_json_is_strict_nan_becomes_null(tmp_path: Path, capsys) -> None:
-    obj = {"loss": float("nan"), "x": [np.float32(1.5), float("inf")], "p": Path("a/b"), "n": np.arange(2)}
-    assert strict_json(obj) == {"loss": None, "x": [1.5, None], "p": "a/b", "n": [0, 1]}
+    obj = {"loss": float("nan"), "x": [np.float32(1.5), float("inf")], "p": Path("a/b"), "n": np.arange(2),
+           "ok": np.bool_(True), "m": np.float64("nan")}  # fmt: skip
+    plain = {"loss": None, "x": [1.5, None], "p": "a/b", "n": [0, 1], "ok": True, "m": None}
+    assert strict_json(obj) == plain
     line = emit_json_line(obj)
     assert capsys.readouterr().out == line + "\n" and "NaN" not in line and "Infinity" not in line
     atomic_write_json(tmp_path / "r.json", obj)
