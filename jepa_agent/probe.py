@@ -31,6 +31,7 @@ from torch import nn
 
 from jepa_agent.models.vit import VideoViT, pixels_to_images
 from jepa_agent.training.schedules import warmup_cosine
+from jepa_agent.utils import check_int
 
 
 @dataclass
@@ -61,9 +62,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         for key in ("num_heads", "num_queries", "epochs", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"probe.{key}={value!r}; expected an int >= 1")
+            check_int(f"probe.{key}", getattr(self, key), 1)
         if not self.lr > 0:
             raise ValueError(f"probe.lr={self.lr!r}; expected > 0")
         if self.weight_decay < 0 or self.mlp_ratio < 0:

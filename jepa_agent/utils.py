@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import random
 import sys
@@ -138,15 +139,25 @@ def emit_json_line(obj: dict[str, Any]) -> str:
     return line
 
 
+def check_int(name: str, value: Any, least: int, hint: str = "") -> int:
+    """``value`` as an int when it is one (numpy ints too, not bools) and ``>= least``.
+
+    Raises:
+        ValueError: naming ``name``, the bad value and the bound (and ``hint``, when given).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name}={value!r}; expected an int >= {least}" + (f" ({hint})" if hint else ""))
+    return int(value)
+
+
 def set_threads(num_threads: int | None) -> None:
     """Set torch's intra-op threads when given (``None`` or 0 keeps the default).
 
     Raises:
         ValueError: a negative or non-integer count.
     """
-    bad_type = isinstance(num_threads, bool) or not isinstance(num_threads, int)
-    if num_threads is not None and (bad_type or num_threads < 0):
-        raise ValueError(f"threads={num_threads!r}; expected an int >= 0 (0: torch's default)")
+    if num_threads is not None:
+        check_int("threads", num_threads, 0, "0: torch's default")
     if num_threads:
         import torch
 

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
-from jepa_agent.utils import cli_errors, emit_json_line, set_threads
+from jepa_agent.utils import check_int, cli_errors, emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel
 
 
@@ -69,8 +69,7 @@ def greedy_success(
 @cli_errors
 def main(cfg: DictConfig) -> None:
     for key, least in (("shoulder_steps", 2), ("elbow_steps", 2), ("goals", 1)):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < least:
-            raise ValueError(f"{key}={cfg[key]!r}; expected an int >= {least}")
+        check_int(key, cfg[key], least)
     poses = cfg.shoulder_steps * cfg.elbow_steps
     if cfg.goals > poses:
         raise ValueError(f"goals={cfg.goals}; expected at most the grid's {poses} poses")

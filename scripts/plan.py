@@ -27,6 +27,7 @@ from jepa_agent.oracle import ReachKinematics
 from jepa_agent.planning import build_agent, build_planner, load_planning_model, write_plan_report
 from jepa_agent.utils import (
     atomic_write_json,
+    check_int,
     cli_errors,
     emit_json_line,
     resolve_device,
@@ -44,9 +45,7 @@ def check_counts(cfg: DictConfig) -> None:
         ("energy_grid", 0, "energy-landscape resolution; 0 skips the plot"),
     )
     for key, least, what in counts:
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{key}={value!r}; expected an int >= {least} ({what})")
+        check_int(key, cfg[key], least, what)
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="plan")

@@ -31,7 +31,14 @@ from jepa_agent.probe import (
     probe_targets,
     train_supervised_reference,
 )
-from jepa_agent.utils import cli_errors, emit_json_line, resolve_device, seed_everything, set_threads
+from jepa_agent.utils import (
+    check_int,
+    cli_errors,
+    emit_json_line,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -43,8 +50,8 @@ def run(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg.data, "path"):
         raise ValueError("data.path is required: pass data.path=EPISODES_DIR (from scripts/collect.py)")
     for key in ("max_train_frames", "max_val_frames"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise ValueError(f"{key}={cfg[key]!r}; expected an int >= 1, or null for all frames")
+        if cfg[key] is not None:
+            check_int(key, cfg[key], 1, "or null for all frames")
     probe_cfg = ProbeConfig(**cfg.probe, seed=cfg.seed)  # checked before any slow work
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
