@@ -95,6 +95,8 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     first = pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(stop_after=3), tmp_path / "b", _run_config(enc),
                      progress=False)  # fmt: skip
     assert first.steps == 3 and load_meta(first.checkpoint)["step"] == 3
+    with open(tmp_path / "b" / "metrics.csv", "a") as f:  # a killed run logged past its checkpoint
+        f.write("3,9.9\n4,9.9\n5,9.")  # the last row cut short mid-write
     enc, pred = _models(seed=123)  # fresh (different) weights: everything must come from the checkpoint
     second = pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(), tmp_path / "b", _run_config(enc), resume=True,
                       progress=False)  # fmt: skip
@@ -104,7 +106,8 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         a, b = load_weights(straight.checkpoint, name), load_weights(second.checkpoint, name)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(6))  # CSV appended on resume
+    rows = read_metrics(tmp_path / "b")  # appended on resume; the killed run's rows past step 3 dropped
+    assert [r["step"] for r in rows] == list(range(6)) and 9.9 not in {v for r in rows for v in r.values()}
     enc, pred = _models()  # a finished run: nothing left to do, the saved loss is reported (not NaN)
     done = pretrain(data, enc, pred, DEFAULT_MASKS, _cfg(), tmp_path / "b", _run_config(enc), resume=True,
                     progress=False)  # fmt: skip

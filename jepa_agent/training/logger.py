@@ -39,9 +39,14 @@ class MetricLogger:
     Args:
         out_dir: directory for ``metrics.csv`` (and the TensorBoard event files).
         tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package).
+        start_step: the step this run starts from (0, or a resumed checkpoint's). Rows of an existing
+            CSV at or after it were logged after that checkpoint by a run that was then killed; they
+            are dropped, as is a row cut short by the kill, so a resumed run's CSV has each step once.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = False) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, tensorboard: bool = False, start_step: int | None = None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.out_dir / METRICS_CSV
@@ -51,6 +56,8 @@ class MetricLogger:
                 header = next(csv.reader(f), None)
             if header and header[0] == "step":
                 self._fields = list(header)
+                if start_step is not None:
+                    self._truncate(start_step)
         self._tb = None
         if tensorboard:
             try:
@@ -77,6 +84,24 @@ class MetricLogger:
         if self._tb is not None:
             for k, v in row.items():
                 self._tb.add_scalar(k, v, int(step))
+
+    def _truncate(self, start_step: int) -> None:
+        """Keep only whole rows with ``step < start_step`` (atomic rewrite, only when something goes)."""
+        text = self.csv_path.read_text()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # a row cut short by a kill
+
+        def keep(line: str) -> bool:
+            step = line.split(",", 1)[0]
+            return step.isdigit() and int(step) < start_step
+
+        kept = lines[:1] + [ln for ln in lines[1:] if keep(ln)]
+        if len(kept) == len(text.splitlines(keepends=True)):
+            return
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.csv_path)
 
     def _widen(self, fields: list[str]) -> None:
         rows: list[dict[str, str]] = []

@@ -360,7 +360,7 @@ def pretrain(
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=cfg.num_workers
     )
-    logger = MetricLogger(out_dir, tensorboard=tensorboard) if rank == 0 else None
+    logger = MetricLogger(out_dir, tensorboard=tensorboard, start_step=start) if rank == 0 else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     params = [p for g in optimizer.param_groups for p in g["params"]]
 

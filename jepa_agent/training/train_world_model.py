@@ -392,7 +392,7 @@ def train_on_latents(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None
         )
     stop = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    logger = MetricLogger(out_dir, tensorboard=tensorboard) if rank == 0 else None
+    logger = MetricLogger(out_dir, tensorboard=tensorboard, start_step=start) if rank == 0 else None
     params = [p for g in optimizer.param_groups for p in g["params"]]
     losses: list[float] = []
     val_metrics: dict[str, float] = {}
