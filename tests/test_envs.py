@@ -117,6 +117,7 @@ def test_frames_survive_closing_another_env():
         ({"render_mode": "depth_array"}, "render_mode"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:.*render_mode.*:UserWarning")  # gymnasium warns before our error
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         envs.make_env("reach", **kwargs)
