@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -24,6 +26,31 @@ if ENV_IDS["reach_distracting"] not in gym.registry:
         entry_point="envs.reach:ReachEnv",
         max_episode_steps=50,
         kwargs={"distracting": True},
+    )
+
+
+@dataclass
+class EnvConfig:
+    """The ``env`` config group (configs/env/*.yaml extend it): which task, and how it is made."""
+
+    name: str = "reach"  # a key of ENV_IDS (or a full id)
+    id: str = "JepaAgent/Reach-v0"
+    image_size: int = 64  # observation pixels are image_size x image_size x 3
+    frame_skip: int = 20  # physics steps per env step
+    max_delta: float = 0.25  # rad of servo-target displacement per unit action
+    max_episode_steps: int = 50
+    joint_angles: int = 2  # leading proprio dims that are joint angles (the labelled readout baseline)
+    continuous_joints: list[int] = field(default_factory=lambda: [0])  # joints that turn freely
+
+
+def make_env_from_config(cfg: Any) -> gym.Env:
+    """The env an ``env`` config (:class:`EnvConfig` or its Hydra node) describes."""
+    return make_env(
+        cfg.name,
+        image_size=int(cfg.image_size),
+        frame_skip=int(cfg.frame_skip),
+        max_delta=float(cfg.max_delta),
+        max_episode_steps=int(cfg.max_episode_steps),
     )
 
 
@@ -47,4 +74,4 @@ def make_env(name: str = "reach", max_episode_steps: int | None = None, **kwargs
     return gym.make(env_id, **kwargs)
 
 
-__all__ = ["ENV_IDS", "make_env", "resolve_env_id"]
+__all__ = ["ENV_IDS", "EnvConfig", "make_env", "make_env_from_config", "resolve_env_id"]

@@ -11,15 +11,18 @@ world model (``jepa_agent.world_model``) and the true-state oracle (``jepa_agent
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from jepa_agent.costs import CostConfig
 from planners.base import PlanResult, shift_plan
 
 
@@ -40,8 +43,16 @@ class PlanningModel(Protocol):
     def rollout(self, context: Any, actions: Tensor) -> Tensor:
         """Imagine ``actions [S, H, A]`` from ``context`` -> predicted states ``[S, H, ...]``."""
 
-    def cost(self, goal: Any) -> Callable[[Tensor, Tensor], Tensor]:
-        """A cost function ``(pred [S, H, ...], actions [S, H, A]) -> [S]`` towards ``goal``."""
+    def cost(self, goal: Any, **options: Any) -> Callable[[Tensor, Tensor], Tensor]:
+        """A cost function ``(pred [S, H, ...], actions [S, H, A]) -> [S]`` towards ``goal``; ``options``
+        are :class:`~jepa_agent.costs.CostConfig`'s fields (the model's defaults are that class's)."""
+
+
+def planning_rollout(model: PlanningModel, cost_fn: Any) -> Callable[[Any, Tensor], Any]:
+    """``model.rollout``, returning only what ``cost_fn`` reads when it names a ``rollout_projection``
+    (a world model then fuses that projection into its head instead of materialising wide latents)."""
+    project = getattr(cost_fn, "rollout_projection", None)
+    return model.rollout if project is None else functools.partial(model.rollout, project=project)
 
 
 class ShortTermMemory:
@@ -78,27 +89,42 @@ class ShortTermMemory:
 class MPCAgent:
     """Model-predictive control in a learned (or true) state space.
 
+    Every default is ``scripts/plan.py``'s: ``MPCAgent(WorldModel.from_checkpoint(path),
+    CEMPlanner(action_dim=2))`` plans as the script does.
+
     Args:
         model: a :class:`PlanningModel`.
         planner: an object with ``plan(rollout_fn, cost_fn, z0, init_mean=None) -> PlanResult``.
-        horizon: planned actions per chunk (must match the planner's horizon).
+        horizon: planned actions per chunk (None: the planner's ``horizon``).
         execute_steps: actions executed from each plan before replanning (1 = replan every step).
         memory: observations kept as context (short-term memory).
         warm_start: start each plan from the previous plan shifted by ``execute_steps``.
         action_low / action_high: bounds of the executed actions.
+        cost: the goal cost's settings (:class:`~jepa_agent.costs.CostConfig` or a dict of its fields),
+            passed to ``model.cost``; None: the model's defaults (which are CostConfig's).
     """
 
     def __init__(
         self,
         model: PlanningModel,
         planner: Any,
-        horizon: int,
+        horizon: int | None = None,
         execute_steps: int = 1,
         memory: int = 1,
         warm_start: bool = True,
         action_low: float = -1.0,
         action_high: float = 1.0,
+        cost: CostConfig | Mapping[str, Any] | None = None,
     ) -> None:
+        planner_horizon = getattr(planner, "horizon", None)
+        if horizon is None:
+            if planner_horizon is None:
+                raise ValueError(f"horizon=None and the planner {type(planner).__name__} has no horizon")
+            horizon = int(planner_horizon)
+        elif planner_horizon is not None and planner_horizon != horizon:
+            raise ValueError(
+                f"horizon={horizon} but the planner plans {planner_horizon} steps; leave it None"
+            )
         if not 1 <= execute_steps <= horizon:
             raise ValueError(
                 f"execute_steps={execute_steps}: expected 1 <= execute_steps <= horizon={horizon}"
@@ -110,9 +136,17 @@ class MPCAgent:
         self.warm_start = warm_start
         self.action_low, self.action_high = action_low, action_high
         self.memory = ShortTermMemory(memory)
+        if isinstance(cost, Mapping):
+            unknown = sorted(set(cost) - {f.name for f in fields(CostConfig)})
+            if unknown:
+                raise ValueError(f"cost settings {unknown}; expected fields of CostConfig: "
+                                 f"{[f.name for f in fields(CostConfig)]}")  # fmt: skip
+            cost = CostConfig(**cost)  # checks the values, naming the key
+        self.cost_options: dict[str, Any] = asdict(cost) if cost is not None else {}
         self._queue: deque[Tensor] = deque()
         self._prev_mean: Tensor | None = None
         self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        self._rollout_fn: Callable[[Any, Tensor], Any] = model.rollout
         self.goal_encoded: Any = None
         self.last_plan: PlanResult | None = None
         self.last_plan_seconds: float | None = None
@@ -129,7 +163,8 @@ class MPCAgent:
         self._prev_mean = None
         with self._no_grad():
             self.goal_encoded = self.model.encode_goal(goal)
-            self._cost_fn = self.model.cost(self.goal_encoded)
+            self._cost_fn = self.model.cost(self.goal_encoded, **self.cost_options)
+            self._rollout_fn = planning_rollout(self.model, self._cost_fn)
 
     def plan(self) -> PlanResult:
         """Plan a chunk of ``horizon`` actions from the current memory (does not touch the queue)."""
@@ -141,7 +176,7 @@ class MPCAgent:
         init = self._prev_mean if self.warm_start else None
         with self._no_grad():  # gradient planners enable grad inside their own optimisation loop
             context = self.model.context(states, actions)
-            return self.planner.plan(self.model.rollout, self._cost_fn, context, init_mean=init)
+            return self.planner.plan(self._rollout_fn, self._cost_fn, context, init_mean=init)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Observe, replan when the queue is empty, and return the next action (numpy ``[A]``)."""

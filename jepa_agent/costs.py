@@ -4,6 +4,8 @@
   on the final step or averaged over all steps with an optional discount.
 * :class:`ActionMagnitudeCost`: ``mean_h ||a_h||_p^p`` penalty on the actions.
 * Costs compose: ``LatentGoalCost(goal) + 0.01 * ActionMagnitudeCost()``.
+* :class:`CostConfig`: the planning cost's settings (the ``cost`` config group); its defaults are the
+  ones ``WorldModel.cost``, the oracle and ``scripts/plan.py`` use.
 
 Any callable with the same signature (e.g. a true-state oracle cost) works with the planners.
 """
@@ -11,13 +13,49 @@ Any callable with the same signature (e.g. a true-state oracle cost) works with 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 METRICS = ("l1", "mse", "l2", "cosine")
 REDUCTIONS = ("final", "all")
+SPACES = ("auto", "readout", "latent")
+
+
+@dataclass
+class CostConfig:
+    """How imagined futures are scored against the goal (``cost.*`` on the command line).
+
+    Attributes:
+        space: where predictions and goal are compared: ``readout`` (the world model's state readout),
+            ``latent`` (the latents themselves), or ``auto`` (the readout when the model has one).
+        metric: ``mse`` | ``l1`` | ``l2`` | ``cosine`` distance in that space.
+        reduction: ``all`` scores every imagined step (arrive early *and stay*), ``final`` only the
+            last (the path there is free, so the arm wanders once it has arrived).
+        discount: per-step weight ``discount**h`` with ``reduction=all``.
+        action_weight: ``+ action_weight * mean_h ||a_h||^2`` (0: no action penalty).
+    """
+
+    space: str = "auto"
+    metric: str = "mse"
+    reduction: str = "all"
+    discount: float = 1.0
+    action_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
+        for key, choices in choices_of.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise ValueError(f"cost.{key}={value!r}; expected one of {list(choices)}")
+        if not self.discount > 0:
+            raise ValueError(f"cost.discount={self.discount!r}; expected a number > 0")
+        if not self.action_weight >= 0:  # a negative weight would reward large actions
+            raise ValueError(
+                f"cost.action_weight={self.action_weight!r}; expected >= 0 (0: no action penalty)"
+            )
 
 
 def latent_distance(pred: Tensor, goal: Tensor, metric: str = "l1") -> Tensor:
@@ -57,7 +95,16 @@ def reduce_steps(d: Tensor, reduction: str = "final", discount: float = 1.0) -> 
 
 
 class Cost:
-    """Base class: ``cost(pred [S, H, ...], actions [S, H, A]) -> [S]``; supports ``+`` and ``*`` (scalar)."""
+    """Base class: ``cost(pred [S, H, ...], actions [S, H, A]) -> [S]``; supports ``+`` and ``*`` (scalar).
+
+    ``rollout_projection``: a linear map of one imagined frame's flattened latent that is all the cost
+    reads of it (or None). A world model's rollout can then return the projection directly, fused into
+    its output head, instead of the wide latents (``WorldModel.rollout(..., project=...)``); the cost
+    accepts either. ``reads_predictions`` is False for costs of the actions alone.
+    """
+
+    rollout_projection: nn.Linear | None = None
+    reads_predictions: bool = True
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -87,6 +134,20 @@ class SumCost(Cost):
             if hasattr(t, "set_goal"):
                 t.set_goal(goal)
 
+    @property
+    def rollout_projection(self) -> nn.Linear | None:  # type: ignore[override]
+        """The projection every prediction-reading term accepts (None unless they share one)."""
+        readers = [t for t in self.terms if getattr(t, "reads_predictions", True)]
+        projs = {
+            id(getattr(t, "rollout_projection", None)): getattr(t, "rollout_projection", None)
+            for t in readers
+        }
+        return next(iter(projs.values())) if len(projs) == 1 else None
+
+    @property
+    def reads_predictions(self) -> bool:  # type: ignore[override]
+        return any(getattr(t, "reads_predictions", True) for t in self.terms)
+
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         total = self.terms[0](pred, actions)
         for t in self.terms[1:]:
@@ -102,6 +163,8 @@ class ScaledCost(Cost):
 
     def __init__(self, cost: Cost, weight: float) -> None:
         self.cost, self.weight = cost, weight
+        self.rollout_projection = getattr(cost, "rollout_projection", None)
+        self.reads_predictions = getattr(cost, "reads_predictions", True)
 
     def set_goal(self, goal: Tensor) -> None:
         """Forward the goal to the wrapped cost."""
@@ -175,7 +238,10 @@ class ProjectedGoalCost(LatentGoalCost):
     """:class:`LatentGoalCost` measured after a projection of each latent frame (e.g. a state readout).
 
     Args:
-        project: maps one frame's latent ``[..., N, D]`` to features ``[..., F]``.
+        project: maps one frame's latent ``[..., N, D]`` to features ``[..., F]``. When it also has an
+            ``input_layer`` (an ``nn.Linear`` on the flattened frame) and ``from_input_layer`` (the rest of
+            the map), that layer is the cost's ``rollout_projection``: predictions may then arrive as
+            ``input_layer(z)`` ``[S, H, F']`` (fused into the world model's rollout) instead of ``z``.
         goal: goal latent ``[N, D]`` (projected once, when set).
         metric, reduction, discount: as :class:`LatentGoalCost`.
     """
@@ -189,6 +255,7 @@ class ProjectedGoalCost(LatentGoalCost):
         discount: float = 1.0,
     ) -> None:
         self.project = project
+        self.rollout_projection = getattr(project, "input_layer", None)
         super().__init__(goal, metric, reduction, discount)
 
     def set_goal(self, goal: Tensor) -> None:
@@ -199,11 +266,14 @@ class ProjectedGoalCost(LatentGoalCost):
             self.goal = self.project(goal.detach()).reshape(1, -1)  # [1, F]: one "token" of features
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
-        if pred.dim() != 4:
+        """``pred``: latents ``[S, H, N, D]``, or ``rollout_projection`` of them ``[S, H, F']``."""
+        fused = pred.dim() == 3 and self.rollout_projection is not None
+        if pred.dim() != 4 and not fused:
             raise ValueError(f"predicted latents must be [S, H, N, D]; got shape {tuple(pred.shape)}")
         if self.reduction == "final":
             pred = pred[:, -1:]
-        return super().__call__(self.project(pred).unsqueeze(-2), actions)  # [S, H, 1, F]
+        feats = self.project.from_input_layer(pred) if fused else self.project(pred)  # [S, H, F]
+        return super().__call__(feats.unsqueeze(-2), actions)  # [S, H, 1, F]
 
     def __repr__(self) -> str:
         return "Projected" + super().__repr__()
@@ -223,6 +293,8 @@ class ActionMagnitudeCost(Cost):
         if not weight >= 0:  # a negative weight would reward large actions
             raise ValueError(f"action weight={weight}; expected >= 0")
         self.weight, self.p = float(weight), float(p)
+
+    reads_predictions = False
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         if actions.dim() != 3:

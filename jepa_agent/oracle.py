@@ -3,7 +3,9 @@
 The "oracle" of the evaluation protocol: it plans with the same planner and budget as the JEPA agent,
 but its rollout is the arm's known kinematics (servo targets ``q + a * max_delta``, clipped to the
 joint ranges; the servos track them within ~1% per step) and its cost is the true end-effector
-distance to the goal. It bounds what a perfect world model and cost could reach.
+distance to the goal, reduced over the imagined steps as the world model's cost is (``cost.reduction``,
+``cost.discount``, ``cost.action_weight``: the same :class:`~jepa_agent.costs.CostConfig`). It bounds what a
+perfect world model and cost could reach. The kinematic model is valid for this position-servoed arm only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from envs.reach import LINK_LENGTHS
+from jepa_agent.costs import REDUCTIONS, ActionMagnitudeCost, Cost, CostConfig, reduce_steps
 
 
 class ReachKinematics:
@@ -43,8 +46,20 @@ class ReachKinematics:
         """The true state is Markov: only the latest joint angles matter."""
         return states[-1]
 
-    def cost(self, goal_ee: Tensor) -> EndEffectorCost:
-        return EndEffectorCost(goal_ee, device=self.device)
+    def cost(
+        self,
+        goal_ee: Tensor,
+        space: str = CostConfig.space,
+        metric: str = CostConfig.metric,
+        reduction: str = CostConfig.reduction,
+        discount: float = CostConfig.discount,
+        action_weight: float = CostConfig.action_weight,
+    ) -> Cost:
+        """True end-effector distance (metres) to ``goal_ee``, reduced over the steps like the world
+        model's cost, plus the same action penalty. ``space`` and ``metric`` choose how a *world model*
+        compares latents; the oracle takes them for one interface and always measures true distance."""
+        cost = EndEffectorCost(goal_ee, reduction=reduction, discount=discount, device=self.device)
+        return cost + ActionMagnitudeCost(action_weight) if action_weight else cost
 
     def rollout(self, q0: Tensor, actions: Tensor) -> Tensor:
         """Joint angles after each action: ``q0 [n]``, ``actions [S, H, n]`` -> ``[S, H, n]``."""
@@ -65,14 +80,19 @@ def forward_kinematics_torch(q: Tensor) -> Tensor:
     )
 
 
-class EndEffectorCost:
-    """True-state cost: end-effector distance to the goal, at the final step (+ a small all-steps term)."""
+class EndEffectorCost(Cost):
+    """True-state cost: end-effector distance (m) to the goal per imagined step, reduced over the steps
+    (``reduction="all"``: the discounted mean, so arriving early and staying scores best; ``"final"``: the
+    last step only)."""
 
-    def __init__(self, goal_ee: np.ndarray, all_steps_weight: float = 0.1, device="cpu") -> None:
+    def __init__(self, goal_ee: np.ndarray | Tensor, reduction: str = CostConfig.reduction,
+                 discount: float = CostConfig.discount, device="cpu") -> None:  # fmt: skip
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
         self.goal_ee = torch.as_tensor(goal_ee, dtype=torch.float32, device=device)  # [2]
-        self.all_steps_weight = float(all_steps_weight)
+        self.reduction, self.discount = reduction, float(discount)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         """``pred [S, H, 2]`` joint angles -> cost ``[S]``."""
         dist = (forward_kinematics_torch(pred) - self.goal_ee).norm(dim=-1)  # [S, H]
-        return dist[:, -1] + self.all_steps_weight * dist.mean(dim=1)
+        return reduce_steps(dist, self.reduction, self.discount)

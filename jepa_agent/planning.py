@@ -17,58 +17,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from jepa_agent.agent import MPCAgent, PlanningModel  # noqa: E402
-from jepa_agent.costs import ActionMagnitudeCost  # noqa: E402
+from jepa_agent.agent import MPCAgent, PlanningModel, planning_rollout  # noqa: E402
 from jepa_agent.world_model import WorldModel  # noqa: E402
 from planners.base import PlanResult  # noqa: E402
 
 
-class ConfiguredCost:
-    """A planning model whose goal cost follows the run's ``cost`` settings (space, metric, reduction,
-    action penalty)."""
-
-    def __init__(
-        self,
-        model: WorldModel,
-        metric: str,
-        reduction: str,
-        discount: float,
-        action_weight: float,
-        space: str = "latent",
-    ):
-        if not action_weight >= 0:  # a negative weight would reward large actions
-            raise ValueError(f"cost.action_weight={action_weight}; expected >= 0 (0: no action penalty)")
-        self.model = model
-        self.cost_kwargs = {"metric": metric, "reduction": reduction, "discount": discount, "space": space}
-        self.action_weight = float(action_weight)
-
-    def __getattr__(self, name: str) -> Any:  # encode, encode_goal, context, rollout, action_dim, ...
-        return getattr(self.model, name)
-
-    def cost(self, goal: Any) -> Any:
-        cost = self.model.cost(goal, **self.cost_kwargs)
-        return cost + ActionMagnitudeCost(weight=self.action_weight) if self.action_weight else cost
-
-
 def load_planning_model(
-    checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_cfg: DictConfig, device: Any
-) -> ConfiguredCost:
-    """The world model of ``checkpoint`` (checked against the env: a mismatch names both values),
-    with the goal cost configured by ``cost_cfg`` (``space``, ``metric``, ``reduction``, ``discount``,
-    ``action_weight``)."""
+    checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_space: str, device: Any
+) -> WorldModel:
+    """The world model of ``checkpoint``, checked against the env (a mismatch names both values) and
+    against the cost space it will be asked for (``cost.space``; a model without that head is refused)."""
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )
-    space = str(cost_cfg.get("space", "latent"))
     try:
-        model.check_cost_space(space)
+        model.resolve_cost_space(cost_space)
     except ValueError as e:
         raise ValueError(f"world model {checkpoint}: {e}") from None
-    return ConfiguredCost(
-        model, cost_cfg.metric, cost_cfg.reduction, cost_cfg.discount, cost_cfg.action_weight, space
-    )
+    return model
 
 
 def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:
@@ -81,18 +49,22 @@ def build_planner(planner_cfg: DictConfig, action_dim: int) -> Any:
 
 
 def build_agent(
-    model: PlanningModel, planner: Any, agent_cfg: DictConfig, low: float, high: float
+    model: PlanningModel,
+    planner_cfg: DictConfig,
+    agent_cfg: DictConfig,
+    cost_cfg: DictConfig,
+    action_space: Any,
 ) -> MPCAgent:
-    """An MPC agent over ``model`` with the planner's horizon and the ``agent`` config section."""
+    """An MPC agent over ``model`` from the run's ``planner``, ``agent`` and ``cost`` configs, acting
+    within the env's ``action_space`` bounds."""
+    planner = build_planner(planner_cfg, action_space.shape[0])
     return MPCAgent(
         model,
         planner,
-        horizon=int(planner.horizon),
-        execute_steps=int(agent_cfg.execute_steps),
-        memory=int(agent_cfg.memory),
-        warm_start=bool(agent_cfg.warm_start),
-        action_low=low,
-        action_high=high,
+        **OmegaConf.to_container(agent_cfg, resolve=True),
+        action_low=float(action_space.low.min()),
+        action_high=float(action_space.high.max()),
+        cost=OmegaConf.to_container(cost_cfg, resolve=True),
     )
 
 
@@ -105,8 +77,10 @@ def energy_landscape(
     horizon: int,
     grid: int = 41,
     dims: tuple[int, int] = (0, 1),
+    cost_options: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cost of every first action on a ``grid x grid`` lattice over ``[-1, 1]^2`` (other dims and steps 0).
+    """Cost of every first action on a ``grid x grid`` lattice over ``[-1, 1]^2`` (other dims and steps 0),
+    under the cost settings ``cost_options`` (an agent's ``cost_options``; None: the model's defaults).
 
     Returns:
         ``(values [grid], costs [grid, grid])`` with ``costs[i, j]`` for ``a[dims[0]] = values[j]``,
@@ -118,8 +92,8 @@ def energy_landscape(
     actions[:, 0, dims[0]] = a0.reshape(-1)
     actions[:, 0, dims[1]] = a1.reshape(-1)
     context = model.context([model.encode(obs)], [])
-    cost_fn = model.cost(model.encode_goal(goal))
-    costs = cost_fn(model.rollout(context, actions), actions)  # [grid*grid]
+    cost_fn = model.cost(model.encode_goal(goal), **(cost_options or {}))
+    costs = cost_fn(planning_rollout(model, cost_fn)(context, actions), actions)  # [grid*grid]
     return values.numpy(), costs.reshape(grid, grid).float().cpu().numpy()
 
 
@@ -194,8 +168,9 @@ def write_plan_report(
         costs, planned = {}, None
         for name, agent in agents.items():
             values, costs[name] = energy_landscape(
-                agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid
-            )
+                agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid,
+                cost_options=agent.cost_options,
+            )  # fmt: skip
             if planned is None:
                 agent.reset(goal)
                 planned = agent.act(obs)

@@ -17,7 +17,7 @@ patch tokens; :class:`~jepa_agent.models.latent.Normalizer` standardises latents
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +33,8 @@ from jepa_agent.checkpoint import (
     load_meta,
     save_checkpoint,
 )
-from jepa_agent.costs import LatentGoalCost, ProjectedGoalCost
+from jepa_agent.config import signature_schema
+from jepa_agent.costs import SPACES, ActionMagnitudeCost, Cost, CostConfig, LatentGoalCost, ProjectedGoalCost
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import POOLINGS, LatentPooler, Normalizer, StateReadout, variance_loss
 from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config, pixels_to_images
@@ -62,6 +63,36 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
         return path / "checkpoint"
     return path
+
+
+# -- config schema (the world_model group: configs/world_model/*.yaml extend it) ----------------------
+PredictorConfig = signature_schema(
+    ACPredictor.__init__, "PredictorConfig", skip=("latent_dim", "action_dim", "num_tokens", "proprio_dim")
+)  # the predictor's own sizes: its constructor's arguments and defaults
+
+
+@dataclass
+class ReadoutConfig:
+    """The state readout (a labelled baseline's metric space): ``angles`` leading proprio dims (0: none)."""
+
+    angles: int = 0
+    wrap: list[int] = field(default_factory=list)  # the continuous joints, read out as (cos, sin)
+    hidden: int = 256
+
+
+@dataclass
+class WorldModelConfig:
+    """How frozen patch tokens become the latent state, and the predictor over it (see compact.yaml)."""
+
+    pooling: str = "grid"  # one of POOLINGS
+    grid_size: int = 4
+    flatten: bool = True
+    attentive_queries: int = 4
+    attentive_heads: int = 4
+    normalize: bool = True
+    use_proprio: bool = False
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)  # type: ignore[valid-type]
 
 
 # -- state containers ------------------------------------------------------------------------------
@@ -203,28 +234,45 @@ class WorldModel(nn.Module):
     def cost(
         self,
         goal: Tensor,
-        metric: str = "l1",
-        reduction: str = "final",
-        discount: float = 1.0,
-        space: str = "latent",
-    ) -> LatentGoalCost:
-        """A :class:`LatentGoalCost` towards the goal latent, measured on the latents themselves
-        (``space="latent"``) or on their :class:`StateReadout` (``space="readout"``)."""
-        self.check_cost_space(space)
-        if space == "latent":
-            return LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
-        return ProjectedGoalCost(self.readout, goal, metric=metric, reduction=reduction, discount=discount)
+        space: str = CostConfig.space,
+        metric: str = CostConfig.metric,
+        reduction: str = CostConfig.reduction,
+        discount: float = CostConfig.discount,
+        action_weight: float = CostConfig.action_weight,
+    ) -> Cost:
+        """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
+        the same as ``scripts/plan.py``'s).
 
-    def check_cost_space(self, space: str) -> None:
-        """Raise a ValueError unless ``space`` is ``"latent"``, or ``"readout"`` on a model with a readout."""
-        if space not in ("latent", "readout"):
-            raise ValueError(f"cost.space={space!r}; expected 'latent' or 'readout'")
+        Measured on the latents themselves (``space="latent"``) or on their :class:`StateReadout`
+        (``space="readout"``; ``"auto"`` picks it when the model has one), plus
+        ``action_weight * mean ||a||^2`` when ``action_weight > 0``.
+        """
+        space = self.resolve_cost_space(space)
+        if space == "latent":
+            goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
+        else:
+            goal_cost = ProjectedGoalCost(
+                self.readout, goal, metric=metric, reduction=reduction, discount=discount
+            )
+        return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
+
+    def resolve_cost_space(self, space: str) -> str:
+        """``space`` checked against this model (``auto`` -> ``readout`` when it has one, else ``latent``).
+
+        Raises:
+            ValueError: an unknown space, or ``readout`` on a model trained without a state readout.
+        """
+        if space not in SPACES:
+            raise ValueError(f"cost.space={space!r}; expected one of {list(SPACES)}")
+        if space == "auto":
+            return "readout" if self.readout is not None else "latent"
         if space == "readout" and self.readout is None:
             raise ValueError(
                 "cost.space=readout needs a world model trained with a state readout "
                 "(world_model.readout.angles=N, the number of joint angles in the proprio); "
                 "this one has none: use cost.space=latent"
             )
+        return space
 
     # -- imagination -----------------------------------------------------------------------------
     def context(
@@ -285,8 +333,11 @@ class WorldModel(nn.Module):
         actions: Tensor,
         use_cache: bool = True,
         grad: bool | None = None,
+        project: nn.Linear | None = None,
     ) -> Tensor:
-        """Imagine ``actions [S, H, A]`` (env units) from ``context`` -> predicted latents ``[S, H, N, D]``.
+        """Imagine ``actions [S, H, A]`` (env units) from ``context`` -> predicted latents ``[S, H, N, D]``,
+        or ``project`` of each flattened frame ``[S, H, F]`` (fused into the predictor's head: a cost's
+        ``rollout_projection``, e.g. the readout's first layer, without the wide latents).
 
         Runs under ``torch.inference_mode()`` unless ``grad`` (default: when the actions require grad and
         grad mode is on, as in the gradient planner).
@@ -304,7 +355,9 @@ class WorldModel(nn.Module):
             ctx = Context(*fix)
         with torch.inference_mode(not grad):
             a = self.normalizer.actions(actions.to(ctx.z.device, ctx.z.dtype))
-            z, _ = self.predictor.imagine(ctx.z, a, ctx.actions, ctx.proprio, use_cache=use_cache)
+            z, _ = self.predictor.imagine(
+                ctx.z, a, ctx.actions, ctx.proprio, use_cache=use_cache, project=project
+            )
         return z
 
     def step(self, context: Context | LatentState | Tensor, action: Tensor) -> Tensor:

@@ -143,6 +143,24 @@ def evaluate(rollout_fn: RolloutFn, cost_fn: CostFn, z0: Any, actions: Tensor) -
     return torch.nan_to_num(costs.float(), nan=float("inf"))
 
 
+def keep_best(
+    best: tuple[Tensor, Tensor], costs: Tensor, candidates: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Track the lowest-cost candidate seen so far, on the device (no host sync inside a planning loop).
+
+    Args:
+        best: ``(cost [], actions [H, A])`` so far.
+        costs: ``[S]`` this iteration's costs; ``candidates``: ``[S, H, A]`` their action sequences.
+
+    Returns:
+        ``(best cost [], best actions [H, A], this iteration's lowest cost [])``.
+    """
+    i = torch.argmin(costs)
+    c = costs[i]
+    better = c < best[0]
+    return torch.where(better, c, best[0]), torch.where(better, candidates[i], best[1]), c
+
+
 def check_positive(**values: float) -> None:
     """Raise ValueError naming any hyperparameter that is not a number > 0."""
     for name, v in values.items():

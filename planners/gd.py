@@ -24,6 +24,7 @@ from planners.base import (
     check_positive,
     device_of,
     initial_mean,
+    keep_best,
     resolve_action_dim,
     resolve_bounds,
 )
@@ -91,8 +92,8 @@ def gd(
         else:
             u = a0.clone()
         z0 = _normal_tensors(z0)
-        trace = torch.empty(iterations)
-        best_cost, best_actions = float("inf"), mean.clone()
+        trace = torch.empty(iterations, device=device)  # filled on the device: one sync at the end
+        best = (torch.tensor(float("inf"), device=device), mean.clone())
         u = u.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=lr)
         for it in range(iterations):
@@ -107,10 +108,7 @@ def gd(
                     "differentiable rollout_fn (e.g. WorldModel.rollout(..., grad=True)) and cost_fn"
                 )
             c = torch.nan_to_num(costs.detach(), nan=float("inf"))
-            i_best = int(torch.argmin(c))
-            trace[it] = c[i_best].item()
-            if trace[it] < best_cost:
-                best_cost, best_actions = float(trace[it]), actions[i_best].detach().clone()
+            *best, trace[it] = keep_best(tuple(best), c, actions.detach())
             opt.zero_grad(set_to_none=True)
             costs.sum().backward()
             opt.step()
@@ -120,9 +118,8 @@ def gd(
         with torch.no_grad():  # score the final iterate too
             actions = mid + half * torch.tanh(u) if bound == "tanh" else u
             c = torch.nan_to_num(cost_fn(rollout_fn(z0, actions), actions).detach().float(), nan=float("inf"))
-            i_best = int(torch.argmin(c))
-            if c[i_best].item() < best_cost:
-                best_cost, best_actions = float(c[i_best]), actions[i_best].detach().clone()
+            best_cost, best_actions, _ = keep_best(tuple(best), c, actions.detach())
+        trace, best_cost = trace.cpu(), float(best_cost)
     best_actions = torch.maximum(torch.minimum(best_actions, high), low)
     return PlanResult(
         actions=best_actions,

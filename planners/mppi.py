@@ -25,6 +25,7 @@ from planners.base import (
     device_of,
     evaluate,
     initial_mean,
+    keep_best,
     resolve_action_dim,
     resolve_bounds,
 )
@@ -36,14 +37,14 @@ def mppi(
     z0: Any,
     action_dim: int | None = None,
     horizon: int = 5,
-    population: int = 300,
-    iterations: int = 30,
+    population: int = 200,
+    iterations: int = 10,
     temperature: float = 0.5,
     noise_std: float | Tensor = 0.5,
     action_low: Bound = -1.0,
     action_high: Bound = 1.0,
     init_mean: Tensor | None = None,
-    elites: int | None = 30,
+    elites: int | None = 20,
     normalize: bool = True,
     adapt_std: bool = True,
     min_std: float = 0.05,
@@ -79,8 +80,8 @@ def mppi(
         std = torch.as_tensor(noise_std, dtype=torch.float32, device=device).expand(horizon, A).clone()
         if not bool((std > 0).all()):
             raise ValueError(f"noise_std must be > 0; got {noise_std}")
-        trace = torch.empty(iterations)
-        best_cost, best_actions = float("inf"), mean.clone()
+        trace = torch.empty(iterations, device=device)  # filled on the device: one sync at the end
+        best_cost, best_actions = torch.tensor(float("inf"), device=device), mean.clone()
         for it in range(iterations):
             noise = torch.randn((population, horizon, A), generator=generator, device=device)
             samples = torch.maximum(torch.minimum(mean + std * noise, high), low)  # [S, H, A]
@@ -90,7 +91,8 @@ def mppi(
                 costs, idx = torch.topk(costs, elites, largest=False)
                 samples = samples[idx]
             finite = torch.isfinite(costs)
-            c = torch.where(finite, costs, costs[finite].max() if finite.any() else torch.zeros(()))
+            worst = torch.where(finite, costs, float("-inf")).max()  # the worst finite cost (-inf if none)
+            c = torch.where(finite, costs, torch.where(finite.any(), worst, 0.0))
             gap = c - c.min()
             scale = (c.median() - c.min()).clamp(min=1e-8) if normalize and c.numel() > 1 else 1.0
             w = torch.softmax(-gap / (temperature * scale), dim=0)
@@ -101,12 +103,10 @@ def mppi(
                 var = torch.einsum("s,sha->ha", w, (samples - new_mean) ** 2)
                 std = var.sqrt().clamp(min=min_std)
             mean = momentum * mean + (1 - momentum) * new_mean
-            i_best = int(torch.argmin(costs))
-            trace[it] = costs[i_best].item()
-            if trace[it] < best_cost:
-                best_cost, best_actions = float(trace[it]), samples[i_best].clone()
+            best_cost, best_actions, trace[it] = keep_best((best_cost, best_actions), costs, samples)
         actions = torch.maximum(torch.minimum(mean, high), low)
         cost = float(evaluate(rollout_fn, cost_fn, z0, actions[None])[0])
+        trace, best_cost = trace.cpu(), float(best_cost)
     return PlanResult(
         actions=actions,
         cost=cost,
@@ -127,13 +127,13 @@ class MPPIPlanner(Planner):
         self,
         action_dim: int | None = None,
         horizon: int = 5,
-        population: int = 300,
-        iterations: int = 30,
+        population: int = 200,
+        iterations: int = 10,
         temperature: float = 0.5,
         noise_std: float = 0.5,
         action_low: Bound = -1.0,
         action_high: Bound = 1.0,
-        elites: int | None = 30,
+        elites: int | None = 20,
         normalize: bool = True,
         adapt_std: bool = True,
         min_std: float = 0.05,

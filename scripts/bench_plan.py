@@ -1,12 +1,14 @@
-"""Benchmark one full planner replan through the world model's rollout, with and without the KV cache.
+"""Benchmark one full planner replan through the world model's rollout, as the MPC agent runs it (KV cache,
+the cost's readout layer fused into the predictor's head), against the same rollout without the fusion and
+without the KV cache.
 
     python scripts/bench_plan.py                                  # random default-size model, CEM 300x30xH5
     python scripts/bench_plan.py --checkpoint runs/wm/checkpoint  # a trained world model
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
 
-Cached and uncached replans alternate in one process (so machine load hits both alike); prints
-min/median/max seconds per replan, the speed-up, the control rate of the default planning budget
-(scripts/plan.py's: configs/plan.yaml over configs/planner/<planner>.yaml) in Hz, the torch threads
+The variants alternate in one process (so machine load hits them alike); prints min/median/max seconds per
+replan, the speed-ups, the control rate of the default planning budget
+(scripts/plan.py's: the planner's own defaults) in Hz, the torch threads
 and the load average, then one JSON line.
 """
 
@@ -23,6 +25,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from jepa_agent.agent import planning_rollout
+from jepa_agent.config import register_configs
 from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import WorldModel, build_world_model
 
@@ -35,14 +39,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--world-model", default="compact", help="configs/world_model/<name> for random init")
     p.add_argument("--encoder", default="vit_micro", help="configs/encoder/<name> for random init")
     p.add_argument("--action-dim", type=int_at_least(1), default=2)
-    p.add_argument("--planner", default="cem", choices=["cem", "mppi"], help="configs/planner/<name>")
+    p.add_argument("--planner", default="cem", choices=["cem", "mppi"], help="planner=<name> (its schema)")
     p.add_argument("--population", type=int_at_least(1), default=300)
     p.add_argument("--iterations", type=int_at_least(1), default=30)
     p.add_argument("--horizon", type=int_at_least(1), default=5)
     p.add_argument("--context", type=int_at_least(1), default=1, help="observed frames of rollout context")
     p.add_argument("--replans", type=int_at_least(5), default=7, help="timed replans per variant (>= 5)")
     p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch default)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the uncached (full-window) baseline")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unfused and uncached baselines")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the rollout")
     p.add_argument(
         "--cost-space",
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     set_threads(args.threads)
     torch.manual_seed(0)
+    register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(
             overrides=[
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     goal = torch.nn.functional.layer_norm(torch.randn(N, D), (D,))
     if args.cost_space == "readout" and model.readout is None:
         raise ValueError(f"--cost-space=readout but {source} has no state readout; pass --cost-space=latent")
-    cost = model.cost(goal, metric="mse", space=args.cost_space)
+    cost = model.cost(goal, space=args.cost_space)  # plan.py's cost otherwise (CostConfig's defaults)
     budget = dict(population=args.population, iterations=args.iterations, horizon=args.horizon)
     elites = cfg.planner.get("elites")
     if elites is not None and elites > args.population:  # keep the elite share for small populations
@@ -105,24 +110,25 @@ def main(argv: list[str] | None = None) -> dict:
     bench_planner = instantiate(cfg.planner, action_dim=A, **budget)
     default_planner = instantiate(plan_cfg.planner, action_dim=A)
 
-    def replan(planner, use_cache: bool) -> float:
+    fused_rollout = planning_rollout(model, cost)  # what MPCAgent plans with
+
+    def replan(planner, use_cache: bool, fuse: bool = True) -> float:
         def rollout(c, a):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                return model.rollout(c, a, use_cache=use_cache).float()
+                return (fused_rollout if fuse else model.rollout)(c, a, use_cache=use_cache).float()
 
         with torch.inference_mode():
             return planner.plan(rollout, cost, ctx).plan_seconds
 
-    variants = {"kv_cache": True} | ({} if args.no_baseline else {"no_cache": False})
-    for use_cache in variants.values():  # warm-up (allocator, kernels)
-        replan(
-            instantiate(cfg.planner, action_dim=A, **{**budget, "iterations": 2}),
-            use_cache,
-        )
+    variants = {"kv_cache": (True, True)}  # (use_cache, fuse)
+    if not args.no_baseline:
+        variants |= {"unfused": (True, False), "no_cache": (False, False)}
+    for use_cache, fuse in variants.values():  # warm-up (allocator, kernels)
+        replan(instantiate(cfg.planner, action_dim=A, **{**budget, "iterations": 2}), use_cache, fuse)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.replans):
-        for name, use_cache in variants.items():
-            times[name].append(replan(bench_planner, use_cache))
+        for name, (use_cache, fuse) in variants.items():
+            times[name].append(replan(bench_planner, use_cache, fuse))
     default_budget = {k: getattr(default_planner, k) for k in ("population", "iterations", "horizon")}
     if default_budget == {k: budget[k] for k in default_budget}:
         default_times = times["kv_cache"]
@@ -152,9 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
         "control_hz": round(1.0 / statistics.median(default_times), 3),
     }
     if "no_cache" in times:
-        result["speedup"] = round(
-            statistics.median(times["no_cache"]) / statistics.median(times["kv_cache"]), 2
-        )
+        for base in ("no_cache", "unfused"):
+            result[f"speedup_vs_{base}"] = round(
+                statistics.median(times[base]) / statistics.median(times["kv_cache"]), 2
+            )
     err = sys.stderr
     print(
         f"model: {source}; latent {N}x{D}; predictor dim {result['predictor']['dim']} depth "
@@ -174,8 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"over {len(t)} replans",
             file=err,
         )
-    if "speedup" in result:
-        print(f"  KV cache speed-up (median): {result['speedup']}x", file=err)
+    if "no_cache" in times:
+        print(
+            f"  speed-up of kv_cache (fused) over no_cache: {result['speedup_vs_no_cache']}x, over unfused: "
+            f"{result['speedup_vs_unfused']}x (medians)",
+            file=err,
+        )
     print(
         f"  default budget {default_budget}: {result['control_hz']} Hz control rate (1 replan per step)",
         file=err,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from jepa_agent.config import hydra_main
 from jepa_agent.utils import cli_errors  # torch-free
 
 # the rest of jepa_agent is imported inside main(): collection workers start from a process that
@@ -23,7 +23,7 @@ from jepa_agent.utils import cli_errors  # torch-free
 ENV_META_KEYS = ("name", "id", "joint_angles", "continuous_joints")
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="collect")
+@hydra_main("collect")
 @cli_errors(on_interrupt="finished episodes are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     from jepa_agent.collect import collect

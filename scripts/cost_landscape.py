@@ -15,12 +15,12 @@ here no matter how good the world model is. Ends with one JSON line ``{space: su
 
 from __future__ import annotations
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
+from jepa_agent.config import hydra_main
 from jepa_agent.utils import check_int, cli_errors, emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel
 
@@ -65,7 +65,7 @@ def greedy_success(
     return hits / len(goals)
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="cost_landscape")
+@hydra_main("cost_landscape")
 @cli_errors
 def main(cfg: DictConfig) -> None:
     for key, least in (("shoulder_steps", 2), ("elbow_steps", 2), ("goals", 1)):

@@ -16,15 +16,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
+from jepa_agent.config import hydra_main
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
 from jepa_agent.oracle import ReachKinematics
-from jepa_agent.planning import build_agent, build_planner, load_planning_model, write_plan_report
+from jepa_agent.planning import build_agent, load_planning_model, write_plan_report
 from jepa_agent.utils import (
     atomic_write_json,
     check_int,
@@ -48,7 +48,7 @@ def check_counts(cfg: DictConfig) -> None:
         check_int(key, cfg[key], least, what)
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="plan")
+@hydra_main("plan")
 @cli_errors(
     on_interrupt="the episodes finished so far are in the run dir's episodes.jsonl (outputs/plan/<time>)"
 )
@@ -58,16 +58,12 @@ def main(cfg: DictConfig) -> None:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    env_kwargs = {k: cfg.env[k] for k in ("image_size", "frame_skip", "max_delta", "max_episode_steps")}
-    env = envs.make_env(cfg.env.name, **env_kwargs)
+    env = envs.make_env_from_config(cfg.env)
     action_dim = env.action_space.shape[0]
-    low, high = float(env.action_space.low.min()), float(env.action_space.high.max())
 
     kind = goal_kind(str(cfg.goal))
     goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
-    oracle = build_agent(
-        ReachKinematics.from_env(env), build_planner(cfg.planner, action_dim), cfg.agent, low, high
-    )
+    oracle = build_agent(ReachKinematics.from_env(env), cfg.planner, cfg.agent, cfg.cost, env.action_space)
     policies = {}
     if kind == "state":
         policies["oracle"] = oracle
@@ -77,10 +73,10 @@ def main(cfg: DictConfig) -> None:
             envs.resolve_env_id(cfg.env.name),
             cfg.env.image_size,
             action_dim,
-            cfg.cost,
+            cfg.cost.space,
             device,
         )
-        policies["jepa"] = build_agent(model, build_planner(cfg.planner, action_dim), cfg.agent, low, high)
+        policies["jepa"] = build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
         if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
             policies["oracle"] = oracle
     if cfg.baselines and kind != "file":

@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 import warnings
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.checkpoint import CheckpointError
+from jepa_agent.config import hydra_main
 from jepa_agent.masks import specs_from_config
 from jepa_agent.models.predictor import MaskedPredictor
 from jepa_agent.models.vit import build_encoder, encoder_config
@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> dict:
     return {**result.summary(), "out": str(out)}
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="pretrain")
+@hydra_main("pretrain")
 @cli_errors(on_interrupt=RESUME_HINT)
 def main(cfg: DictConfig) -> None:
     warnings.simplefilter("always", CollapseWarning)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.checkpoint import CheckpointError
+from jepa_agent.config import hydra_main
 from jepa_agent.data import EpisodeDataset
 from jepa_agent.models.vit import VideoViT, encoder_config, load_encoder
 from jepa_agent.probe import (
@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
     }
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="probe")
+@hydra_main("probe")
 @cli_errors
 def main(cfg: DictConfig) -> None:
     try:

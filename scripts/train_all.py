@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from jepa_agent.config import hydra_main
 from jepa_agent.utils import cli_errors, emit_json_line
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -60,7 +60,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.kill()
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="train_all")
+@hydra_main("train_all")
 @cli_errors(on_interrupt="finished stages and checkpoints are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)

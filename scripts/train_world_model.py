@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import warnings
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.checkpoint import load_config
+from jepa_agent.config import hydra_main
 from jepa_agent.data import DataError, EpisodeDataset
 from jepa_agent.models.vit import encoder_config, load_encoder
 from jepa_agent.training.distributed import dist_info, shutdown_distributed
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
     }
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="train_world_model")
+@hydra_main("train_world_model")
 @cli_errors(on_interrupt=RESUME_HINT)
 def main(cfg: DictConfig) -> None:
     if cfg.logger not in ("csv", "tensorboard"):

@@ -120,16 +120,13 @@ def test_plan_script_reaches_goals_on_cuda(tmp_path):
 
 @pytest.mark.parametrize("name", ["cem", "mppi", "gd"])
 def test_every_planner_plans_on_cuda(shipped, name):
-    from omegaconf import OmegaConf
-
-    from jepa_agent.planning import ConfiguredCost, build_agent, build_planner
+    from jepa_agent.config import compose_config
+    from jepa_agent.planning import build_agent
 
     _, gpu = shipped
-    planner = build_planner(OmegaConf.load(REPO / "configs" / "planner" / f"{name}.yaml"), action_dim=2)
-    agent_cfg = OmegaConf.create({"execute_steps": 1, "memory": 1, "warm_start": True})
-    model = ConfiguredCost(gpu, "mse", "final", 1.0, 0.0, "readout")  # as plan.py configures it
-    agent = build_agent(model, planner, agent_cfg, -1.0, 1.0)
+    cfg = compose_config("plan", [f"planner={name}"])  # as plan.py configures it
     env = envs.make_env("reach")
+    agent = build_agent(gpu, cfg.planner, cfg.agent, cfg.cost, env.action_space)
     obs, _ = env.reset(seed=10_300)
     agent.reset({"image": env.unwrapped.render_goal()})
     actions = [agent.act(obs) for _ in range(2)]

@@ -144,15 +144,16 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_hydra_configs_instantiate():
-    from pathlib import Path
-
+    """``planner=NAME`` composes to the typed schema of the planner's constructor and instantiates it,
+    with the constructor's own defaults (one source: the class)."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "planner"
+    from jepa_agent.config import compose_config
+
     z0, cost = make_problem(INTERIOR[0])
     for name, cls in [("cem", CEMPlanner), ("mppi", MPPIPlanner), ("gd", GDPlanner)]:
-        cfg = OmegaConf.load(root / f"{name}.yaml")
+        cfg = compose_config("plan", [f"planner={name}"]).planner
+        assert repr(instantiate(cfg, action_dim=A)) == repr(cls(action_dim=A))  # the class's defaults
         overrides = {"restarts": 2} if name == "gd" else {"population": 16, "elites": 4}
         planner = instantiate(cfg, action_dim=A, iterations=2, **overrides)
         assert isinstance(planner, cls)

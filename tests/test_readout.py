@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from jepa_agent.costs import LatentGoalCost, ProjectedGoalCost
 from jepa_agent.planning import load_planning_model
@@ -87,15 +86,46 @@ def test_cost_space_readout_and_its_errors(tmp_path):
     loaded = WorldModel.from_checkpoint(tmp_path / "ro", device="cpu")
     with torch.inference_mode():
         torch.testing.assert_close(loaded.readout(pred), model.readout(pred))
-    cost_cfg = OmegaConf.create({"space": "readout", "metric": "mse", "reduction": "final", "discount": 1.0,
-                                 "action_weight": 0.0})  # fmt: skip
-    load_planning_model(str(tmp_path / "ro"), None, None, A, cost_cfg, "cpu")
+    load_planning_model(str(tmp_path / "ro"), None, None, A, "readout", "cpu")
     save_world_model(tmp_path / "plain", plain_model(), encoder_name="vit_micro")
     with pytest.raises(ValueError, match=r"plain: cost.space=readout needs .*use cost.space=latent"):
-        load_planning_model(str(tmp_path / "plain"), None, None, A, cost_cfg, "cpu")
+        load_planning_model(str(tmp_path / "plain"), None, None, A, "readout", "cpu")
+    assert (
+        load_planning_model(str(tmp_path / "plain"), None, None, A, "auto", "cpu").resolve_cost_space("auto")
+        == "latent"
+    )  # auto: the readout when there is one, else the latents
     with pytest.raises(ValueError, match="cost.space='pixels'"):
-        bad = OmegaConf.merge(cost_cfg, {"space": "pixels"})
-        load_planning_model(str(tmp_path / "ro"), None, None, A, bad, "cpu")
+        load_planning_model(str(tmp_path / "ro"), None, None, A, "pixels", "cpu")
+
+
+@pytest.mark.parametrize("reduction", ["final", "all"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_fused_readout_rollout_equals_the_readout_of_the_latents(reduction, residual):
+    """The planning path fuses the readout's first layer into the predictor's head (the wide latents are
+    never built); its costs equal the readout of the full imagined latents, with and without grad."""
+    from jepa_agent.agent import planning_rollout
+    from jepa_agent.costs import ActionMagnitudeCost
+
+    torch.manual_seed(0)
+    model = with_readout(plain_model())
+    model.predictor.residual = residual
+    model.predictor.set_delta_scale(torch.rand(model.latent_shape[1]) + 0.5)
+    goal = model.encode_goal({"image": obs()["pixels"]})
+    state = model.encode(obs())
+    actions = torch.rand(6, 4, A) * 2 - 1
+    cost = model.cost(goal, reduction=reduction, action_weight=0.1)
+    assert cost.rollout_projection is model.readout.input_layer  # through the sum with the action term
+    fused = planning_rollout(model, cost)
+    with torch.inference_mode():
+        assert fused(state, actions).shape == (6, 4, model.readout.hidden)
+        torch.testing.assert_close(
+            cost(fused(state, actions), actions), cost(model.rollout(state, actions), actions)
+        )
+    a = actions.clone().requires_grad_(True)  # the gradient planner's path
+    cost(fused(state, a), a).sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+    latent = model.cost(goal, space="latent") + ActionMagnitudeCost(0.1)
+    assert planning_rollout(model, latent) == model.rollout  # latents are read whole: nothing to fuse
 
 
 def test_training_fits_the_readout_of_encoded_and_predicted_latents(tmp_path):

@@ -369,6 +369,7 @@ def test_bench_plan_smoke(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == json.loads(json.dumps(res))
     assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
+    assert res["unfused_s"]["median"] > 0 and res["speedup_vs_unfused"] > 0
     assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "readout"
     with pytest.raises(SystemExit):  # a usage error naming the bound, not a planner traceback
         bench.main(["--population", "0"])

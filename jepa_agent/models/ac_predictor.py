@@ -345,6 +345,7 @@ class ACPredictor(nn.Module):
         actions_ctx: Tensor | None = None,
         proprio_ctx: Tensor | None = None,
         use_cache: bool = True,
+        project: nn.Linear | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Roll out ``H`` imagined steps autoregressively from a context of ``C`` observed frames.
 
@@ -354,9 +355,13 @@ class ACPredictor(nn.Module):
             actions_ctx: ``[B, C-1, A]`` the actions taken between the context frames (None when C == 1).
             proprio_ctx: ``[B, C, P]`` when the predictor uses proprio.
             use_cache: cache past keys/values (fast); False recomputes the whole window each step.
+            project: a linear map of one frame's flattened latent ``[N * D] -> [F]`` (e.g. the first layer
+                of a readout): return ``project(z)`` ``[S, H, F]`` instead of ``z``, fused into the latent
+                head, so the (wide) latents are never materialised.
 
         Returns:
-            ``(z [S, H, N, D], proprio [S, H, P] | None)``: the predicted latents of steps ``C .. C+H-1``.
+            ``(z [S, H, N, D] or project(z) [S, H, F], proprio [S, H, P] | None)``: the predicted latents
+            of steps ``C .. C+H-1``.
         """
         B, C = z_ctx.shape[:2]
         S, H, _ = actions.shape
@@ -369,8 +374,14 @@ class ACPredictor(nn.Module):
             raise ValueError(
                 f"context {C} + horizon {H} - 1 = {C + H - 1} steps exceeds max_steps={self.max_steps}"
             )
+        if project is not None and project.in_features != self.num_tokens * self.latent_dim:
+            raise ValueError(
+                f"project takes {project.in_features} inputs; one latent frame has "
+                f"{self.num_tokens} x {self.latent_dim}"
+            )
         if not use_cache:
-            return self._imagine_full(z_ctx, actions, actions_ctx, proprio_ctx)
+            z, p = self._imagine_full(z_ctx, actions, actions_ctx, proprio_ctx)
+            return (z if project is None else project(z.flatten(-2))), p
         cache = None
         if C > 1:  # the observed past is the same for every sample: run it once at batch B
             p = None if proprio_ctx is None else proprio_ctx[:, :-1]
@@ -396,6 +407,9 @@ class ACPredictor(nn.Module):
                 e = (e if self.residual else 0) + h @ R.T + c
         hs = torch.stack(hs, dim=1)  # [S, H, N, dim]
         N, D = z0.shape[-2:]
+        ps = torch.stack(ps, dim=1) if p is not None else None
+        if project is not None:
+            return self._project_out(hs, z0, scale, project), ps
         if not self.residual:
             out = self.latent_head(hs)
         else:
@@ -407,7 +421,31 @@ class ACPredictor(nn.Module):
                 out = torch.addmm(z0.reshape(D), flat, w.T).view(S, H, N, D)
             else:
                 out = (flat @ w.T).view(S, H, N, D) + z0.unsqueeze(1)
-        return out, (torch.stack(ps, dim=1) if p is not None else None)
+        return out, ps
+
+    def _project_out(self, hs: Tensor, z0: Tensor, scale: Tensor, project: nn.Linear) -> Tensor:
+        """``project(z_t)`` for the latents the head would give from features ``hs [S, H, N, dim]``.
+
+        ``project`` is affine and so is the head: with ``W_n`` the columns of ``project.weight`` that
+        read token ``n``, ``project(z_t) = b + sum_n W_n z_t[n]``, and the head's weights fold into
+        ``W_n`` once per call (``[F, D] @ [D, dim]``); the ``[S, H, N, D]`` latents never exist.
+        """
+        S, H, N, _ = hs.shape
+        D = self.latent_dim
+        W = project.weight.view(-1, N, D)  # [F, N, D]
+        w_h, b_h = self.latent_head.weight, self.latent_head.bias  # [D, dim], [D]
+        if self.residual:  # z_t = z0 + scale * (W_h sum_{u<=t} h_u + t b_h)
+            w = torch.cat([w_h, b_h[:, None]], dim=1) * scale[:, None]  # [D, dim+1]
+            count = torch.arange(1, H + 1, dtype=hs.dtype, device=hs.device).view(1, H, 1, 1)
+            feats = torch.cat([hs.cumsum(1), count.expand(S, H, N, 1)], dim=-1)  # [S, H, N, dim+1]
+            base = project(z0.flatten(-2)).unsqueeze(-2)  # [B, 1, F]
+        else:  # z_t = W_h h_t + b_h
+            w, feats = w_h, hs
+            bias = torch.einsum("fnd,d->f", W, b_h)
+            base = (bias if project.bias is None else bias + project.bias).view(1, 1, -1)  # [1, 1, F]
+        M = torch.einsum("fnd,dk->fnk", W, w).flatten(1)  # [F, N * k]
+        out = feats.reshape(S, H, -1) @ M.T  # [S, H, F]
+        return out + base
 
     def _imagine_full(
         self, z_ctx: Tensor, actions: Tensor, actions_ctx: Tensor | None, proprio_ctx: Tensor | None

@@ -166,6 +166,15 @@ class StateReadout(nn.Module):
         """Latents ``[..., N, D]`` -> state features ``[..., out_dim]``."""
         return self.net(z.flatten(-2))
 
+    @property
+    def input_layer(self) -> nn.Linear:
+        """The first (linear) layer on the flattened latent: a rollout can fuse it into its output head."""
+        return self.net[0]
+
+    def from_input_layer(self, x: Tensor) -> Tensor:
+        """The rest of the readout: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., out_dim]``."""
+        return self.net[1:](x)
+
 
 class Normalizer(nn.Module):
     """Action / proprio / latent standardisation with statistics from the training data (saved as buffers).
