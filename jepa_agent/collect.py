@@ -51,6 +51,10 @@ class NoisyTargetPolicy:
     (clipped to the joint ranges when known) every ``retarget_min..retarget_max`` steps, so
     episodes mix saturated moves with fine approaches (start poses are random already);
     the noise is an AR(1) process with standard deviation ``noise`` and correlation ``smoothing``.
+    With probability ``hold_prob`` a segment holds still instead: its target is the current pose and its
+    noise ``hold_noise``, so the data shows what (almost) no action does -- what a planner does once it has
+    arrived. Without such segments the world model imagines the arm drifting under zero action, and the
+    agent wanders around the goal it reached.
     """
 
     def __init__(
@@ -67,6 +71,8 @@ class NoisyTargetPolicy:
         retarget_min: int = 4,
         retarget_max: int = 12,
         target_span: float = 1.5,
+        hold_prob: float = 0.2,
+        hold_noise: float = 0.02,
     ) -> None:
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
@@ -76,8 +82,12 @@ class NoisyTargetPolicy:
             )
         if not max_delta > 0:
             raise ValueError(f"max_delta={max_delta!r}: expected > 0 (rad per unit action)")
-        if not (noise >= 0 and target_span >= 0):
-            raise ValueError(f"noise={noise!r}, target_span={target_span!r}: expected both >= 0")
+        if not (noise >= 0 and target_span >= 0 and hold_noise >= 0):
+            raise ValueError(
+                f"noise={noise!r}, target_span={target_span!r}, hold_noise={hold_noise!r}: expected all >= 0"
+            )
+        if not 0.0 <= hold_prob <= 1.0:
+            raise ValueError(f"hold_prob={hold_prob!r}: expected a probability in [0, 1]")
         self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
         self.n = len(self.low)
         self.max_delta, self.gain, self.noise, self.smoothing = float(max_delta), gain, noise, smoothing
@@ -85,6 +95,8 @@ class NoisyTargetPolicy:
         self.joint_high = None if joint_high is None else np.asarray(joint_high, np.float64)
         self.retarget = (int(retarget_min), int(retarget_max))
         self.target_span = float(target_span)
+        self.hold_prob, self.hold_noise = float(hold_prob), float(hold_noise)
+        self._holding = False
         self._eps = np.zeros(self.n)
         self._target: np.ndarray | None = None
         self._countdown = 0
@@ -92,14 +104,20 @@ class NoisyTargetPolicy:
     def __call__(self, proprio: np.ndarray) -> np.ndarray:
         q = np.asarray(proprio[: self.n], np.float64)  # joint angles
         if self._countdown <= 0 or self._target is None:
-            target = q + self.rng.uniform(-self.target_span, self.target_span, self.n)
+            # drawn only when holding is possible, so hold_prob=0 replays the older datasets' noise exactly
+            self._holding = self.hold_prob > 0 and bool(self.rng.uniform() < self.hold_prob)
+            span = self.target_span
+            offset = 0.0 if self._holding else self.rng.uniform(-span, span, self.n)
+            target = q + offset
             if self.joint_low is not None and self.joint_high is not None:
                 target = np.clip(target, self.joint_low, self.joint_high)  # inf bounds: no-op
             self._target = target
             self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
+            if self._holding:
+                self._eps = np.zeros(self.n)
         self._countdown -= 1
-        rho = self.smoothing
-        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * self.noise * self.rng.standard_normal(self.n)
+        rho, std = self.smoothing, self.hold_noise if self._holding else self.noise
+        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * std * self.rng.standard_normal(self.n)
         action = self.gain * (self._target - q) / self.max_delta + self._eps
         return np.clip(action, self.low, self.high).astype(np.float32)
 

@@ -127,7 +127,8 @@ def main(cfg: DictConfig) -> None:
     }
     for name in ("random", "oracle"):
         if name in results and name != main_name:
-            summary[f"{name}_success_rate"] = results[name]["success_rate"]
+            for key in ("success_rate", "success_ci95", "success_rate_end"):
+                summary[f"{name}_{key}"] = results[name][key]
     summary["out"] = str(out)
     emit_json_line(summary)
     env.close()

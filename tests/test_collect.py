@@ -55,8 +55,27 @@ def test_policies():
         assert np.all(np.abs(runs[0]) <= 1.0) and runs[0].std() > 0.1
     with pytest.raises(ValueError, match="available: \\['noisy', 'random'\\]"):
         make_policy("greedy", info, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="noise=-0.1, target_span=1.5: expected both >= 0"):
+    with pytest.raises(ValueError, match="noise=-0.1, target_span=1.5, hold_noise=0.02: expected all >= 0"):
         make_policy("noisy", info, np.random.default_rng(0), noise=-0.1)
+    with pytest.raises(ValueError, match=r"hold_prob=1.5: expected a probability in \[0, 1\]"):
+        make_policy("noisy", info, np.random.default_rng(0), hold_prob=1.5)
+
+
+def test_noisy_policy_holds_still_in_hold_segments():
+    """hold_prob: some segments keep the arm where it is (near-zero actions), so the data shows what the
+    planner's "stay" does; hold_prob=0 never holds."""
+    env = make_recording_env("reach", ENV_KW)
+    info = env.env_info()
+    env.close()
+    proprio = np.zeros(4, np.float32)
+    holding = make_policy("noisy", info, np.random.default_rng(0), hold_prob=1.0)
+    acts = np.stack([holding(proprio) for _ in range(200)])
+    assert np.abs(acts).max() < 0.1 and acts.std() > 0  # still noisy, but tiny
+    moving = make_policy("noisy", info, np.random.default_rng(0), hold_prob=0.0)
+    assert np.abs(np.stack([moving(proprio) for _ in range(200)])).mean() > 0.3
+    mixed = make_policy("noisy", info, np.random.default_rng(0))  # the default: collect.yaml's 0.2
+    small = np.abs(np.stack([mixed(proprio) for _ in range(2000)])).max(-1) < 0.1
+    assert 0.05 < small.mean() < 0.5
 
 
 def test_collect_roundtrip_matches_env(tmp_path):
