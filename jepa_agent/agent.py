@@ -146,7 +146,7 @@ class MPCAgent:
         self._queue: deque[Tensor] = deque()
         self._prev_mean: Tensor | None = None
         self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
-        self._rollout_fn: Callable[[Any, Tensor], Any] = model.rollout
+        self._rollout_fn: Callable[[Any, Tensor], Any] | None = None  # set with the goal (reset)
         self.goal_encoded: Any = None
         self.last_plan: PlanResult | None = None
         self.last_plan_seconds: float | None = None

@@ -71,7 +71,7 @@ class NoisyTargetPolicy:
         retarget_min: int = 4,
         retarget_max: int = 12,
         target_span: float = 1.5,
-        hold_prob: float = 0.2,
+        hold_prob: float = 0.0,
         hold_noise: float = 0.02,
     ) -> None:
         if not 0.0 <= smoothing < 1.0:

@@ -73,7 +73,7 @@ def test_noisy_policy_holds_still_in_hold_segments():
     assert np.abs(acts).max() < 0.1 and acts.std() > 0  # still noisy, but tiny
     moving = make_policy("noisy", info, np.random.default_rng(0), hold_prob=0.0)
     assert np.abs(np.stack([moving(proprio) for _ in range(200)])).mean() > 0.3
-    mixed = make_policy("noisy", info, np.random.default_rng(0))  # the default: collect.yaml's 0.2
+    mixed = make_policy("noisy", info, np.random.default_rng(0), hold_prob=0.2)
     small = np.abs(np.stack([mixed(proprio) for _ in range(2000)])).max(-1) < 0.1
     assert 0.05 < small.mean() < 0.5
 

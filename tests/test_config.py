@@ -1,0 +1,113 @@
+"""Typed configs: plan.yaml composes with every planner and world-model option and plans a step with each;
+a wrong key or type is refused at compose time in one line naming it; the Python API's defaults are the
+scripts' (one source of defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from jepa_agent.agent import MPCAgent
+from jepa_agent.config import compose_config
+from jepa_agent.costs import CostConfig
+from jepa_agent.planning import build_agent
+from jepa_agent.world_model import WorldModel, build_world_model
+from planners import CEMPlanner, GDPlanner, MPPIPlanner
+from tests.conftest import REPO
+
+PLANNERS = {"cem": CEMPlanner, "mppi": MPPIPlanner, "gd": GDPlanner}
+WORLD_MODELS = sorted(p.stem for p in (REPO / "configs" / "world_model").glob("*.yaml"))
+SMALL_BUDGET = {"cem": ["planner.population=8", "planner.elites=2", "planner.iterations=2"],
+                "mppi": ["planner.population=8", "planner.elites=2", "planner.iterations=2"],
+                "gd": ["planner.restarts=2", "planner.iterations=2"]}  # fmt: skip
+
+
+def tiny_world_model(world_model: str) -> WorldModel:
+    """A random-init world model built from the composed ``world_model=`` option (tiny sizes)."""
+    cfg = compose_config(
+        "train_world_model",
+        [f"world_model={world_model}", "world_model.predictor.dim=16", "world_model.predictor.num_heads=2",
+         "world_model.predictor.depth=1", "world_model.attentive_heads=2", "world_model.readout.hidden=8"],
+    )  # fmt: skip
+    enc = {"name": "vit_micro", "img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    run = {"encoder": enc, "world_model": OmegaConf.to_container(cfg.world_model, resolve=True),
+           "action_dim": 2, "proprio_dim": 4, "env_id": "JepaAgent/Reach-v0"}  # fmt: skip
+    return build_world_model(run)
+
+
+@pytest.mark.parametrize("planner", sorted(PLANNERS))
+@pytest.mark.parametrize("world_model", WORLD_MODELS)
+def test_plan_yaml_composes_with_every_planner_and_world_model(planner, world_model):
+    assert {"compact", "patch", "attentive", "grid2", "mean"} <= set(WORLD_MODELS)
+    cfg = compose_config("plan", [f"planner={planner}", *SMALL_BUDGET[planner]])
+    params = set(inspect.signature(PLANNERS[planner].__init__).parameters) - {"self", "action_dim"}
+    assert set(cfg.planner) - {"_target_"} == params  # exactly its own keys: none leak from another planner
+    model = tiny_world_model(world_model)
+    space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    agent = build_agent(model, cfg.planner, cfg.agent, cfg.cost, space)
+    assert isinstance(agent.planner, PLANNERS[planner]) and agent.horizon == agent.planner.horizon
+    rng = np.random.default_rng(0)
+    obs = {"pixels": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "proprio": np.zeros(4)}
+    agent.reset({"image": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)})
+    action = agent.act(obs)
+    assert action.shape == (2,) and np.isfinite(action).all() and np.abs(action).max() <= 1
+
+
+def test_api_defaults_are_the_scripts_defaults():
+    """``MPCAgent(model, CEMPlanner(action_dim=A))`` is what plan.py builds from its config."""
+    cfg = compose_config("plan")
+    planner = CEMPlanner(action_dim=2)
+    assert {k: cfg.planner[k] for k in cfg.planner if k != "_target_"} == {
+        k: getattr(planner, k) for k in cfg.planner if k != "_target_"
+    }
+    assert OmegaConf.to_container(cfg.cost) == dataclasses.asdict(CostConfig())
+    agent = MPCAgent(object(), planner)  # type: ignore[arg-type]  (nothing is planned here)
+    script = build_agent(object(), cfg.planner, cfg.agent, cfg.cost, gym.spaces.Box(-1.0, 1.0, (2,)))
+    for key in ("horizon", "execute_steps", "warm_start", "action_low", "action_high"):
+        assert getattr(agent, key) == getattr(script, key), key
+    assert agent.memory.capacity == script.memory.capacity
+    assert agent.cost_options == {}  # the model's own cost defaults, which are CostConfig's (below)
+    assert script.cost_options == dataclasses.asdict(CostConfig())
+    # the world model's own cost defaults are CostConfig's too
+    defaults = {k: p.default for k, p in inspect.signature(WorldModel.cost).parameters.items() if k != "goal"}
+    defaults.pop("self")
+    assert defaults == dataclasses.asdict(CostConfig())
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("planner.populaton=100", ["planner.populaton", "population"]),
+        ("planner.population=many", ["planner.population", "many", "Integer"]),
+        ("agent.memory=1.5", ["agent.memory", "1.5"]),
+        ("cost.discount=soon", ["cost.discount", "soon"]),
+        ("env.image_size=big", ["env.image_size", "big"]),
+        ("planner=beam", ["planner/beam", "cem, gd, mppi"]),
+        ("cost.reduction=mean", ["cost.reduction='mean'", "final"]),
+    ],
+)
+def test_a_wrong_key_or_type_is_one_clear_line(override, names, run_env, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plan.py"), override, "episodes=1", "baselines=false",
+         "videos=0", "energy_grid=0", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if "error" in x]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+
+
+def test_world_model_group_is_typed():
+    with pytest.raises(Exception, match="predictor.dmi"):
+        compose_config("train_world_model", ["world_model.predictor.dmi=3"])
+    with pytest.raises(Exception, match="grid_size"):
+        compose_config("train_world_model", ["world_model.grid_size=large"])
