@@ -97,8 +97,18 @@ def test_video_roundtrip_and_probe(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
-    with pytest.raises(ValueError, match="even"):
-        write_video(tmp_path / "odd.mp4", np.zeros((2, 15, 16, 3), np.uint8), fps=10)
+    with pytest.raises(ValueError, match="even"):  # yuv420p halves the chroma resolution
+        write_video(tmp_path / "odd.mp4", np.zeros((2, 15, 16, 3), np.uint8), fps=10, pix_fmt="yuv420p")
+
+
+def test_default_video_is_lossless(tmp_path):
+    """The default (libx264rgb, crf 0) decodes to the frames bit for bit: a world model trained on recorded
+    episodes sees at planning time exactly the renders it learned from (odd sizes are fine too)."""
+    rng = np.random.default_rng(0)
+    for shape in ((6, 64, 64, 3), (3, 15, 17, 3)):
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        path = write_video(tmp_path / f"{shape[1]}.mp4", frames, fps=20)
+        np.testing.assert_array_equal(read_video(path), frames)
 
 
 def test_read_video_crop_resize(tmp_path):
