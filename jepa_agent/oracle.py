@@ -10,6 +10,8 @@ perfect world model and cost could reach. The kinematic model is valid for this 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,20 +48,14 @@ class ReachKinematics:
         """The true state is Markov: only the latest joint angles matter."""
         return states[-1]
 
-    def cost(
-        self,
-        goal_ee: Tensor,
-        space: str = CostConfig.space,
-        metric: str = CostConfig.metric,
-        reduction: str = CostConfig.reduction,
-        discount: float = CostConfig.discount,
-        action_weight: float = CostConfig.action_weight,
-    ) -> Cost:
+    def cost(self, goal_ee: Tensor, **options: Any) -> Cost:
         """True end-effector distance (metres) to ``goal_ee``, reduced over the steps like the world
-        model's cost, plus the same action penalty. ``space`` and ``metric`` choose how a *world model*
-        compares latents; the oracle takes them for one interface and always measures true distance."""
-        cost = EndEffectorCost(goal_ee, reduction=reduction, discount=discount, device=self.device)
-        return cost + ActionMagnitudeCost(action_weight) if action_weight else cost
+        model's cost, plus the same action penalty: ``options`` are :class:`CostConfig`'s fields (checked
+        there). ``space`` and ``metric`` choose how a *world model* compares latents; the oracle always
+        measures the true distance."""
+        c = CostConfig(**options)
+        cost = EndEffectorCost(goal_ee, reduction=c.reduction, discount=c.discount, device=self.device)
+        return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
 
     def rollout(self, q0: Tensor, actions: Tensor) -> Tensor:
         """Joint angles after each action: ``q0 [n]``, ``actions [S, H, n]`` -> ``[S, H, n]``."""
