@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym  # noqa: E402
+from omegaconf import MISSING  # noqa: E402
 
 ENV_IDS: dict[str, str] = {
     "reach": "JepaAgent/Reach-v0",
@@ -31,16 +32,17 @@ if ENV_IDS["reach_distracting"] not in gym.registry:
 
 @dataclass
 class EnvConfig:
-    """The ``env`` config group (configs/env/*.yaml extend it): which task, and how it is made."""
+    """The ``env`` config group's schema: which task, and how it is made. A schema only: every value comes
+    from the group's YAML file (configs/env/*.yaml extend it), so none is written twice here."""
 
-    name: str = "reach"  # a key of ENV_IDS (or a full id)
-    id: str = "JepaAgent/Reach-v0"
-    image_size: int = 64  # observation pixels are image_size x image_size x 3
-    frame_skip: int = 20  # physics steps per env step
-    max_delta: float = 0.25  # rad of servo-target displacement per unit action
-    max_episode_steps: int = 50
-    joint_angles: int = 2  # leading proprio dims that are joint angles (the labelled readout baseline)
-    continuous_joints: list[int] = field(default_factory=lambda: [0])  # joints that turn freely
+    name: str = MISSING  # a key of ENV_IDS (or a full id)
+    id: str = MISSING
+    image_size: int = MISSING  # observation pixels are image_size x image_size x 3
+    frame_skip: int = MISSING  # physics steps per env step
+    max_delta: float = MISSING  # rad of servo-target displacement per unit action
+    max_episode_steps: int = MISSING
+    joint_angles: int = MISSING  # leading proprio dims that are joint angles (the labelled readout baseline)
+    continuous_joints: list[int] = MISSING  # joints that turn freely
 
 
 def make_env_from_config(cfg: Any) -> gym.Env:
