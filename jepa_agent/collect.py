@@ -106,8 +106,7 @@ class NoisyTargetPolicy:
         if self._countdown <= 0 or self._target is None:
             # drawn only when holding is possible, so hold_prob=0 replays the older datasets' noise exactly
             self._holding = self.hold_prob > 0 and bool(self.rng.uniform() < self.hold_prob)
-            span = self.target_span
-            offset = 0.0 if self._holding else self.rng.uniform(-span, span, self.n)
+            offset = 0.0 if self._holding else self.rng.uniform(-self.target_span, self.target_span, self.n)
             target = q + offset
             if self.joint_low is not None and self.joint_high is not None:
                 target = np.clip(target, self.joint_low, self.joint_high)  # inf bounds: no-op

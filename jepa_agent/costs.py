@@ -139,12 +139,12 @@ class SumCost(Cost):
     @property
     def rollout_projection(self) -> nn.Linear | None:  # type: ignore[override]
         """The projection every prediction-reading term accepts (None unless they share one)."""
-        readers = [t for t in self.terms if getattr(t, "reads_predictions", True)]
-        projs = {
-            id(getattr(t, "rollout_projection", None)): getattr(t, "rollout_projection", None)
-            for t in readers
-        }
-        return next(iter(projs.values())) if len(projs) == 1 else None
+        projs = [
+            getattr(t, "rollout_projection", None)
+            for t in self.terms
+            if getattr(t, "reads_predictions", True)
+        ]
+        return projs[0] if projs and all(p is projs[0] for p in projs) else None
 
     @property
     def reads_predictions(self) -> bool:  # type: ignore[override]

@@ -93,7 +93,7 @@ def gd(
             u = a0.clone()
         z0 = _normal_tensors(z0)
         trace = torch.empty(iterations, device=device)  # filled on the device: one sync at the end
-        best = (torch.tensor(float("inf"), device=device), mean.clone())
+        best_cost, best_actions = torch.tensor(float("inf"), device=device), mean.clone()
         u = u.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=lr)
         for it in range(iterations):
@@ -108,7 +108,7 @@ def gd(
                     "differentiable rollout_fn (e.g. WorldModel.rollout(..., grad=True)) and cost_fn"
                 )
             c = torch.nan_to_num(costs.detach(), nan=float("inf"))
-            *best, trace[it] = keep_best(tuple(best), c, actions.detach())
+            best_cost, best_actions, trace[it] = keep_best((best_cost, best_actions), c, actions.detach())
             opt.zero_grad(set_to_none=True)
             costs.sum().backward()
             opt.step()
@@ -118,7 +118,7 @@ def gd(
         with torch.no_grad():  # score the final iterate too
             actions = mid + half * torch.tanh(u) if bound == "tanh" else u
             c = torch.nan_to_num(cost_fn(rollout_fn(z0, actions), actions).detach().float(), nan=float("inf"))
-            best_cost, best_actions, _ = keep_best(tuple(best), c, actions.detach())
+            best_cost, best_actions, _ = keep_best((best_cost, best_actions), c, actions.detach())
         trace, best_cost = trace.cpu(), float(best_cost)
     best_actions = torch.maximum(torch.minimum(best_actions, high), low)
     return PlanResult(
