@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 METRICS = ("l1", "mse", "l2", "cosine")
 REDUCTIONS = ("final", "all")
-SPACES = ("auto", "readout", "latent")
+SPACES = ("auto", "metric", "readout", "latent")
 
 
 @dataclass
@@ -29,8 +29,10 @@ class CostConfig:
     """How imagined futures are scored against the goal (``cost.*`` on the command line).
 
     Attributes:
-        space: where predictions and goal are compared: ``readout`` (the world model's state readout),
-            ``latent`` (the latents themselves), or ``auto`` (the readout when the model has one).
+        space: where predictions and goal are compared: ``metric`` (the world model's temporal-distance
+            head, learned from frames and actions alone), ``readout`` (its state readout, a labelled
+            baseline), ``latent`` (the latents themselves), or ``auto`` (the first the model has, in
+            that order).
         metric: ``mse`` | ``l1`` | ``l2`` | ``cosine`` distance in that space.
         reduction: ``all`` scores every imagined step (arrive early *and stay*), ``final`` only the
             last (the path there is free, so the arm wanders once it has arrived).

@@ -202,3 +202,46 @@ def rollout_loss(
     if p_hat is not None:
         out = out + proprio_weight * fn(p_hat, proprio[:, context : context + k])
     return (out, z_hat) if return_predictions else out
+
+
+def temporal_distance_loss(
+    head: nn.Module,
+    target_head: nn.Module,
+    s: Tensor,
+    s_next: Tensor,
+    goal: Tensor,
+    reached: Tensor,
+    gamma: float = 0.98,
+    expectile: float = 0.9,
+    step_cost: Tensor | None = None,
+) -> Tensor:
+    """HILP's temporal-distance value loss (Park et al. 2024, arXiv 2402.15567) on latent frames.
+
+    ``V(s, g) = -||phi(s) - phi(g)||`` (``phi = head``) is fitted by expectile regression to the TD target
+    ``q = r + gamma * (1 - reached) * V_target(s', g)`` with ``r = -1`` per step (0 once ``g`` is reached),
+    so ``||phi(s) - phi(g)||`` approaches the discounted count of the fewest steps from ``s`` to ``g``:
+    ``(1 - gamma^d) / (1 - gamma)``. The expectile (> 0.5) leans the fit towards the best continuation
+    the data shows, so a random-action dataset still yields shortest-path distances.
+
+    Args:
+        head, target_head: the online ``phi`` and its EMA copy (no gradient flows into the target).
+        s, s_next, goal: latents ``[B, N, D]`` (or ``[B, F]`` already flat for heads that take it).
+        reached: ``[B]`` bool, True where the goal is ``s`` itself.
+        step_cost: ``[B]`` the cost of the transition ``s -> s'`` (default 1: distances count steps; the
+            size of the action taken: distances measure the least effort, finer than one step).
+        gamma: discount (the distance saturates at ``1 / (1 - gamma)`` steps).
+        expectile: ``tau`` of the expectile regression, in (0, 1).
+    """
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"gamma={gamma}; expected 0 < gamma < 1")
+    if not 0.0 < expectile < 1.0:
+        raise ValueError(f"expectile={expectile}; expected 0 < expectile < 1")
+    with torch.no_grad():
+        t_s, t_next, t_g = target_head(s), target_head(s_next), target_head(goal)
+        not_done = (~reached).float()
+        cost = not_done if step_cost is None else not_done * step_cost
+        q = -cost + gamma * not_done * -(t_next - t_g).norm(dim=-1)
+        adv = q - -(t_s - t_g).norm(dim=-1)
+        weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
+    v = -(head(s) - head(goal)).square().sum(-1).clamp_min(1e-12).sqrt()
+    return (weight * (q - v).square()).mean()

@@ -36,7 +36,14 @@ from jepa_agent.checkpoint import (
 from jepa_agent.config import signature_schema
 from jepa_agent.costs import SPACES, ActionMagnitudeCost, Cost, CostConfig, LatentGoalCost, ProjectedGoalCost
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
-from jepa_agent.models.latent import POOLINGS, LatentPooler, Normalizer, StateReadout, variance_loss
+from jepa_agent.models.latent import (
+    POOLINGS,
+    LatentPooler,
+    Normalizer,
+    StateReadout,
+    TemporalDistanceHead,
+    variance_loss,
+)
 from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config, pixels_to_images
 from jepa_agent.utils import resolve_device
 
@@ -48,6 +55,7 @@ __all__ = [
     "LatentState",
     "Normalizer",
     "StateReadout",
+    "TemporalDistanceHead",
     "WorldModel",
     "build_world_model",
     "resolve_checkpoint",
@@ -81,6 +89,14 @@ class ReadoutConfig:
 
 
 @dataclass
+class MetricConfig:
+    """The temporal-distance head (the label-free planning space, ``cost.space=metric``; 0: none)."""
+
+    dim: int = 32
+    hidden: int = 256
+
+
+@dataclass
 class WorldModelConfig:
     """How frozen patch tokens become the latent state, and the predictor over it (see compact.yaml)."""
 
@@ -92,6 +108,7 @@ class WorldModelConfig:
     normalize: bool = True
     use_proprio: bool = False
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)  # type: ignore[valid-type]
 
 
@@ -125,7 +142,8 @@ class WorldModel(nn.Module):
         predictor: the :class:`ACPredictor` over pooled latents.
         normalizer: action/proprio statistics (identity when None).
         meta: ``env_id``, ``image_size`` ... describing what the model was trained on (checked on use).
-        readout: optional :class:`StateReadout` (the metric space of ``cost(space="readout")``).
+        readout: optional :class:`StateReadout` (the labelled baseline's space, ``cost(space="readout")``).
+        metric: optional :class:`TemporalDistanceHead` (the label-free space, ``cost(space="metric")``).
     """
 
     def __init__(
@@ -136,6 +154,7 @@ class WorldModel(nn.Module):
         normalizer: Normalizer | None = None,
         meta: dict[str, Any] | None = None,
         readout: StateReadout | None = None,
+        metric: TemporalDistanceHead | None = None,
     ) -> None:
         super().__init__()
         if pooler.embed_dim != encoder.embed_dim or predictor.latent_dim != pooler.out_dim:
@@ -154,6 +173,12 @@ class WorldModel(nn.Module):
                 f"{pooler.num_tokens} x {pooler.out_dim}"
             )
         self.readout = readout
+        if metric is not None and metric.in_dim != pooler.num_tokens * pooler.out_dim:
+            raise ValueError(
+                f"metric head takes {metric.in_dim} inputs; one latent frame has "
+                f"{pooler.num_tokens} x {pooler.out_dim}"
+            )
+        self.metric = metric
         self.normalizer = normalizer or Normalizer(predictor.action_dim, predictor.proprio_dim)
         self.meta = dict(meta or {})
         self.encoder.requires_grad_(False)
@@ -175,7 +200,18 @@ class WorldModel(nn.Module):
     def module_names(self) -> tuple[str, ...]:
         """The submodules a checkpoint stores (the pooler and readout only when they exist / learn)."""
         names = ("encoder", "predictor", "normalizer")
-        return names + (("pooler",) if self.pooler.learned else ()) + (("readout",) if self.readout else ())
+        names += ("pooler",) if self.pooler.learned else ()
+        return names + (("readout",) if self.readout else ()) + (("metric",) if self.metric else ())
+
+    @property
+    def state_labels(self) -> bool:
+        """Whether training read recorded states: a state readout or a proprio input (labelled baselines)."""
+        return self.readout is not None or self.predictor.proprio_dim > 0
+
+    @property
+    def metric_trained(self) -> bool:
+        """Whether the temporal-distance head exists and its training stage has run."""
+        return self.metric is not None and int(self.meta.get("metric_steps", 0) or 0) > 0
 
     @property
     def device(self) -> torch.device:
@@ -243,34 +279,53 @@ class WorldModel(nn.Module):
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
 
-        Measured on the latents themselves (``space="latent"``) or on their :class:`StateReadout`
-        (``space="readout"``; ``"auto"`` picks it when the model has one), plus
-        ``action_weight * mean ||a||^2`` when ``action_weight > 0``.
+        Measured in the label-free :class:`TemporalDistanceHead` space (``space="metric"``), on the latents
+        themselves (``"latent"``) or on the labelled :class:`StateReadout` (``"readout"``); ``"auto"``
+        picks the first the model has of metric, readout, latent. Plus ``action_weight * mean ||a||^2``
+        when ``action_weight > 0``.
         """
         space = self.resolve_cost_space(space)
         if space == "latent":
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
         else:
-            goal_cost = ProjectedGoalCost(
-                self.readout, goal, metric=metric, reduction=reduction, discount=discount
-            )
+            head = self.metric if space == "metric" else self.readout
+            goal_cost = ProjectedGoalCost(head, goal, metric=metric, reduction=reduction, discount=discount)
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
 
     def resolve_cost_space(self, space: str) -> str:
-        """``space`` checked against this model (``auto`` -> ``readout`` when it has one, else ``latent``).
+        """``space`` checked against this model (``auto`` -> the first it has of ``metric`` (trained),
+        ``readout``, ``latent``).
 
         Raises:
-            ValueError: an unknown space, or ``readout`` on a model trained without a state readout.
+            ValueError: an unknown space, or ``metric`` / ``readout`` on a model without that head (the
+                message names the checkpoint and the option that trains it).
         """
         if space not in SPACES:
             raise ValueError(f"cost.space={space!r}; expected one of {list(SPACES)}")
         if space == "auto":
+            if self.metric_trained:
+                return "metric"
             return "readout" if self.readout is not None else "latent"
+        where = (
+            f"the world model {self.meta['checkpoint']!r}"
+            if self.meta.get("checkpoint")
+            else "this world model"
+        )
+        if space == "metric" and not self.metric_trained:
+            why = (
+                "has no temporal-distance head: train it with world_model.metric.dim=32 (the default) "
+                "and train.metric.steps > 0"
+                if self.metric is None
+                else "has a temporal-distance head that was never trained (its run stopped before the "
+                "metric stage): finish it with scripts/train_world_model.py resume=true out=RUN_DIR"
+            )
+            others = "cost.space=readout" if self.readout is not None else "cost.space=latent"
+            raise ValueError(f"cost.space=metric: {where} {why}; or use {others}")
         if space == "readout" and self.readout is None:
             raise ValueError(
-                "cost.space=readout needs a world model trained with a state readout "
-                "(world_model.readout.angles=N, the number of joint angles in the proprio); "
-                "this one has none: use cost.space=latent"
+                f"cost.space=readout: {where} has no state readout (a labelled baseline: train one with "
+                "world_model=readout, which reads the recorded joint angles); use cost.space=metric "
+                "or cost.space=latent"
             )
         return space
 
@@ -410,6 +465,7 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"checkpoint {str(path)!r} has an invalid world-model config: {e}") from e
         for name in model.module_names():
             load_into(path, name, getattr(model, name))
+        model.meta.update(checkpoint=str(path), metric_steps=int(meta.get("metric_steps", 0) or 0))
         try:
             model.check_compatible(env_id=env_id, image_size=image_size, action_dim=action_dim)
         except ValueError as e:
@@ -454,7 +510,13 @@ def build_world_model(cfg: Any) -> WorldModel:
             wrap=[int(i) for i in ro.get("wrap") or ()],
             hidden=int(ro.get("hidden", 256)),
         )
-    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout)
+    mc = wm.get("metric") or {}
+    metric = None
+    if int(mc.get("dim", 0) or 0) > 0:
+        metric = TemporalDistanceHead(
+            pooler.num_tokens * pooler.out_dim, int(mc["dim"]), hidden=int(mc.get("hidden", 256))
+        )
+    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric)
 
 
 def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dict[str, Any]:
@@ -479,6 +541,10 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "wrap": list(model.readout.wrap) if model.readout else [],
                 "hidden": model.readout.hidden if model.readout else 256,
             },
+            "metric": {
+                "dim": model.metric.dim if model.metric else 0,
+                "hidden": model.metric.hidden if model.metric else 256,
+            },
         },
         "action_dim": model.action_dim,
         "proprio_dim": model.predictor.proprio_dim,
@@ -502,5 +568,6 @@ def save_world_model(
     config = {**(run_config or {}), **world_model_config(model, encoder_name)}
     modules: dict[str, nn.Module] = {name: getattr(model, name) for name in model.module_names()}
     info = {"kind": KIND, "env_id": model.meta.get("env_id"), "image_size": model.image_size,
-            "action_dim": model.action_dim, **(meta or {})}  # fmt: skip
+            "action_dim": model.action_dim, "state_labels": model.state_labels,
+            "metric_steps": int(model.meta.get("metric_steps", 0) or 0), **(meta or {})}  # fmt: skip
     save_checkpoint(path, modules, config, train_state, info)

@@ -65,6 +65,7 @@ def main(cfg: DictConfig) -> None:
     goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
     oracle = build_agent(ReachKinematics.from_env(env), cfg.planner, cfg.agent, cfg.cost, env.action_space)
     policies = {}
+    supervision: dict = {"state_labels": None, "cost_space": "oracle"}  # goal=state: the simulator's own
     if kind == "state":
         policies["oracle"] = oracle
     else:
@@ -77,6 +78,11 @@ def main(cfg: DictConfig) -> None:
             device,
         )
         policies["jepa"] = build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
+        # what the headline was trained with: recorded states (a readout or proprio input) or not
+        supervision = {
+            "state_labels": model.state_labels,
+            "cost_space": model.resolve_cost_space(cfg.cost.space),
+        }
         if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
             policies["oracle"] = oracle
     if cfg.baselines and kind != "file":
@@ -110,6 +116,7 @@ def main(cfg: DictConfig) -> None:
         {
             "config": OmegaConf.to_container(cfg, resolve=True),
             "seeds": seeds,
+            **supervision,
             "results": results,
             "plots": plots,
         },
@@ -124,6 +131,7 @@ def main(cfg: DictConfig) -> None:
         "final_distance_mean": None if kind == "file" else main_res["final_distance_mean"],
         "plan_seconds_median": main_res["plan_seconds_median"],
         "device": str(device),
+        **supervision,
     }
     for name in ("random", "oracle"):
         if name in results and name != main_name:

@@ -11,6 +11,7 @@ Ends with one JSON line: {"checkpoint", "steps", "final_loss", "val_one_step_l1"
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from jepa_agent.checkpoint import load_config
 from jepa_agent.config import hydra_main
 from jepa_agent.data import DataError, EpisodeDataset
+from jepa_agent.data.video_io import VIDEO_EXTENSIONS
 from jepa_agent.models.vit import encoder_config, load_encoder
 from jepa_agent.training.distributed import dist_info, shutdown_distributed
 from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_world_model
@@ -35,6 +37,7 @@ def run(cfg: DictConfig) -> dict:
             f"world-model training needs data=episodes with data.frame_stride=1; got {cfg.data.kind}, "
             f"stride {cfg.data.frame_stride}"
         )
+    check_has_actions(cfg.data.path)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     enc_path = resolve_checkpoint(cfg.encoder_checkpoint)
@@ -91,6 +94,19 @@ def run(cfg: DictConfig) -> dict:
         "train_episodes": train_ds.num_episodes,
         "val_episodes": val_ds.num_episodes if val_ds else 0,
     }
+
+
+def check_has_actions(path: str) -> None:
+    """A world model learns what actions do: refuse a folder of plain videos (no recorded actions) by name."""
+    root = Path(path)
+    if root.is_dir() and not (root / "meta.json").exists():
+        videos = [p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS]
+        if videos and not any(root.glob("episode_*.npz")):
+            raise DataError(
+                f"data.path={path}: {len(videos)} video file(s) but no recorded actions; the world model "
+                "learns what actions do, so it needs episodes (frames + actions, e.g. from "
+                "scripts/collect.py). Plain videos can pretrain the encoder: scripts/pretrain.py data=videos"
+            )
 
 
 @hydra_main("train_world_model")

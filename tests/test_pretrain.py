@@ -85,6 +85,20 @@ def test_tiny_run_loss_decreases_and_checkpoints(tmp_path: Path) -> None:
     assert target.embed_dim == 32 and not target.training
 
 
+def test_zero_steps_saves_the_random_init_encoder(tmp_path: Path) -> None:
+    """steps=0 (the random-init baseline): a checkpoint of the untrained encoder, loadable as any other."""
+    enc, pred = _models()
+    init = {k: v.clone() for k, v in enc.state_dict().items()}
+    res = pretrain(MovingSquares(), enc, pred, DEFAULT_MASKS, _cfg(steps=0, warmup=5), tmp_path,
+                   run_config=_run_config(enc), progress=False)  # fmt: skip
+    assert res.steps == 0 and res.losses == [] and res.final_loss is None
+    target = load_encoder(res.checkpoint)
+    for k, v in target.state_dict().items():
+        torch.testing.assert_close(v, init[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="steps=-1; expected >= 0"):
+        _cfg(steps=-1)
+
+
 def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     data = MovingSquares()
     enc, pred = _models()

@@ -340,7 +340,8 @@ def test_script_end_to_end(tmp_path, run_env, python):
     )
     args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={data}",
             f"encoder_checkpoint={tmp_path / 'pt'}", f"out={tmp_path / 'wm'}", "env.image_size=16",
-            "train.steps=4", "train.warmup=1", "train.batch_size=8", "train.eval_horizon=3", "progress=false",
+            "train.steps=4", "train.warmup=1", "train.batch_size=8", "train.eval_horizon=3",
+            "train.metric.steps=10", "train.metric.predictor_steps=5", "progress=false",
             "world_model.predictor.dim=32", "world_model.predictor.num_heads=2", "device=cpu"]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -370,7 +371,8 @@ def test_bench_plan_smoke(capsys):
     assert out == json.loads(json.dumps(res))
     assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
     assert res["unfused_s"]["median"] > 0 and res["speedup_vs_unfused"] > 0
-    assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "readout"
+    assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "metric"
+    assert res["readout_cost_s"]["median"] > 0 and res["ratio_to_readout_cost"] > 0
     with pytest.raises(SystemExit):  # a usage error naming the bound, not a planner traceback
         bench.main(["--population", "0"])
     assert "argument --population: 0; expected an int >= 1" in capsys.readouterr().err

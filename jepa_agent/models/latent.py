@@ -5,8 +5,11 @@
   queries (``attentive``; trained with the predictor, guarded against collapse by
   :func:`variance_loss`). Tokens are layer-normed (no affine) as in V-JEPA 2-AC.
 * :class:`Normalizer` standardises actions, proprio and latents with training-set statistics.
+* :class:`TemporalDistanceHead` maps one frame's latent to a space whose Euclidean distance counts the
+  steps between frames, learned from episodes alone (no labels): the default planning cost's space
+  (``cost.space=metric``).
 * :class:`StateReadout` regresses the recorded joint angles from one frame's latent; the planning
-  cost compares readouts (``cost.space=readout``).
+  cost compares readouts (``cost.space=readout``, a labelled baseline).
 
 :class:`jepa_agent.world_model.WorldModel` composes them with the encoder and the AC predictor.
 """
@@ -110,6 +113,59 @@ def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tens
     return F.relu(target_std - std).mean()
 
 
+class TemporalDistanceHead(nn.Module):
+    """Latent -> ``phi`` in R^dim whose distance ``||phi(x) - phi(y)||`` counts the steps from x to y.
+
+    The label-free planning space (``cost.space=metric``): trained on recorded episodes only (frames,
+    through the frozen encoder, and the predictor's own predictions of them), with the HILP objective
+    (:func:`jepa_agent.losses.temporal_distance_loss`): the value ``V(s, g) = -||phi(s) - phi(g)||`` is
+    fitted by expectile TD with reward -1 per step, so the distance approximates the *fewest* steps
+    between two frames that the data shows, not how far apart their pixels or latents are. A state the
+    actions do not move (a background) costs no steps to keep, so it carries no distance.
+
+    Same interface as :class:`StateReadout` (``input_layer`` / ``from_input_layer``), so the planning cost
+    fuses its first layer into the rollout exactly as it does the readout's.
+
+    Args:
+        in_dim: ``N * D`` (one frame's latent, flattened).
+        dim: output dimension.
+        hidden: MLP width (two hidden layers, layer-normed as in HILP's value networks).
+    """
+
+    def __init__(self, in_dim: int, dim: int = 32, hidden: int = 256) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"metric dim={dim}, hidden={hidden}; expected positive sizes")
+        self.in_dim, self.dim, self.hidden = int(in_dim), int(dim), int(hidden)
+        self.out_dim = self.dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Latents ``[..., N, D]`` -> ``phi [..., dim]``."""
+        return self.net(z.flatten(-2))
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """``||phi(a) - phi(b)||`` for latents ``[..., N, D]`` (broadcast) -> ``[...]`` (in steps)."""
+        return (self(a) - self(b)).square().sum(-1).clamp_min(1e-12).sqrt()
+
+    @property
+    def input_layer(self) -> nn.Linear:
+        """The first (linear) layer on the flattened latent: a rollout can fuse it into its output head."""
+        return self.net[0]
+
+    def from_input_layer(self, x: Tensor) -> Tensor:
+        """The rest of the head: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., dim]``."""
+        return self.net[1:](x)
+
+
 class StateReadout(nn.Module):
     """Latent -> robot state features: the metric space of the planning cost (``cost.space=readout``).
 
@@ -121,7 +177,7 @@ class StateReadout(nn.Module):
     right) from the proprio recorded with the episodes. The goal is still only an image: planning
     compares the readout of the imagined latents with the readout of the goal image's latent.
 
-    Why: the latent distance itself is a poor reach cost (``scripts/cost_landscape.py``, in
+    Why: the latent distance itself is a poor reach cost (``scripts/score.py``, in
     docs/benchmarks.md): two arm images that do not overlap are about equally far apart however far
     apart the poses are, so even with perfect dynamics greedy search on it strands many goals.
 

@@ -112,10 +112,14 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}; expected 'fp32' or 'bf16'")
-        for name in ("steps", "batch_size", "log_every", "collapse_every"):
+        for name in ("batch_size", "log_every", "collapse_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
-        if not 0 <= self.warmup <= self.steps:
+        if int(self.steps) < 0:
+            raise ValueError(
+                f"steps={self.steps}; expected >= 0 (0: save the random-init encoder, a baseline)"
+            )
+        if self.steps > 0 and not 0 <= self.warmup <= self.steps:
             raise ValueError(f"warmup={self.warmup}; expected 0 <= warmup <= steps={self.steps}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after={self.stop_after}; expected None or >= 1")
@@ -423,6 +427,8 @@ def pretrain(
         bar.close()
         if logger is not None:
             logger.close()
+    if cfg.steps == 0 and rank == 0 and not checkpoint_exists(ckpt_path):  # the random-init baseline
+        _save(ckpt_path, encoder, predictor, target, optimizer, 0, None, run_config)
     if world > 1:
         dist.barrier()
     elapsed = time.perf_counter() - t0
@@ -476,7 +482,7 @@ def _save(
     target: VideoViT,
     optimizer: torch.optim.Optimizer,
     step: int,
-    loss: float,
+    loss: float | None,
     run_config: dict[str, Any] | None,
 ) -> None:
     train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}

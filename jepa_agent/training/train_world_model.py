@@ -34,6 +34,7 @@ from jepa_agent.checkpoint import (
     checkpoint_exists,
     load_config,
     load_into,
+    load_meta,
     load_train_state,
     saved_loss,
 )
@@ -49,6 +50,7 @@ from jepa_agent.training.latent_cache import (
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.pretrain import NonFiniteLossError
 from jepa_agent.training.schedules import warmup_cosine
+from jepa_agent.training.temporal_distance import MetricTrainConfig, imagined_latents, train_metric_head
 from jepa_agent.world_model import WorldModel, save_world_model, variance_loss, world_model_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -91,6 +93,7 @@ class WorldModelTrainConfig:
         eval_windows: at most this many held-out windows are scored.
         seed: window sampling seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        metric: the temporal-distance stage after the predictor (models with a metric head).
     """
 
     steps: int = 3000
@@ -116,8 +119,11 @@ class WorldModelTrainConfig:
     eval_windows: int = 512
     seed: int = 0
     device: str = "auto"
+    metric: MetricTrainConfig = field(default_factory=MetricTrainConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.metric, dict):
+            self.metric = MetricTrainConfig(**self.metric)
         for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
@@ -172,10 +178,14 @@ class WorldModelLoss(nn.Module):
     latents, or patch tokens pooled here when the pooler is learned.
     """
 
-    def __init__(self, model: WorldModel, cfg: WorldModelTrainConfig) -> None:
+    def __init__(self, model: WorldModel, cfg: WorldModelTrainConfig, metric_weight: float = 0.0) -> None:
         super().__init__()
         self.predictor, self.pooler, self.readout = model.predictor, model.pooler, model.readout
         self.cfg = cfg
+        # the label-free counterpart of the readout term: imagined latents must land where the (frozen)
+        # temporal-distance head puts the true ones (only in the fine-tune after the head is trained)
+        self.metric = model.metric if metric_weight > 0 else None
+        self.metric_weight = float(metric_weight)
 
     def forward(
         self, z: Tensor, actions: Tensor, proprio: Tensor | None, targets: Tensor | None = None
@@ -204,9 +214,64 @@ class WorldModelLoss(nn.Module):
                 + F.mse_loss(r(z_ro), targets[:, 1 : 1 + k])
             )  # fmt: skip
             loss = loss + c.readout_weight * parts["readout"]
+        if self.metric is not None:
+            phi = self.metric
+            with torch.no_grad():
+                target = phi(z)  # [B, T, F]
+            parts["metric"] = F.mse_loss(phi(z_tf), target[:, 1:]) + F.mse_loss(
+                phi(z_ro), target[:, 1 : 1 + k]
+            )
+            loss = loss + self.metric_weight * parts["metric"]
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
         return loss, parts
+
+
+def finetune_predictor_on_metric(
+    model: WorldModel, data: LatentEpisodes, cfg: WorldModelTrainConfig, progress: bool = True
+) -> dict[str, float]:
+    """After the temporal-distance head: fine-tune the predictor with its own loss plus
+    ``cfg.metric.predictor_weight`` x the error of its predictions in the frozen head's space (in place).
+
+    Returns ``{"metric_finetune_loss", "metric_finetune_term", "metric_finetune_seconds"}``.
+    """
+    from tqdm.auto import tqdm
+
+    m = cfg.metric
+    t0 = time.perf_counter()
+    head = model.metric.requires_grad_(False)
+    loss_mod = WorldModelLoss(model, cfg, metric_weight=m.predictor_weight)
+    optimizer = make_optimizer([model.predictor], cfg)
+    first = data.window_starts(cfg.window)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    warmup = min(cfg.warmup, m.predictor_steps // 10)
+    loss, parts = torch.zeros(()), {"metric": torch.zeros(())}
+    model.predictor.train()
+    try:
+        for step in tqdm(
+            range(m.predictor_steps), desc="predictor in metric", disable=not progress, leave=False
+        ):
+            idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)].to(data.z.device)
+            z, a, p = data.windows(idx, cfg.window)
+            lr = warmup_cosine(step, m.predictor_steps, warmup, m.predictor_lr, cfg.final_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss, parts = loss_mod(z, a, p, data.target_windows(idx, cfg.window))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+            optimizer.step()
+    finally:
+        model.predictor.eval()
+        head.requires_grad_(True)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"non-finite loss {value} fine-tuning the predictor; try a lower train.metric.predictor_lr"
+        )
+    return {"metric_finetune_loss": value, "metric_finetune_term": float(parts["metric"]),
+            "metric_finetune_seconds": time.perf_counter() - t0}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -334,7 +399,24 @@ def train_world_model(
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
-    result.encode_seconds = time.perf_counter() - t0 - result.train_seconds
+    if state is not None:  # resumed: was the metric stage already done?
+        model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
+    predictor_done = result.steps >= cfg.steps
+    if model.metric is not None and cfg.metric.steps > 0 and predictor_done and not model.metric_trained:
+        if rank == 0:  # after the predictor: the head also learns from its imagined latents
+            m = cfg.metric
+            imagined = imagined_latents(model, train, m.imagine_steps, cfg.seed) if m.imagined > 0 else None
+            result.val.update(train_metric_head(model.metric, train, m, imagined, cfg.seed, show))
+            if m.predictor_steps > 0:
+                result.val.update(finetune_predictor_on_metric(model, train, cfg, show))
+            model.meta["metric_steps"] = cfg.metric.steps
+            save_world_model(ckpt, model, run_config, load_train_state(ckpt),
+                             {**load_meta(ckpt), "metric_steps": cfg.metric.steps}, encoder_name)  # fmt: skip
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    result.encode_seconds = (
+        time.perf_counter() - t0 - result.train_seconds - result.val.get("metric_seconds", 0)
+    )
     result.frames_encoded = len(train.z) + (len(val.z) if val is not None else 0)
     return result
 

@@ -1,0 +1,112 @@
+"""A cheap planning-quality score for an encoder and a cost space, before any expensive planning run.
+
+Greedy search with PERFECT dynamics over a grid of arm poses (the reach tasks): every pose of a
+``shoulder_steps x elbow_steps`` joint grid is rendered as a goal image would be (in one or several
+scenes of the env), encoded by the world model's frozen encoder, and mapped into each cost space. From
+random starts, each replan jumps to the cheapest pose within ``window`` rad in every joint (what a planner
+with a perfect world model and horizon H reaches: H x max_delta) until it stops moving; a pair succeeds
+when it stops ON the goal. A space whose cost is flat or bumpy between poses whose arms do not overlap
+fails here however good the world model is; a space that scores high leaves planning to the predictor.
+``scripts/score.py`` prints it; docs/benchmarks.md shows how well it predicts ``plan.py``'s success.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
+
+__all__ = ["cost_space_features", "greedy_success", "planning_score", "render_pose_grid"]
+
+
+def render_pose_grid(
+    env_name: str, image_size: int, shoulder_steps: int, elbow_steps: int, scene_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Joint grid ``q [M, 2]`` and the arm rendered at each pose ``[M, S, S, 3]`` (the goal renderer) in
+    the scene of ``env.reset(seed=scene_seed)`` (a distracting env draws its distractions there)."""
+    env = envs.make_env(env_name, image_size=image_size)
+    u = env.unwrapped
+    if not all(hasattr(u, a) for a in ("set_goal", "render_goal", "sample_low", "sample_high")):
+        env.close()
+        raise ValueError(
+            f"env={env_name}: the pose-grid score needs a reach-style env (set_goal, render_goal and "
+            "joint sampling ranges)"
+        )
+    env.reset(seed=scene_seed)
+    lo, hi = u.sample_low, u.sample_high
+    axes = [
+        np.linspace(lo[0], hi[0], shoulder_steps, endpoint=not np.isclose(hi[0] - lo[0], 2 * np.pi)),
+        np.linspace(lo[1], hi[1], elbow_steps),
+    ]
+    q = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    images = []
+    for pose in q:
+        u.set_goal(pose)
+        images.append(u.render_goal())
+    env.close()
+    return q, np.stack(images)
+
+
+def greedy_success(
+    feats: Tensor, q: np.ndarray, goals: np.ndarray, starts: np.ndarray, window: float, wrap: bool
+) -> float:
+    """Fraction of (start, goal) pairs where jumping to the cheapest pose in the window ends on the goal
+    (cost: mean squared difference of ``feats [M, F]``)."""
+    qs = torch.as_tensor(q, dtype=torch.float32)
+    hits = 0
+    for g, cur in zip(goals, starts, strict=True):
+        cost = (feats - feats[g]).square().mean(1)  # [M]
+        for _ in range(50):
+            d = qs - qs[cur]
+            if wrap:
+                d[:, 0] = torch.remainder(d[:, 0] + np.pi, 2 * np.pi) - np.pi
+            c = torch.where((d.abs() <= window).all(1), cost, torch.full_like(cost, float("inf")))
+            nxt = int(c.argmin())
+            if nxt == cur:
+                break
+            cur = nxt
+        hits += int(cur == g)
+    return hits / len(goals)
+
+
+@torch.inference_mode()
+def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Tensor]:
+    """Each cost space the model offers, as features ``[M, F]`` of ``images``: ``pixels``, ``latent``,
+    ``metric`` (a trained temporal-distance head) and ``readout`` (a state readout)."""
+    z = model.encode_pixels(images)  # [M, N, D] standardised latents
+    spaces = {
+        "pixels": torch.as_tensor(images).flatten(1).float() / 255.0,
+        "latent": z.flatten(1).float().cpu(),
+    }
+    if model.metric_trained:
+        spaces["metric"] = model.metric(z).float().cpu()
+    if model.readout is not None:
+        spaces["readout"] = model.readout(z).float().cpu()
+    return spaces
+
+
+def planning_score(
+    model: Any,
+    env_name: str,
+    shoulder_steps: int = 72,
+    elbow_steps: int = 60,
+    goals: int = 150,
+    window: float = 1.25,
+    scenes: int = 1,
+    wrap: bool = True,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Greedy success per cost space, averaged over ``scenes`` scenes (``goals`` pairs each)."""
+    totals: dict[str, float] = {}
+    rng = np.random.default_rng(seed)
+    for scene in range(scenes):
+        q, images = render_pose_grid(env_name, model.image_size, shoulder_steps, elbow_steps, seed + scene)
+        g = rng.choice(len(q), goals, replace=False)
+        s = rng.integers(len(q), size=goals)
+        for name, f in cost_space_features(model, images).items():
+            totals[name] = totals.get(name, 0.0) + greedy_success(f, q, g, s, window, wrap) / scenes
+    return totals

@@ -1,0 +1,161 @@
+"""The label-free planning space: the temporal-distance head, its training stage and its guards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_agent.models.latent import TemporalDistanceHead
+from jepa_agent.training.latent_cache import LatentEpisodes
+from jepa_agent.training.temporal_distance import MetricTrainConfig, sample_goals, train_metric_head
+from tests.conftest import REPO
+from tests.test_world_model import tiny_world_model
+
+
+def chain_episodes(n_eps: int = 120, length: int = 30, positions: int = 40, seed: int = 0) -> LatentEpisodes:
+    """Random walks on a chain of ``positions`` states, each seen as a fixed RANDOM latent (no geometry in
+    the latents themselves: any distance the head learns comes from the episodes' time structure)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(positions, 1, 16, generator=torch.Generator().manual_seed(1))
+    zs = []
+    for _ in range(n_eps):
+        p = int(torch.randint(positions, (1,), generator=g))
+        walk = [p]
+        for _ in range(length - 1):
+            step = 1 if torch.rand(1, generator=g) < 0.5 else -1
+            p = min(max(p + step, 0), positions - 1)
+            walk.append(p)
+        zs.append(codes[walk])
+    z = torch.cat(zs)
+    return LatentEpisodes(
+        z, torch.zeros(len(z), 1), None, [i * length for i in range(n_eps)], [length] * n_eps
+    ), codes
+
+
+def test_temporal_distance_grows_with_steps_on_a_chain():
+    """Frames k steps apart along the chain: the learned distance grows with k (Spearman ~ 1)."""
+    torch.manual_seed(0)
+    data, codes = chain_episodes()
+    head = TemporalDistanceHead(16, dim=8, hidden=64)
+    cfg = MetricTrainConfig(steps=1500, batch_size=128, lr=1e-3, gamma=0.95, random_goals=0.3)
+    out = train_metric_head(head, data, cfg, progress=False)
+    assert np.isfinite(out["metric_loss"])
+    with torch.no_grad():
+        phi = head(codes)  # [positions, 8]
+    ks = list(range(1, 11))
+    d = [float((phi[10 + k] - phi[10]).norm()) for k in ks]  # from the middle of the chain, forwards
+    d_back = [float((phi[30 - k] - phi[30]).norm()) for k in ks]
+    for dist in (d, d_back):
+        rho = np.corrcoef(np.argsort(np.argsort(dist)), ks)[0, 1]
+        assert rho > 0.9, dist
+        assert dist[-1] > 3 * dist[0], dist
+
+
+def test_sample_goals_stay_in_the_episode_unless_random():
+    last = torch.tensor([9] * 10 + [19] * 10)
+    t = torch.arange(19).repeat(50)
+    t = t[t != 9]
+    g = sample_goals(t, last, 20, gamma=0.9, random_goals=0.0, gen=torch.Generator().manual_seed(0))
+    assert bool(((g > t) & (g <= last[t])).all())
+    g = sample_goals(t, last, 20, gamma=0.9, random_goals=1.0, gen=torch.Generator().manual_seed(0))
+    assert bool(((g >= 0) & (g < 20)).all()) and bool((g < t).any())
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [({"gamma": 1.0}, "train.metric.gamma=1.0"), ({"random_goals": 1.5}, "train.metric.random_goals=1.5"),
+     ({"steps": -1}, "train.metric.steps=-1"), ({"lr": 0.0}, "train.metric.lr=0.0")],
+)  # fmt: skip
+def test_metric_config_refuses_bad_values(kw, msg):
+    with pytest.raises(ValueError, match=msg.replace(".", r"\.")):
+        MetricTrainConfig(**kw)
+
+
+def test_metric_cost_space_is_the_default_and_its_absence_is_named():
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8})
+    assert model.metric is not None and not model.metric_trained and not model.state_labels
+    with pytest.raises(ValueError, match="cost.space=metric: .*never trained.*resume=true"):
+        model.resolve_cost_space("metric")
+    assert model.resolve_cost_space("auto") == "latent"
+    model.meta.update(metric_steps=10, checkpoint="some/ckpt")
+    assert model.resolve_cost_space("auto") == "metric"
+    goal = torch.zeros(model.latent_shape)
+    cost = model.cost(goal)  # the default: CostConfig's space=auto -> metric
+    assert cost.terms[0].project is model.metric  # plus the action penalty
+    bare = tiny_world_model()
+    bare.meta.update(checkpoint="runs/wm/checkpoint")
+    with pytest.raises(
+        ValueError, match=r"'runs/wm/checkpoint' has no temporal-distance head.*world_model.metric.dim"
+    ):
+        bare.resolve_cost_space("metric")
+    with pytest.raises(
+        ValueError,
+        match=r"cost.space=readout: .*'runs/wm/checkpoint' has no state readout.*world_model=readout",
+    ):
+        bare.resolve_cost_space("readout")
+
+
+def _collect(tmp_path, python, run_env, out):
+    args = [python, str(REPO / "scripts" / "collect.py"), "env=reach", "env.image_size=16", "episodes=6",
+            "policy=noisy", "num_envs=1", "env.max_episode_steps=12", f"out={out}"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
+    """Every proprio and simulator-state value of the dataset is NaN: the default world model (metric head,
+    no readout, no proprio input) still trains to finite losses, and plans in the metric space."""
+    import copy
+
+    from jepa_agent.checkpoint import save_checkpoint
+    from jepa_agent.models.vit import encoder_config, vit_micro
+
+    eps = tmp_path / "eps"
+    _collect(tmp_path, python, run_env, eps)
+    for f in sorted(eps.glob("episode_*.npz")):
+        d = dict(np.load(f))
+        for key in ("observation.state", "state", "goal.state"):
+            d[key] = np.full_like(d[key], np.nan)
+        np.savez(f, **d)
+    enc = vit_micro(img_size=16, patch_size=4, num_frames=2, embed_dim=32, depth=1, num_heads=2)
+    save_checkpoint(tmp_path / "pt" / "checkpoint", {"encoder": enc, "target_encoder": copy.deepcopy(enc)},
+                    {"encoder": {"name": "vit_micro", **encoder_config(enc)}},
+                    meta={"kind": "pretrain"})  # fmt: skip
+    wm = tmp_path / "wm"
+    args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={eps}", "env.image_size=16",
+            f"encoder_checkpoint={tmp_path / 'pt'}", f"out={wm}", "train.steps=6", "train.warmup=1",
+            "train.batch_size=8", "train.eval_horizon=3", "train.metric.steps=40", "train.metric.predictor_steps=5",
+            "progress=false",
+            "world_model.predictor.dim=32", "world_model.predictor.num_heads=2", "device=cpu"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert np.isfinite(out["final_loss"]) and np.isfinite(out["metric_loss"]), out
+    plan = [python, str(REPO / "scripts" / "plan.py"), f"checkpoint={wm}", "env.image_size=16", "episodes=1",
+            "env.max_episode_steps=3", "baselines=false", "videos=0", "energy_grid=0",
+            "planner.population=16", "planner.iterations=2", "planner.elites=4",
+            f"hydra.run.dir={tmp_path / 'plan'}", "device=cpu"]  # fmt: skip
+    proc = subprocess.run(plan, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["state_labels"] is False and res["cost_space"] == "metric" and res["episodes"] == 1
+    saved = json.loads((tmp_path / "plan" / "results.json").read_text())
+    assert saved["state_labels"] is False
+
+
+def test_world_model_training_refuses_data_without_actions(tmp_path, python, run_env):
+    """A plain folder of videos has no actions: world-model training says so (not a deep traceback)."""
+    from jepa_agent.data.video_io import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "clip.mp4", np.zeros((8, 16, 16, 3), np.uint8), fps=10)
+    args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={videos}",
+            "encoder_checkpoint=checkpoints/reach", f"out={tmp_path / 'wm'}", "progress=false"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
+    assert proc.returncode != 0
+    assert "actions" in proc.stderr and str(videos) in proc.stderr and "Traceback" not in proc.stderr
