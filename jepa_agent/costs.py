@@ -40,6 +40,10 @@ class CostConfig:
         action_weight: ``+ action_weight * mean_h ||a_h||^2`` (0: no action penalty). A small one makes
             standing still the cheapest way to stay, so the arm does not chase the model's error once it
             has arrived (docs/benchmarks.md, "Holding the goal": the default 0.03 was measured there).
+        latent_weight: with ``space=metric`` (or ``readout``), ``+ latent_weight x`` the latents' own mean
+            squared distance to the goal latent (0: none). The temporal distance counts steps, so it is
+            nearly flat within one step of the goal; the latent distance is sharp there, where the arm
+            images overlap, and holds the arm on the goal (docs/benchmarks.md, label-free section).
     """
 
     space: str = "auto"
@@ -47,6 +51,7 @@ class CostConfig:
     reduction: str = "all"
     discount: float = 1.0
     action_weight: float = 0.03
+    latent_weight: float = 0.5
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -56,6 +61,8 @@ class CostConfig:
                 raise ValueError(f"cost.{key}={value!r}; expected one of {list(choices)}")
         if not self.discount > 0:
             raise ValueError(f"cost.discount={self.discount:g}; expected a number > 0")
+        if not self.latent_weight >= 0:
+            raise ValueError(f"cost.latent_weight={self.latent_weight:g}; expected >= 0 (0: no latent term)")
         if not self.action_weight >= 0:  # a negative weight would reward large actions
             raise ValueError(
                 f"cost.action_weight={self.action_weight:g}; expected >= 0 (0: no action penalty)"

@@ -34,7 +34,15 @@ from jepa_agent.checkpoint import (
     save_checkpoint,
 )
 from jepa_agent.config import signature_schema
-from jepa_agent.costs import SPACES, ActionMagnitudeCost, Cost, CostConfig, LatentGoalCost, ProjectedGoalCost
+from jepa_agent.costs import (
+    SPACES,
+    ActionMagnitudeCost,
+    Cost,
+    CostConfig,
+    LatentGoalCost,
+    ProjectedGoalCost,
+    ScaledCost,
+)
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import (
     POOLINGS,
@@ -275,14 +283,15 @@ class WorldModel(nn.Module):
         reduction: str = CostConfig.reduction,
         discount: float = CostConfig.discount,
         action_weight: float = CostConfig.action_weight,
+        latent_weight: float = CostConfig.latent_weight,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
 
         Measured in the label-free :class:`TemporalDistanceHead` space (``space="metric"``), on the latents
         themselves (``"latent"``) or on the labelled :class:`StateReadout` (``"readout"``); ``"auto"``
-        picks the first the model has of metric, readout, latent. Plus ``action_weight * mean ||a||^2``
-        when ``action_weight > 0``.
+        picks the first the model has of metric, readout, latent. Plus ``latent_weight x`` the latent
+        MSE in the metric and readout spaces, and ``action_weight * mean ||a||^2`` (each when > 0).
         """
         space = self.resolve_cost_space(space)
         if space == "latent":
@@ -290,6 +299,9 @@ class WorldModel(nn.Module):
         else:
             head = self.metric if space == "metric" else self.readout
             goal_cost = ProjectedGoalCost(head, goal, metric=metric, reduction=reduction, discount=discount)
+            if latent_weight:  # sharp where the head is flat: within a step of the goal
+                near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
+                goal_cost = goal_cost + ScaledCost(near, latent_weight)
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
 
     def resolve_cost_space(self, space: str) -> str:

@@ -129,7 +129,7 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={eps}", "env.image_size=16",
             f"encoder_checkpoint={tmp_path / 'pt'}", f"out={wm}", "train.steps=6", "train.warmup=1",
             "train.batch_size=8", "train.eval_horizon=3", "train.metric.steps=40",
-            "train.metric.predictor_steps=5", "progress=false",
+            "progress=false",
             "world_model.predictor.dim=32", "world_model.predictor.num_heads=2", "device=cpu"]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -85,7 +85,6 @@ def pipeline(tmp_path_factory):
             "train.eval_windows=8",
             "train.eval_horizon=2",
             "train.metric.steps=30",
-            "train.metric.predictor_steps=5",
             "progress=false",
             f"hydra.run.dir={root / 'wm_run'}",
         )
@@ -246,7 +245,7 @@ def test_train_all_tiny_runs_every_stage_ships_and_resumes(tmp_path):
         'world_model.args=["world_model.predictor.dim=16","world_model.predictor.depth=1",'
         '"world_model.predictor.num_heads=2","train.steps=2","train.batch_size=4","train.warmup=0",'
         '"train.eval_windows=4","train.eval_horizon=2","train.metric.steps=10",'
-        '"train.metric.predictor_steps=3","progress=false"]',
+        '"progress=false"]',
         "plan.episodes=1",
         f"plan.args=[{','.join(repr(a) for a in TINY_PLAN)},'baselines=false']",
     ]

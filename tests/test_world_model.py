@@ -341,7 +341,7 @@ def test_script_end_to_end(tmp_path, run_env, python):
     args = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={data}",
             f"encoder_checkpoint={tmp_path / 'pt'}", f"out={tmp_path / 'wm'}", "env.image_size=16",
             "train.steps=4", "train.warmup=1", "train.batch_size=8", "train.eval_horizon=3",
-            "train.metric.steps=10", "train.metric.predictor_steps=5", "progress=false",
+            "train.metric.steps=10", "progress=false",
             "world_model.predictor.dim=32", "world_model.predictor.num_heads=2", "device=cpu"]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

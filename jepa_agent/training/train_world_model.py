@@ -5,7 +5,10 @@ latent cache (``jepa_agent/training/latent_cache.py``); actions/proprio are stan
 predictor's residual scale is set to the std of frame-to-frame latent changes (its head then regresses
 unit-scale targets, however small the changes). Training samples windows of ``T`` latents (+ the ``T-1``
 actions between them) and minimises, as V-JEPA 2-AC, ``teacher_forcing_loss + rollout_weight *
-rollout_loss(k)`` (plus a variance guard when the pooling is learned). Held-out episodes
+rollout_loss(k)`` (plus a variance guard when the pooling is learned). A model with a temporal-distance
+head (the default, label-free planning space) trains that head first, from the encoded frames alone
+(``jepa_agent/training/temporal_distance.py``), then freezes it and adds ``train.metric.predictor_weight``
+x the error of the predictions in its space to the predictor's loss. Held-out episodes
 (``split="val"``) are scored by one-step and H-step latent L1 against the copy-last-frame baseline.
 
 Checkpoints (``out/checkpoint``) are self-contained world models (encoder weights included) and carry
@@ -50,7 +53,7 @@ from jepa_agent.training.latent_cache import (
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.pretrain import NonFiniteLossError
 from jepa_agent.training.schedules import warmup_cosine
-from jepa_agent.training.temporal_distance import MetricTrainConfig, imagined_latents, train_metric_head
+from jepa_agent.training.temporal_distance import MetricTrainConfig, train_metric_head
 from jepa_agent.world_model import WorldModel, save_world_model, variance_loss, world_model_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -93,7 +96,7 @@ class WorldModelTrainConfig:
         eval_windows: at most this many held-out windows are scored.
         seed: window sampling seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
-        metric: the temporal-distance stage after the predictor (models with a metric head).
+        metric: the temporal-distance head, trained before the predictor (models with a metric head).
     """
 
     steps: int = 3000
@@ -182,8 +185,8 @@ class WorldModelLoss(nn.Module):
         super().__init__()
         self.predictor, self.pooler, self.readout = model.predictor, model.pooler, model.readout
         self.cfg = cfg
-        # the label-free counterpart of the readout term: imagined latents must land where the (frozen)
-        # temporal-distance head puts the true ones (only in the fine-tune after the head is trained)
+        # the label-free counterpart of the readout term: predicted latents must land where the (frozen,
+        # already trained) temporal-distance head puts the true ones
         self.metric = model.metric if metric_weight > 0 else None
         self.metric_weight = float(metric_weight)
 
@@ -225,53 +228,6 @@ class WorldModelLoss(nn.Module):
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
         return loss, parts
-
-
-def finetune_predictor_on_metric(
-    model: WorldModel, data: LatentEpisodes, cfg: WorldModelTrainConfig, progress: bool = True
-) -> dict[str, float]:
-    """After the temporal-distance head: fine-tune the predictor with its own loss plus
-    ``cfg.metric.predictor_weight`` x the error of its predictions in the frozen head's space (in place).
-
-    Returns ``{"metric_finetune_loss", "metric_finetune_term", "metric_finetune_seconds"}``.
-    """
-    from tqdm.auto import tqdm
-
-    m = cfg.metric
-    t0 = time.perf_counter()
-    head = model.metric.requires_grad_(False)
-    loss_mod = WorldModelLoss(model, cfg, metric_weight=m.predictor_weight)
-    optimizer = make_optimizer([model.predictor], cfg)
-    first = data.window_starts(cfg.window)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    warmup = min(cfg.warmup, m.predictor_steps // 10)
-    loss, parts = torch.zeros(()), {"metric": torch.zeros(())}
-    model.predictor.train()
-    try:
-        for step in tqdm(
-            range(m.predictor_steps), desc="predictor in metric", disable=not progress, leave=False
-        ):
-            idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)].to(data.z.device)
-            z, a, p = data.windows(idx, cfg.window)
-            lr = warmup_cosine(step, m.predictor_steps, warmup, m.predictor_lr, cfg.final_lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            loss, parts = loss_mod(z, a, p, data.target_windows(idx, cfg.window))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-            optimizer.step()
-    finally:
-        model.predictor.eval()
-        head.requires_grad_(True)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"non-finite loss {value} fine-tuning the predictor; try a lower train.metric.predictor_lr"
-        )
-    return {"metric_finetune_loss": value, "metric_finetune_term": float(parts["metric"]),
-            "metric_finetune_seconds": time.perf_counter() - t0}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -396,26 +352,19 @@ def train_world_model(
         train.z = model.normalizer.latent(train.z)
         if val is not None:
             val.z = model.normalizer.latent(val.z)
+    head_stats: dict[str, float] = {}
+    if state is not None:  # resumed: the head was trained (and saved) before the predictor's first step
+        model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
+    if model.metric is not None and cfg.metric.steps > 0 and not model.metric_trained:
+        # first, from encoded frames alone (every rank alike: same data, same seed)
+        head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
+        model.meta["metric_steps"] = cfg.metric.steps
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
-    if state is not None:  # resumed: was the metric stage already done?
-        model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
-    predictor_done = result.steps >= cfg.steps
-    if model.metric is not None and cfg.metric.steps > 0 and predictor_done and not model.metric_trained:
-        if rank == 0:  # after the predictor: the head also learns from its imagined latents
-            m = cfg.metric
-            imagined = imagined_latents(model, train, m.imagine_steps, cfg.seed) if m.imagined > 0 else None
-            result.val.update(train_metric_head(model.metric, train, m, imagined, cfg.seed, show))
-            if m.predictor_steps > 0:
-                result.val.update(finetune_predictor_on_metric(model, train, cfg, show))
-            model.meta["metric_steps"] = cfg.metric.steps
-            save_world_model(ckpt, model, run_config, load_train_state(ckpt),
-                             {**load_meta(ckpt), "metric_steps": cfg.metric.steps}, encoder_name)  # fmt: skip
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+    result.val.update(head_stats)
     result.encode_seconds = (
-        time.perf_counter() - t0 - result.train_seconds - result.val.get("metric_seconds", 0)
+        time.perf_counter() - t0 - result.train_seconds - head_stats.get("metric_seconds", 0.0)
     )
     result.frames_encoded = len(train.z) + (len(val.z) if val is not None else 0)
     return result
@@ -468,7 +417,10 @@ def train_on_latents(
             f"no training episode has {cfg.window} frames (train.window); longest: {max(train.lengths)}"
         )
 
-    loss_mod: nn.Module = WorldModelLoss(model, cfg)
+    weight = cfg.metric.predictor_weight if model.metric_trained else 0.0
+    if model.metric is not None:
+        model.metric.requires_grad_(False)  # trained first, then frozen: the predictor learns its space
+    loss_mod: nn.Module = WorldModelLoss(model, cfg, metric_weight=weight)
     if world > 1:
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None
