@@ -40,7 +40,7 @@ class CostConfig:
         action_weight: ``+ action_weight * mean_h ||a_h||^2`` (0: no action penalty). A small one makes
             standing still the cheapest way to stay, so the arm does not chase the model's error once it
             has arrived (docs/benchmarks.md, "Holding the goal": the default 0.03 was measured there).
-        latent_weight: with ``space=metric`` (or ``readout``), ``+ latent_weight x`` the latents' own mean
+        latent_weight: with ``space=metric``, ``+ latent_weight x`` the latents' own mean
             squared distance to the goal latent (0: none). The temporal distance counts steps, so it is
             nearly flat within one step of the goal; the latent distance is sharp there, where the arm
             images overlap, and holds the arm on the goal (docs/benchmarks.md, label-free section).

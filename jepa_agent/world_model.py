@@ -291,7 +291,7 @@ class WorldModel(nn.Module):
         Measured in the label-free :class:`TemporalDistanceHead` space (``space="metric"``), on the latents
         themselves (``"latent"``) or on the labelled :class:`StateReadout` (``"readout"``); ``"auto"``
         picks the first the model has of metric, readout, latent. Plus ``latent_weight x`` the latent
-        MSE in the metric and readout spaces, and ``action_weight * mean ||a||^2`` (each when > 0).
+        MSE in the metric space, and ``action_weight * mean ||a||^2`` (each when > 0).
         """
         space = self.resolve_cost_space(space)
         if space == "latent":
@@ -299,7 +299,7 @@ class WorldModel(nn.Module):
         else:
             head = self.metric if space == "metric" else self.readout
             goal_cost = ProjectedGoalCost(head, goal, metric=metric, reduction=reduction, discount=discount)
-            if latent_weight:  # sharp where the head is flat: within a step of the goal
+            if latent_weight and space == "metric":  # sharp where the step count is flat: near the goal
                 near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
                 goal_cost = goal_cost + ScaledCost(near, latent_weight)
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
