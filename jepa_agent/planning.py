@@ -32,10 +32,7 @@ def load_planning_model(
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )
-    try:
-        model.resolve_cost_space(cost_space)
-    except ValueError as e:
-        raise ValueError(f"world model {checkpoint}: {e}") from None
+    model.resolve_cost_space(cost_space)  # its error names the checkpoint and the option
     return model
 
 

@@ -72,7 +72,7 @@ def plain_model() -> WorldModel:
 def test_cost_space_readout_and_its_errors(tmp_path):
     model = plain_model()
     goal = model.encode_goal({"image": obs()["pixels"]})
-    with pytest.raises(ValueError, match="this one has none: use cost.space=latent"):
+    with pytest.raises(ValueError, match="has no state readout.*world_model=readout.*cost.space=latent"):
         model.cost(goal, space="readout")
     with pytest.raises(ValueError, match="cost.space='pixels'"):
         model.cost(goal, space="pixels")
@@ -88,7 +88,7 @@ def test_cost_space_readout_and_its_errors(tmp_path):
         torch.testing.assert_close(loaded.readout(pred), model.readout(pred))
     load_planning_model(str(tmp_path / "ro"), None, None, A, "readout", "cpu")
     save_world_model(tmp_path / "plain", plain_model(), encoder_name="vit_micro")
-    with pytest.raises(ValueError, match=r"plain: cost.space=readout needs .*use cost.space=latent"):
+    with pytest.raises(ValueError, match=r"cost.space=readout: the world model '.*plain' has no state readout.*cost.space=latent"):
         load_planning_model(str(tmp_path / "plain"), None, None, A, "readout", "cpu")
     assert (
         load_planning_model(str(tmp_path / "plain"), None, None, A, "auto", "cpu").resolve_cost_space("auto")
