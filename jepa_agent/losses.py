@@ -224,7 +224,9 @@ def temporal_distance_loss(
     the data shows, so a random-action dataset still yields shortest-path distances.
 
     Args:
-        head, target_head: the online ``phi`` and its EMA copy (no gradient flows into the target).
+        head, target_head: the online ``phi`` (with a ``distance`` method, as
+            :class:`~jepa_agent.models.latent.TemporalDistanceHead`) and its EMA copy (no gradient flows
+            into the copy).
         s, s_next, goal: latents ``[B, N, D]`` (or ``[B, F]`` already flat for heads that take it).
         reached: ``[B]`` bool, True where the goal is ``s`` itself.
         step_cost: ``[B]`` the cost of the transition ``s -> s'`` (default 1: distances count steps; the
@@ -243,5 +245,5 @@ def temporal_distance_loss(
         q = -cost + gamma * not_done * -(t_next - t_g).norm(dim=-1)
         adv = q - -(t_s - t_g).norm(dim=-1)
         weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
-    v = -(head(s) - head(goal)).square().sum(-1).clamp_min(1e-12).sqrt()
+    v = -head.distance(s, goal)
     return (weight * (q - v).square()).mean()

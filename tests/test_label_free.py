@@ -159,3 +159,12 @@ def test_world_model_training_refuses_data_without_actions(tmp_path, python, run
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
     assert proc.returncode != 0
     assert "actions" in proc.stderr and str(videos) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_metric_head_with_a_learned_pooling_is_refused(tmp_path):
+    from jepa_agent.training.train_world_model import train_world_model
+    from tests.test_world_model import Episodes, cfg
+
+    model = tiny_world_model(pooling="attentive", metric={"dim": 4, "hidden": 8})
+    with pytest.raises(ValueError, match="pooling is learned.*world_model.metric.dim=0"):
+        train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, progress=False)

@@ -88,7 +88,8 @@ def test_cost_space_readout_and_its_errors(tmp_path):
         torch.testing.assert_close(loaded.readout(pred), model.readout(pred))
     load_planning_model(str(tmp_path / "ro"), None, None, A, "readout", "cpu")
     save_world_model(tmp_path / "plain", plain_model(), encoder_name="vit_micro")
-    with pytest.raises(ValueError, match=r"cost.space=readout: the world model '.*plain' has no state readout.*cost.space=latent"):
+    msg = r"cost.space=readout: the world model '.*plain' has no state readout.*cost.space=latent"
+    with pytest.raises(ValueError, match=msg):
         load_planning_model(str(tmp_path / "plain"), None, None, A, "readout", "cpu")
     assert (
         load_planning_model(str(tmp_path / "plain"), None, None, A, "auto", "cpu").resolve_cost_space("auto")

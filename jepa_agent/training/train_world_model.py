@@ -355,6 +355,11 @@ def train_world_model(
     head_stats: dict[str, float] = {}
     if state is not None:  # resumed: the head was trained (and saved) before the predictor's first step
         model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
+    if model.metric is not None and model.pooler.learned:
+        raise ValueError(
+            "a temporal-distance head is trained on fixed latents before the predictor, but this world "
+            "model's pooling is learned (world_model.pooling=attentive): set world_model.metric.dim=0"
+        )
     if model.metric is not None and cfg.metric.steps > 0 and not model.metric_trained:
         # first, from encoded frames alone (every rank alike: same data, same seed)
         head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
