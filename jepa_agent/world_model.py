@@ -328,8 +328,9 @@ class WorldModel(nn.Module):
                 "has no temporal-distance head: train it with world_model.metric.dim=32 (the default) "
                 "and train.metric.steps > 0"
                 if self.metric is None
-                else "has a temporal-distance head that was never trained (its run stopped before the "
-                "metric stage): finish it with scripts/train_world_model.py resume=true out=RUN_DIR"
+                else "has a temporal-distance head that was never trained (its run had "
+                "train.metric.steps=0): train it with scripts/train_world_model.py resume=true out=RUN_DIR "
+                "train.metric.steps=6000"
             )
             others = "cost.space=readout" if self.readout is not None else "cost.space=latent"
             raise ValueError(f"cost.space=metric: {where} {why}; or use {others}")

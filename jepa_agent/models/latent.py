@@ -116,8 +116,8 @@ def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tens
 class TemporalDistanceHead(nn.Module):
     """Latent -> ``phi`` in R^dim whose distance ``||phi(x) - phi(y)||`` counts the steps from x to y.
 
-    The label-free planning space (``cost.space=metric``): trained on recorded episodes only (frames,
-    through the frozen encoder, and the predictor's own predictions of them), with the HILP objective
+    The label-free planning space (``cost.space=metric``): trained on recorded episodes only (their
+    frames through the frozen encoder, and their order), before the predictor, with the HILP objective
     (:func:`jepa_agent.losses.temporal_distance_loss`): the value ``V(s, g) = -||phi(s) - phi(g)||`` is
     fitted by expectile TD with reward -1 per step, so the distance approximates the *fewest* steps
     between two frames that the data shows, not how far apart their pixels or latents are. A state the

@@ -81,12 +81,11 @@ class MetricTrainConfig:
             raise ValueError(f"train.metric.predictor_weight={self.predictor_weight}; expected >= 0")
 
 
-def _episode_index(data: LatentEpisodes) -> tuple[Tensor, Tensor]:
-    """Per frame: its position in its episode and the global index of its episode's last frame."""
+def _last_frames(data: LatentEpisodes) -> Tensor:
+    """Per frame: the global index of its episode's last frame."""
     starts = torch.tensor(data.starts)
     lengths = torch.tensor(data.lengths)
-    ep = torch.repeat_interleave(torch.arange(len(starts)), lengths)
-    return torch.arange(int(lengths.sum())) - starts[ep], (starts + lengths - 1)[ep]
+    return torch.repeat_interleave(starts + lengths - 1, lengths)
 
 
 def sample_goals(
@@ -118,8 +117,7 @@ def train_metric_head(
 
     t0 = time.perf_counter()
     dev = data.z.device
-    _, last = _episode_index(data)
-    last = last.to(dev)
+    last = _last_frames(data).to(dev)
     num = len(last)
     states = torch.nonzero(torch.arange(num, device=dev) < last).squeeze(1).cpu()  # frames with a successor
     if len(states) == 0:
