@@ -478,7 +478,11 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"checkpoint {str(path)!r} has an invalid world-model config: {e}") from e
         for name in model.module_names():
             load_into(path, name, getattr(model, name))
-        model.meta.update(checkpoint=str(path), metric_steps=int(meta.get("metric_steps", 0) or 0))
+        model.meta.update(
+            checkpoint=str(path),
+            metric_steps=int(meta.get("metric_steps", 0) or 0),
+            encoder_tune_steps=int(meta.get("encoder_tune_steps", 0) or 0),
+        )
         try:
             model.check_compatible(env_id=env_id, image_size=image_size, action_dim=action_dim)
         except ValueError as e:
@@ -582,5 +586,7 @@ def save_world_model(
     modules: dict[str, nn.Module] = {name: getattr(model, name) for name in model.module_names()}
     info = {"kind": KIND, "env_id": model.meta.get("env_id"), "image_size": model.image_size,
             "action_dim": model.action_dim, "state_labels": model.state_labels,
-            "metric_steps": int(model.meta.get("metric_steps", 0) or 0), **(meta or {})}  # fmt: skip
+            "metric_steps": int(model.meta.get("metric_steps", 0) or 0),
+            "encoder_tune_steps": int(model.meta.get("encoder_tune_steps", 0) or 0),
+            **(meta or {})}  # fmt: skip
     save_checkpoint(path, modules, config, train_state, info)

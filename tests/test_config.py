@@ -111,3 +111,14 @@ def test_world_model_group_is_typed():
         compose_config("train_world_model", ["world_model.predictor.dmi=3"])
     with pytest.raises(Exception, match="grid_size"):
         compose_config("train_world_model", ["world_model.grid_size=large"])
+
+
+def test_world_model_training_defaults_are_the_scripts_defaults():
+    """``WorldModelTrainConfig()`` (the Python API) trains as ``train_world_model.py`` does by default."""
+    from jepa_agent.training.train_world_model import WorldModelTrainConfig
+
+    script = OmegaConf.to_container(compose_config("train_world_model").train, resolve=True)
+    api = dataclasses.asdict(WorldModelTrainConfig())
+    api["betas"] = list(api["betas"])
+    assert {k: api[k] for k in script} == script
+    assert set(api) - set(script) == {"seed", "device"}  # top-level keys of the script's config

@@ -53,7 +53,7 @@ class MetricTrainConfig:
     """
 
     steps: int = 6000
-    step_cost: str = "action"
+    step_cost: str = "step"
     batch_size: int = 256
     lr: float = 3e-4
     gamma: float = 0.98

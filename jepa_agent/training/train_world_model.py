@@ -43,6 +43,7 @@ from jepa_agent.checkpoint import (
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
 from jepa_agent.training.distributed import init_distributed
+from jepa_agent.training.encoder_tune import EncoderTuneConfig, FrameEpisodes, tune_encoder
 from jepa_agent.training.latent_cache import (
     EpisodeSource,
     LatentEpisodes,
@@ -97,16 +98,18 @@ class WorldModelTrainConfig:
         seed: window sampling seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         metric: the temporal-distance head, trained before the predictor (models with a metric head).
+        encoder: the action-conditioned encoder fine-tune, run first (``steps=0``: the encoder stays as
+            pretrained); see :mod:`jepa_agent.training.encoder_tune`.
     """
 
     steps: int = 3000
     batch_size: int = 64
-    window: int = 4
-    rollout_steps: int = 2
+    window: int = 6
+    rollout_steps: int = 5
     rollout_weight: float = 1.0
-    loss: str = "l1"
+    loss: str = "mse"
     proprio_weight: float = 1.0
-    readout_weight: float = 1.0
+    readout_weight: float = 20.0
     variance_weight: float = 1.0
     lr: float = 1e-3
     final_lr: float = 1e-5
@@ -123,10 +126,13 @@ class WorldModelTrainConfig:
     seed: int = 0
     device: str = "auto"
     metric: MetricTrainConfig = field(default_factory=MetricTrainConfig)
+    encoder: EncoderTuneConfig = field(default_factory=EncoderTuneConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.metric, dict):
             self.metric = MetricTrainConfig(**self.metric)
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderTuneConfig(**self.encoder)
         for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
@@ -339,6 +345,21 @@ def train_world_model(
         fit_normalizer(model, train_source)
     show = progress and rank == 0
     t0 = time.perf_counter()
+    tune_stats: dict[str, float] = {}
+    if state is not None:  # resumed: the encoder in the checkpoint is the fine-tuned one (if any)
+        model.meta["encoder_tune_steps"] = int(load_meta(ckpt).get("encoder_tune_steps", 0) or 0)
+    elif cfg.encoder.steps > 0:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError(
+                "the encoder fine-tune (train.encoder.steps > 0) runs in one process; run it without "
+                "torchrun, or set train.encoder.steps=0"
+            )
+        # frames and actions only (no proprio, no state); the frames stay in memory for the latent cache
+        train_source = FrameEpisodes(train_source, model.normalizer.actions)
+        tune_stats = tune_encoder(
+            model.encoder, model.pooler, train_source, cfg.encoder, device, cfg.seed, show
+        )
+        model.meta["encoder_tune_steps"] = cfg.encoder.steps
     pooled = not model.pooler.learned
     train = encode_episodes(model, train_source, cfg.encode_batch, pooled, show)
     val = None
@@ -368,8 +389,13 @@ def train_world_model(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
     result.val.update(head_stats)
+    result.val.update(tune_stats)
     result.encode_seconds = (
-        time.perf_counter() - t0 - result.train_seconds - head_stats.get("metric_seconds", 0.0)
+        time.perf_counter()
+        - t0
+        - result.train_seconds
+        - head_stats.get("metric_seconds", 0.0)
+        - tune_stats.get("encoder_tune_seconds", 0.0)
     )
     result.frames_encoded = len(train.z) + (len(val.z) if val is not None else 0)
     return result

@@ -1,0 +1,284 @@
+"""Action-conditioned fine-tune of the encoder, before it is frozen for the world model (recipe B).
+
+V-JEPA pretraining learns what is predictable in a clip; in the distracting reach that is the tiled
+background, not the thin arm (``research/label_free_cost.md``, the "slow feature" failure). This stage
+trains the encoder, from its pretrained weights, on the recorded episodes' frames AND actions (no proprio,
+no state, no reward), so that what the actions move is kept:
+
+- **inverse dynamics** (EB-JEPA, PLDM, AC-State): an MLP reads the embeddings of frames ``t`` and ``t+1``
+  and regresses the (standardised) action taken between them. Only what the action controls can pay it.
+- **action-conditioned prediction** (LeWM, PLDM): a residual MLP rolls the embedding forward with the
+  actions, open loop over the clip, and is scored against the encoded frames (no stop-gradient).
+- **variance / covariance** anti-collapse (VICReg, as EB-JEPA: ``16 x`` variance hinge, ``8 x``
+  off-diagonal covariance), over every frame of the batch.
+- **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
+
+The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
+grid) through a small projector; the projector, predictor and inverse model are thrown away after the
+stage, and the world model then trains on the fine-tuned encoder as usual. Everything is batched: one
+encoder call per step for every frame of every clip.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_agent.models.latent import LatentPooler
+from jepa_agent.models.vit import VideoViT, pixels_to_images
+from jepa_agent.training.schedules import warmup_cosine
+
+__all__ = ["ActionTuneHeads", "EncoderTuneConfig", "FrameEpisodes", "action_tune_loss", "tune_encoder"]
+
+
+@dataclass
+class EncoderTuneConfig:
+    """Settings of the encoder fine-tune (``train.encoder.*``).
+
+    Attributes:
+        steps: optimisation steps (0: the encoder stays as pretrained, frozen).
+        batch_size: clips per step.
+        window: frames per clip (``window - 1`` actions: predicted open loop, and inverse-modelled).
+        lr: encoder learning rate (AdamW; warm-up then cosine to ``lr / 100``).
+        head_lr: learning rate of the projector, predictor and inverse model.
+        warmup: warm-up steps.
+        weight_decay: AdamW weight decay (matrices only).
+        proj_dim: width of the projected embedding the losses act on.
+        hidden: hidden width of the projector, predictor and inverse model.
+        inverse_weight: weight of the inverse-dynamics term.
+        prediction_weight: weight of the action-conditioned prediction term.
+        variance_weight: weight of the variance hinge (VICReg).
+        covariance_weight: weight of the off-diagonal covariance term (VICReg).
+        shift: random-shift augmentation in pixels (0: none).
+        clip_grad: max gradient norm (0: none).
+    """
+
+    steps: int = 0
+    batch_size: int = 16
+    window: int = 3
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    proj_dim: int = 64
+    hidden: int = 256
+    inverse_weight: float = 1.0
+    prediction_weight: float = 1.0
+    variance_weight: float = 16.0
+    covariance_weight: float = 8.0
+    shift: int = 3
+    clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "shift", "warmup"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected an integer >= 0")
+        for name in ("batch_size", "proj_dim", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a positive integer")
+        if int(self.window) < 2:
+            raise ValueError(f"train.encoder.window={self.window}; expected >= 2 frames (one action)")
+        for name in ("lr", "head_lr", "weight_decay", "inverse_weight", "prediction_weight",
+                     "variance_weight", "covariance_weight", "clip_grad"):  # fmt: skip
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number >= 0")
+
+
+class ActionTuneHeads(nn.Module):
+    """The stage's throwaway heads: projector (latent -> embedding), residual action-conditioned
+    predictor, and inverse model ``(e_t, e_{t+1}) -> a_t``."""
+
+    def __init__(self, latent_dim: int, action_dim: int, proj_dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.projector = nn.Sequential(  # batch-standardised first, as the world model standardises latents
+            nn.BatchNorm1d(latent_dim, affine=False), nn.Linear(latent_dim, hidden), nn.GELU(),
+            nn.Linear(hidden, proj_dim),
+        )  # fmt: skip
+        self.predictor = nn.Sequential(
+            nn.Linear(proj_dim + action_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, proj_dim),
+        )  # fmt: skip
+        self.inverse = nn.Sequential(
+            nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, action_dim),
+        )  # fmt: skip
+
+    def rollout(self, e0: Tensor, actions: Tensor) -> Tensor:
+        """Open loop from ``e0 [B, P]`` with ``actions [B, K, A]`` -> ``[B, K, P]``."""
+        out, e = [], e0
+        for k in range(actions.shape[1]):
+            e = e + self.predictor(torch.cat([e, actions[:, k]], dim=-1))
+            out.append(e)
+        return torch.stack(out, dim=1)
+
+
+def random_shift(x: Tensor, shift: int, gen: torch.Generator | None = None) -> Tensor:
+    """Shift each clip ``x [B, T, C, H, W]`` by one random integer offset in ``[-shift, shift]`` pixels
+    (the same for all its frames), filling with the border (replicate padding)."""
+    if shift <= 0:
+        return x
+    B, T, C, H, W = x.shape
+    pad = F.pad(x.flatten(0, 1), (shift,) * 4, mode="replicate").view(B, T, C, H + 2 * shift, W + 2 * shift)
+    off = torch.randint(0, 2 * shift + 1, (2, B), generator=gen).to(x.device)
+    rows = (off[0][:, None] + torch.arange(H, device=x.device))[:, None, None, :, None]  # [B, 1, 1, H, 1]
+    cols = (off[1][:, None] + torch.arange(W, device=x.device))[:, None, None, None, :]  # [B, 1, 1, 1, W]
+    b = torch.arange(B, device=x.device)[:, None, None, None, None]
+    t = torch.arange(T, device=x.device)[None, :, None, None, None]
+    c = torch.arange(C, device=x.device)[None, None, :, None, None]
+    return pad[b, t, c, rows, cols]
+
+
+def variance_covariance(e: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's terms on ``e [M, P]``: mean hinge ``relu(1 - std)`` per dimension, and the sum of squared
+    off-diagonal covariances over ``P``."""
+    e = e - e.mean(0)
+    std = torch.sqrt(e.var(0) + eps)
+    cov = (e.T @ e) / max(e.shape[0] - 1, 1)
+    off = cov - torch.diag_embed(torch.diagonal(cov))
+    return F.relu(1.0 - std).mean(), off.square().sum() / e.shape[1]
+
+
+def action_tune_loss(
+    encoder: VideoViT,
+    pooler: LatentPooler,
+    heads: ActionTuneHeads,
+    clips: Tensor,
+    actions: Tensor,
+    cfg: EncoderTuneConfig,
+    gen: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The stage's loss on ``clips`` (float ``[B, T, 3, H, W]`` in [0, 1]) and standardised
+    ``actions [B, T-1, A]``; returns ``(loss, parts)``."""
+    B, T = clips.shape[:2]
+    x = random_shift(clips, cfg.shift, gen)
+    z = pooler(encoder.encode_images(x.flatten(0, 1)))  # [B*T, N, D]
+    e = heads.projector(z.reshape(B * T, -1)).view(B, T, -1)  # [B, T, P]
+    parts = {
+        "inverse": F.mse_loss(heads.inverse(torch.cat([e[:, :-1], e[:, 1:]], dim=-1)), actions),
+        "prediction": F.mse_loss(heads.rollout(e[:, 0], actions), e[:, 1:]),
+    }
+    parts["variance"], parts["covariance"] = variance_covariance(e.flatten(0, 1))
+    loss = (
+        cfg.inverse_weight * parts["inverse"] + cfg.prediction_weight * parts["prediction"]
+        + cfg.variance_weight * parts["variance"] + cfg.covariance_weight * parts["covariance"]
+    )  # fmt: skip
+    return loss, parts
+
+
+class FrameEpisodes:
+    """Every training episode's frames (uint8, host memory) and standardised actions, read once; it also
+    serves as the episode source the latent cache is then encoded from (so frames are decoded once)."""
+
+    def __init__(self, source: Any, normalize_actions: Any) -> None:
+        self.episodes: list[dict[str, Any]] = [source.episode(i) for i in range(source.num_episodes)]
+        lengths = [int(np.asarray(ep["frames"]).shape[0]) for ep in self.episodes]
+        self.frames = torch.from_numpy(np.concatenate([np.asarray(ep["frames"]) for ep in self.episodes]))
+        with torch.no_grad():
+            acts = [
+                torch.cat(
+                    [
+                        normalize_actions(torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32)),
+                        torch.zeros(1, np.asarray(ep["action"]).shape[-1]),
+                    ]
+                )  # fmt: skip
+                for ep in self.episodes
+            ]
+        self.actions = torch.cat(acts)  # row t: the action after frame t (last row of an episode: padding)
+        self.starts = np.cumsum([0, *lengths[:-1]]).tolist()
+        self.lengths = lengths
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    def episode(self, i: int) -> dict[str, Any]:
+        return self.episodes[i]
+
+    def clip_starts(self, window: int) -> Tensor:
+        """Global frame indices where a clip of ``window`` frames fits inside one episode."""
+        out = [torch.arange(s, s + n - window + 1) for s, n in zip(self.starts, self.lengths, strict=True)
+               if n >= window]  # fmt: skip
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def tune_encoder(
+    encoder: VideoViT,
+    pooler: LatentPooler,
+    data: FrameEpisodes,
+    cfg: EncoderTuneConfig,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fine-tune ``encoder`` in place (then freeze it again); returns the final loss terms and seconds.
+
+    Raises:
+        ValueError: no episode has ``cfg.window`` frames.
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    from tqdm.auto import tqdm
+
+    from jepa_agent.training.pretrain import NonFiniteLossError
+
+    t0 = time.perf_counter()
+    first = data.clip_starts(cfg.window)
+    if len(first) == 0:
+        raise ValueError(
+            f"no episode has {cfg.window} frames (train.encoder.window); longest: {max(data.lengths)}"
+        )
+    if pooler.learned:
+        raise ValueError(
+            "the encoder fine-tune acts on the fixed pooled latent, but this world model's pooling is "
+            "learned (world_model.pooling=attentive): set train.encoder.steps=0"
+        )
+    heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
+                            cfg.hidden).to(device)  # fmt: skip
+    encoder.to(device).requires_grad_(True).train()
+    decay = [p for p in encoder.parameters() if p.ndim > 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "base": cfg.lr},
+        {"params": [p for p in encoder.parameters() if p.ndim <= 1], "weight_decay": 0.0, "base": cfg.lr},
+        {"params": list(heads.parameters()), "weight_decay": 0.0, "base": cfg.head_lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    params: Sequence[Tensor] = [p for g in groups for p in g["params"]]
+    gen = torch.Generator().manual_seed(seed + 17)
+    offsets = torch.arange(cfg.window)
+    parts: dict[str, Tensor] = {}
+    value = float("nan")
+    try:
+        for step in tqdm(range(cfg.steps), desc="encoder fine-tune", disable=not progress, leave=False):
+            idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)][:, None] + offsets
+            clips = pixels_to_images(data.frames[idx.flatten()], device).view(
+                cfg.batch_size, cfg.window, 3, *data.frames.shape[1:3]
+            )  # [B, T, 3, H, W]
+            actions = data.actions[idx[:, :-1]].to(device)  # [B, T-1, A]
+            for g in optimizer.param_groups:
+                base = g["base"]
+                g["lr"] = warmup_cosine(step, cfg.steps, min(cfg.warmup, cfg.steps), base, base / 100)
+            loss, parts = action_tune_loss(encoder, pooler, heads, clips, actions, cfg, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            optimizer.step()
+            if step % 50 == 0 or step == cfg.steps - 1:  # a host sync only now and then
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"non-finite encoder fine-tune loss {value} at step {step}; "
+                        "try a lower train.encoder.lr"
+                    )
+    finally:
+        encoder.requires_grad_(False).eval()
+    out = {f"encoder_tune_{k}": float(v.detach()) for k, v in parts.items()}
+    return {**out, "encoder_tune_loss": value, "encoder_tune_seconds": time.perf_counter() - t0}

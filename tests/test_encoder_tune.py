@@ -1,0 +1,123 @@
+"""The action-conditioned encoder fine-tune (``train.encoder``): its parts, its effect, its guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_agent.training.encoder_tune import (
+    EncoderTuneConfig,
+    FrameEpisodes,
+    random_shift,
+    tune_encoder,
+    variance_covariance,
+)
+from jepa_agent.world_model import WorldModel
+from tests.test_world_model import A, Episodes, cfg, synthetic_episode, tiny_world_model
+
+
+def test_random_shift_moves_a_whole_clip_alike():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 3, 16, 16)
+    assert torch.equal(random_shift(x, 0, g), x)
+    y = random_shift(x, 2, g)
+    assert y.shape == x.shape
+    for b in range(6):  # one offset per clip: find it from frame 0 and check it on every frame
+        found = [
+            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            if torch.equal(y[b, 0, :, 4:12, 4:12], x[b, 0, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+        ]  # fmt: skip
+        assert len(found) == 1
+        dy, dx = found[0]
+        for t in range(3):
+            assert torch.equal(y[b, t, :, 4:12, 4:12], x[b, t, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+
+
+def test_variance_covariance_terms():
+    v, c = variance_covariance(torch.zeros(64, 8) + 0.3)
+    assert v.item() > 0.95 and c.item() == 0.0
+    v, c = variance_covariance(torch.randn(4096, 8, generator=torch.Generator().manual_seed(0)) * 1.5)
+    assert v.item() == 0.0 and c.item() < 0.02
+    z = torch.randn(4096, 1, generator=torch.Generator().manual_seed(0))
+    assert variance_covariance(torch.cat([z, z], 1))[1].item() > 0.9  # two copies of one feature
+
+
+def test_fine_tune_learns_what_the_actions_move():
+    """On episodes of an action-driven square over a per-episode random background, the fine-tune lowers
+    the inverse-dynamics error of its heads a lot and leaves the encoder frozen again."""
+    torch.manual_seed(0)
+    model = tiny_world_model(grid_size=2)
+    rng = np.random.default_rng(0)
+    eps = Episodes(range(24))
+    for ep in eps.eps:  # per-episode static distractor: a random colour in the top rows
+        ep["frames"][:, :4] = rng.integers(0, 255, size=3, dtype=np.uint8)
+    data = FrameEpisodes(eps, lambda a: a)
+    tune = EncoderTuneConfig(
+        steps=400,
+        batch_size=16,
+        window=3,
+        lr=1e-3,
+        head_lr=3e-3,
+        warmup=10,
+        proj_dim=16,
+        hidden=64,
+        shift=1,
+        variance_weight=1.0,
+        covariance_weight=0.5,
+    )
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    torch.manual_seed(1)
+    out = tune_encoder(model.encoder, model.pooler, data, tune, torch.device("cpu"), progress=False)
+    assert np.isfinite(out["encoder_tune_loss"]) and out["encoder_tune_seconds"] > 0
+    assert not any(p.requires_grad for p in model.encoder.parameters()) and not model.encoder.training
+    assert any(not torch.equal(v, model.encoder.state_dict()[k]) for k, v in before.items())
+    # predicting the mean action would score the actions' variance (1/3)
+    assert out["encoder_tune_inverse"] < 0.6 * float(data.actions[:, 0].var()), out
+
+
+def test_world_model_run_with_fine_tune_records_it_and_resumes(tmp_path):
+    from jepa_agent.training.train_world_model import train_world_model
+
+    model = tiny_world_model()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    c = cfg(steps=6, encoder={"steps": 4, "batch_size": 4, "window": 3, "proj_dim": 8, "hidden": 16})
+    res = train_world_model(model, Episodes(range(4)), None, c, tmp_path, progress=False)
+    assert np.isfinite(res.val["encoder_tune_loss"]) and res.steps == 6
+    loaded = WorldModel.from_checkpoint(tmp_path, device="cpu")
+    assert loaded.meta["encoder_tune_steps"] == 4
+    tuned = loaded.encoder.state_dict()
+    assert any(not torch.equal(v, tuned[k]) for k, v in before.items())
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, tuned[k])
+    # resuming keeps the saved (tuned) encoder and does not tune again
+    again = tiny_world_model()
+    res2 = train_world_model(again, Episodes(range(4)), None, c, tmp_path, resume=True, progress=False)
+    assert "encoder_tune_loss" not in res2.val and again.meta["encoder_tune_steps"] == 4
+    for k, v in again.encoder.state_dict().items():
+        torch.testing.assert_close(v, tuned[k])
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"window": 1}, "train.encoder.window=1"),
+        ({"steps": -1}, "train.encoder.steps=-1"),
+        ({"lr": float("nan")}, "train.encoder.lr=nan"),
+        ({"batch_size": 0}, "train.encoder.batch_size=0"),
+    ],
+)
+def test_fine_tune_config_refuses_bad_values(kw, msg):
+    with pytest.raises(ValueError, match=msg.replace(".", r"\.")):
+        EncoderTuneConfig(**kw)
+
+
+def test_fine_tune_needs_clips_that_fit_and_a_fixed_pooling():
+    data = FrameEpisodes(Episodes(range(2)), lambda a: a)
+    model, cpu = tiny_world_model(), torch.device("cpu")
+    with pytest.raises(ValueError, match="train.encoder.window"):
+        tune_encoder(model.encoder, model.pooler, data, EncoderTuneConfig(steps=1, window=99), cpu)
+    attentive = tiny_world_model(pooling="attentive")
+    with pytest.raises(ValueError, match="train.encoder.steps=0"):
+        tune_encoder(attentive.encoder, attentive.pooler, data, EncoderTuneConfig(steps=1), cpu)
+    assert synthetic_episode(0)["action"].shape[-1] == A
