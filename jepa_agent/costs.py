@@ -2,6 +2,8 @@
 
 * :class:`LatentGoalCost`: distance between predicted latents and a goal latent (L1 / MSE / L2 / cosine),
   on the final step or averaged over all steps with an optional discount.
+* :class:`ProjectedGoalCost`: the same after a projection (a state readout, a temporal-distance head).
+* :class:`MetricLatentCost`: the label-free cost (head distance + latent term), fused into the rollout.
 * :class:`ActionMagnitudeCost`: ``mean_h ||a_h||_p^p`` penalty on the actions.
 * Costs compose: ``LatentGoalCost(goal) + 0.01 * ActionMagnitudeCost()``.
 * :class:`CostConfig`: the planning cost's settings (the ``cost`` config group); its defaults are the
@@ -288,6 +290,84 @@ class ProjectedGoalCost(LatentGoalCost):
 
     def __repr__(self) -> str:
         return "Projected" + super().__repr__()
+
+
+class MetricLatentCost(Cost):
+    """The label-free planning cost: squared distance in a temporal-distance head's space, plus
+    ``latent_weight x`` the latents' own mean squared distance to the goal (sharp where a step count is
+    flat, near the goal).
+
+    Fused (``rollout_projection``): given an orthonormal ``basis [D, k]`` of the directions the imagined
+    latents move in (``ACPredictor.motion_basis``), the rollout returns the head's first layer AND the
+    ``k`` basis coordinates of each frame, ``[S, H, hidden + k]``, instead of the wide latents; the latent
+    term is then exact up to a constant that is the same for every imagined future of one plan (the part
+    of ``z0 - goal`` outside the basis), so candidates rank exactly as with the latents. Given latents
+    ``[S, H, N, D]`` it computes both terms directly (e.g. for encoded frames).
+
+    Args:
+        head: the :class:`~jepa_agent.models.latent.TemporalDistanceHead` (``input_layer`` /
+            ``from_input_layer``).
+        goal: goal latent ``[N, D]`` (may be set later with :meth:`set_goal`).
+        reduction, discount: as :class:`LatentGoalCost`.
+        latent_weight: weight of the latent term.
+        basis: ``[D, k]`` motion basis for single-token latents (``N == 1``); None: not fused.
+    """
+
+    def __init__(
+        self,
+        head: nn.Module,
+        goal: Tensor | None = None,
+        reduction: str = "final",
+        discount: float = 1.0,
+        latent_weight: float = 0.5,
+        basis: Tensor | None = None,
+    ) -> None:
+        if not latent_weight >= 0:
+            raise ValueError(f"latent_weight={latent_weight}; expected >= 0")
+        self.head, self.latent_weight, self.basis = head, float(latent_weight), basis
+        self.metric = ProjectedGoalCost(head, None, "mse", reduction, discount)
+        self.latent = LatentGoalCost(None, "mse", reduction, discount)
+        self.reduction, self.discount = reduction, float(discount)
+        self.rollout_projection = None
+        layer = getattr(head, "input_layer", None)
+        if basis is not None and layer is not None and layer.in_features == basis.shape[0]:
+            self.hidden = layer.out_features
+            proj = nn.Linear(layer.in_features, self.hidden + basis.shape[1]).to(layer.weight)
+            with torch.no_grad():
+                proj.weight.copy_(torch.cat([layer.weight, basis.T.to(layer.weight)]))  # [hidden + k, D]
+                proj.bias.zero_()
+                proj.bias[: self.hidden].copy_(layer.bias)
+            self.rollout_projection = proj.requires_grad_(False)
+        self.goal_coords: Tensor | None = None
+        if goal is not None:
+            self.set_goal(goal)
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Set the goal latent ``[N, D]`` (or ``[1, N, D]``) of both terms."""
+        self.metric.set_goal(goal)
+        self.latent.set_goal(goal)
+        if self.rollout_projection is not None:
+            g = goal.detach().reshape(-1).to(self.basis)
+            self.goal_coords = g @ self.basis  # [k]
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        """``pred``: latents ``[S, H, N, D]``, or ``rollout_projection`` of them ``[S, H, hidden + k]``."""
+        if pred.dim() != 3 or self.rollout_projection is None:
+            return self.metric(pred, actions) + self.latent_weight * self.latent(pred, actions)
+        if self.goal_coords is None:
+            raise ValueError("MetricLatentCost has no goal: call set_goal(latent) before planning")
+        if self.reduction == "final":
+            pred = pred[:, -1:]
+        coords = pred[..., self.hidden :]  # [S, H, k]
+        goal = self.goal_coords.to(device=coords.device, dtype=coords.dtype)
+        # [S, H]: the latent MSE, less a constant
+        near = (coords - goal).square().sum(-1) / self.basis.shape[0]
+        cost = self.metric(pred[..., : self.hidden], actions)
+        return cost + self.latent_weight * reduce_steps(near, self.reduction, self.discount)
+
+    def __repr__(self) -> str:
+        fused = "fused" if self.rollout_projection is not None else "not fused"
+        return f"MetricLatentCost(latent_weight={self.latent_weight}, reduction={self.reduction!r}, {fused})"
 
 
 class ActionMagnitudeCost(Cost):

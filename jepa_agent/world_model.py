@@ -40,6 +40,7 @@ from jepa_agent.costs import (
     Cost,
     CostConfig,
     LatentGoalCost,
+    MetricLatentCost,
     ProjectedGoalCost,
     ScaledCost,
 )
@@ -298,10 +299,18 @@ class WorldModel(nn.Module):
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
         else:
             head = self.metric if space == "metric" else self.readout
-            goal_cost = ProjectedGoalCost(head, goal, metric=metric, reduction=reduction, discount=discount)
-            if latent_weight and space == "metric":  # sharp where the step count is flat: near the goal
-                near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
-                goal_cost = goal_cost + ScaledCost(near, latent_weight)
+            if latent_weight and space == "metric" and metric == "mse":
+                # + the latent term, sharp where the step count is flat (near the goal); single-token latents
+                # move in a (dim + 1)-wide subspace, so both terms fuse into the rollout's head
+                basis = self.predictor.motion_basis() if self.latent_shape[0] == 1 else None
+                goal_cost = MetricLatentCost(head, goal, reduction, discount, latent_weight, basis)
+            else:
+                goal_cost = ProjectedGoalCost(
+                    head, goal, metric=metric, reduction=reduction, discount=discount
+                )
+                if latent_weight and space == "metric":
+                    near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
+                    goal_cost = goal_cost + ScaledCost(near, latent_weight)
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
 
     def resolve_cost_space(self, space: str) -> str:

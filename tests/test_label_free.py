@@ -85,7 +85,7 @@ def test_metric_cost_space_is_the_default_and_its_absence_is_named():
     assert model.resolve_cost_space("auto") == "metric"
     goal = torch.zeros(model.latent_shape)
     cost = model.cost(goal)  # the default: CostConfig's space=auto -> metric
-    assert cost.terms[0].project is model.metric  # plus the action penalty
+    assert cost.terms[0].head is model.metric  # plus the action penalty
     bare = tiny_world_model()
     bare.meta.update(checkpoint="runs/wm/checkpoint")
     with pytest.raises(
@@ -168,3 +168,38 @@ def test_metric_head_with_a_learned_pooling_is_refused(tmp_path):
     model = tiny_world_model(pooling="attentive", metric={"dim": 4, "hidden": 8})
     with pytest.raises(ValueError, match="pooling is learned.*world_model.metric.dim=0"):
         train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("reduction", ["final", "all"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual):
+    """The metric cost with its latent term is fused into the rollout (head's first layer + the latents'
+    coordinates in the predictor's motion basis): it equals the cost of the full imagined latents up to
+    one constant per plan, so candidates rank the same; with and without grad."""
+    from jepa_agent.agent import planning_rollout
+    from jepa_agent.costs import MetricLatentCost
+    from tests.test_world_model import A, obs
+
+    torch.manual_seed(0)
+    predictor = {"dim": 8, "depth": 2, "num_heads": 2, "max_steps": 8}  # latents move in 9 of 32 dimensions
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8}, predictor=predictor)
+    model.meta.update(metric_steps=1)
+    model.predictor.residual = residual
+    model.predictor.set_delta_scale(torch.rand(model.latent_shape[1]) + 0.5)
+    goal = model.encode_goal({"image": obs()["pixels"]})
+    state = model.encode(obs())
+    actions = torch.rand(64, 4, A) * 2 - 1
+    cost = model.cost(goal, reduction=reduction, latent_weight=0.7, action_weight=0.1)
+    assert isinstance(cost.terms[0], MetricLatentCost) and cost.rollout_projection is not None
+    fused = planning_rollout(model, cost)
+    with torch.inference_mode():
+        out = fused(state, actions)
+        assert out.shape == (64, 4, 8 + 9)  # the head's first layer + the motion-basis coordinates
+        gap = cost(out, actions) - cost(model.rollout(state, actions), actions)
+        assert float(gap.std()) < 1e-4 * float(cost(out, actions).std())
+    a = actions.clone().requires_grad_(True)  # the gradient planner's path
+    cost(fused(state, a), a).sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+    # without the latent term: the head alone, fused through its first layer as the readout is
+    plain = model.cost(goal, latent_weight=0.0)
+    assert plain.rollout_projection is model.metric.input_layer

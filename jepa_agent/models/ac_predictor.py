@@ -423,6 +423,19 @@ class ACPredictor(nn.Module):
                 out = (flat @ w.T).view(S, H, N, D) + z0.unsqueeze(1)
         return out, ps
 
+    def motion_basis(self) -> Tensor:
+        """An orthonormal basis ``[D, k]`` (``k <= dim + 1``) of the directions imagined latents move in.
+
+        Every imagined token is ``z0 + scale * (W_h u + t b_h)`` (residual) or ``W_h h + b_h``, so
+        ``z_t - z0`` (or ``z_t - b_h``) lies in the span of the head's scaled columns and bias. A squared
+        distance ``||z_t - g||^2`` is then ``||Q^T (z_t - g)||^2`` plus a term that is the same for every
+        imagined future of one plan: a cost can read ``k`` numbers per token instead of ``D``.
+        """
+        w_h, b_h = self.latent_head.weight, self.latent_head.bias  # [D, dim], [D]
+        scale = self.delta_scale if self.residual else torch.ones_like(self.delta_scale)
+        cols = torch.cat([w_h, b_h[:, None]], dim=1) * scale[:, None]  # [D, dim+1]
+        return torch.linalg.qr(cols.detach().float()).Q.to(w_h.dtype)  # [D, dim+1]
+
     def _project_out(self, hs: Tensor, z0: Tensor, scale: Tensor, project: nn.Linear) -> Tensor:
         """``project(z_t)`` for the latents the head would give from features ``hs [S, H, N, dim]``.
 
