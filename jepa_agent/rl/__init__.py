@@ -1,0 +1,27 @@
+"""The RL bridge: the world model and the planner at stable-baselines3's extension points.
+
+* :class:`LatentGoalEnv`: a pixel task as a goal env in the planning space (HER-ready ``compute_reward``).
+* :class:`VecLatentEncode`: the same observations and rewards over a VecEnv, one encoder call per step.
+* :class:`JepaFeaturesExtractor`: the encoder as an SB3 features extractor (PPO, fine-tuning).
+* :class:`GoalImageObservation`: the goal image as an observation entry (``goal_pixels``).
+* :class:`PlannerPolicy`: the MPC agent behind SB3's ``predict`` (``evaluate_policy``).
+* :class:`PlanningSpace`: the planning cost's space as numpy features, distance and reward.
+"""
+
+from jepa_agent.rl.extractor import JepaFeaturesExtractor
+from jepa_agent.rl.goal_env import LatentGoalEnv
+from jepa_agent.rl.goal_image import GOAL_KEY, GoalImageObservation
+from jepa_agent.rl.planner_policy import PlannerPolicy
+from jepa_agent.rl.space import PlanningSpace, planning_projection
+from jepa_agent.rl.vec_encode import VecLatentEncode
+
+__all__ = [
+    "GOAL_KEY",
+    "GoalImageObservation",
+    "JepaFeaturesExtractor",
+    "LatentGoalEnv",
+    "PlannerPolicy",
+    "PlanningSpace",
+    "VecLatentEncode",
+    "planning_projection",
+]

@@ -1,0 +1,167 @@
+"""The planning space as numpy features and rewards: what the RL bridge observes and rewards in.
+
+The planning cost (``WorldModel.cost``) compares an imagined latent frame with the goal's in one space
+(``cost.space``): the temporal-distance head's (``metric``), the state readout's (``readout``) or the
+latents' own (``latent``); ``auto`` picks the first the model has. :class:`PlanningSpace` exposes that
+space to SB3:
+
+* ``features(pixels)``: frames -> flat float32 features ``[B, F]``, computed by the world model's own
+  encoder, pooler and normaliser and then by the map the cost itself applies to a latent frame (its
+  ``ProjectedGoalCost.project``: the head); for ``latent`` the flattened latent;
+* ``distance(achieved, desired)``: the cost's own per-step distance (``jepa_agent.costs.latent_distance``
+  with the cost's ``metric``) between rows of features, vectorised over a batch of goals;
+* ``reward(achieved, desired)``: ``-distance`` (``dense``), or ``-(distance > epsilon)`` (``sparse``).
+
+The cost's extra terms are not part of the reward: the action penalty (``action_weight``) is not a
+function of the goal, and the metric space's latent term (``latent_weight``) would need the full latent as
+the goal. Features and distances are float32 and the distance of a row never depends on the other rows
+of its batch, so a reward recomputed from stored features (HER's ``compute_reward``) equals the step
+reward bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from jepa_agent.costs import METRICS, CostConfig, latent_distance
+from jepa_agent.world_model import WorldModel
+
+REWARDS = ("dense", "sparse")
+GOAL_METHOD = "render_goal"  # the env method that returns the goal image (our tasks' ReachEnv / PushEnv)
+
+
+def planning_projection(model: WorldModel, space: str = "auto") -> tuple[str, nn.Module | None]:
+    """The resolved cost space and the map the planning cost applies to one latent frame in it.
+
+    The map is read from the cost itself (``model.cost(...)``: its ``project``, the model's metric head
+    or state readout), so the features are the ones the planner compares; None for ``latent`` (the cost
+    compares the latents themselves).
+
+    Raises:
+        ValueError: an unknown space, or one the model lacks (the model's own message, naming it).
+    """
+    resolved = model.resolve_cost_space(space)
+    probe_goal = torch.zeros(model.latent_shape, device=model.device)  # [N, D]: any latent frame will do
+    cost = model.cost(probe_goal, space=resolved, reduction="final", action_weight=0.0, latent_weight=0.0)
+    return resolved, getattr(cost, "project", None)
+
+
+def check_image_size(model: WorldModel, pixel_shape: tuple[int, ...], what: str) -> None:
+    """Refuse pixels ``[S, S, 3]`` the world model was not trained on, naming both sizes."""
+    s = model.image_size
+    if len(pixel_shape) == 3 and pixel_shape[0] == 3 and pixel_shape[-1] != 3:
+        raise ValueError(
+            f"{what} has channel-first pixels {list(pixel_shape)}; expected the env's own channel-last "
+            f"[{s}, {s}, 3] frames (wrap the VecEnv before any VecTransposeImage)"
+        )
+    if len(pixel_shape) != 3 or pixel_shape[-1] != 3 or pixel_shape[0] != s or pixel_shape[1] != s:
+        where = f" {model.meta['checkpoint']!r}" if model.meta.get("checkpoint") else ""
+        raise ValueError(
+            f"{what} has pixels of shape {list(pixel_shape)} but the world model{where} takes "
+            f"[{s}, {s}, 3] images; make the env with image_size={s}"
+        )
+
+
+class PlanningSpace:
+    """A world model's planning space as numpy features, distance and reward (see the module docstring).
+
+    Args:
+        model: the world model (its encoder, pooler, normaliser and cost head are used as they are).
+        space: ``auto`` | ``metric`` | ``readout`` | ``latent`` (as ``cost.space``).
+        metric: the cost's distance in that space (``mse`` | ``l1`` | ``l2`` | ``cosine``; default the
+            planning cost's).
+        reward: ``dense`` (``-distance``) or ``sparse`` (``-1`` beyond ``epsilon``, else ``0``).
+        epsilon: the sparse reward's success radius in ``metric`` units (required for ``sparse``;
+            calibrate it on data: e.g. the distance's quantile at ``info["is_success"]``).
+        batch_size: frames per encoder call.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        space: str = "auto",
+        metric: str = CostConfig.metric,
+        reward: str = "dense",
+        epsilon: float | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric={metric!r}; expected one of {list(METRICS)}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward={reward!r}; expected one of {list(REWARDS)}")
+        if reward == "sparse" and (epsilon is None or not epsilon > 0):
+            raise ValueError(
+                f"reward='sparse' needs epsilon > 0 (the success radius in {metric} units); got {epsilon!r}"
+            )
+        self.model = model
+        self.name, self.project = planning_projection(model, space)
+        self.metric, self.reward_kind = metric, reward
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.batch_size = int(batch_size)
+        n, d = model.latent_shape
+        if self.project is None:
+            self.step_shape: tuple[int, int] = (n, d)  # one imagined step as the cost sees it
+        else:
+            with torch.inference_mode():
+                out = self.project(torch.zeros(1, n, d, device=model.device))  # [1, F]
+            self.step_shape = (1, int(out.shape[-1]))
+        self.dim = self.step_shape[0] * self.step_shape[1]
+
+    def box(self) -> spaces.Box:
+        """The unbounded float32 ``Box((F,))`` of the features."""
+        return spaces.Box(-np.inf, np.inf, shape=(self.dim,), dtype=np.float32)
+
+    def project_latents(self, z: Tensor) -> Tensor:
+        """Latent frames ``[B, N, D]`` -> features ``[B, F]`` (differentiable; no mode is set here)."""
+        feats = z if self.project is None else self.project(z)  # [B, N, D] or [B, F]
+        return feats.reshape(z.shape[0], self.dim)
+
+    @torch.inference_mode()
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 frames ``[B, H, W, 3]`` -> float32 features ``[B, F]`` (one encoder call per batch)."""
+        z = self.model.encode_pixels(np.asarray(pixels), batch_size=self.batch_size)  # [B, N, D]
+        return self.project_latents(z).float().cpu().numpy()
+
+    def distance(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """The cost's distance between feature rows ``[..., F]`` (broadcast) -> float32 ``[...]``."""
+        a = np.asarray(achieved, dtype=np.float32)
+        d = np.asarray(desired, dtype=np.float32)
+        a, d = np.broadcast_arrays(a, d)
+        if a.shape[-1:] != (self.dim,):
+            raise ValueError(f"goals of shape {a.shape}; expected [..., {self.dim}] ({self.name} features)")
+        lead = a.shape[:-1]
+        flat = (-1, 1, *self.step_shape)  # [B, 1, N, D]: B samples of a one-step "rollout"
+        ta = torch.from_numpy(np.ascontiguousarray(a)).reshape(flat)
+        td = torch.from_numpy(np.ascontiguousarray(d)).reshape(flat)
+        with torch.inference_mode():
+            dist = latent_distance(ta, td, self.metric)[:, 0]  # [B]
+        return dist.numpy().astype(np.float32, copy=False).reshape(lead)
+
+    def reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """float32 reward ``[...]`` for feature rows ``[..., F]`` (see :class:`PlanningSpace`)."""
+        dist = self.distance(achieved, desired)
+        if self.reward_kind == "sparse":
+            return -(dist > self.epsilon).astype(np.float32)
+        return -dist
+
+
+def goal_image_fn(env: Any, goal_method: str = GOAL_METHOD) -> Callable[[], np.ndarray]:
+    """The env's goal-image method (found through its wrappers), or one clear error."""
+    try:
+        fn = env.get_wrapper_attr(goal_method)
+    except AttributeError:
+        fn = None
+    if not callable(fn):
+        spec = getattr(env, "spec", None)
+        name = spec.id if spec is not None else type(getattr(env, "unwrapped", env)).__name__
+        raise ValueError(
+            f"env {name!r} has no {goal_method}() method; expected an env whose {goal_method}() returns the "
+            "goal image (uint8 [H, W, 3]), or pass goal_method=<the name of the env's goal-image method>"
+        )
+    return fn
