@@ -60,7 +60,7 @@ class MetricTrainConfig:
     expectile: float = 0.9
     ema: float = 0.005
     random_goals: float = 0.3
-    predictor_weight: float = 50.0
+    predictor_weight: float = 10.0
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0 or int(self.batch_size) < 1:
