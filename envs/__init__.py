@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym  # noqa: E402
-from omegaconf import MISSING  # noqa: E402
+from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: E402
 
 ENV_IDS: dict[str, str] = {
     "reach": "JepaAgent/Reach-v0",
     "reach_distracting": "JepaAgent/ReachDistracting-v0",  # same task, distracting visuals (envs/reach.py)
+    "push": "JepaAgent/Push-v0",  # a point pusher moves a T block (envs/push.py)
 }
 
 if ENV_IDS["reach"] not in gym.registry:
@@ -28,32 +30,54 @@ if ENV_IDS["reach_distracting"] not in gym.registry:
         max_episode_steps=50,
         kwargs={"distracting": True},
     )
+if ENV_IDS["push"] not in gym.registry:
+    gym.register(id=ENV_IDS["push"], entry_point="envs.push:PushEnv", max_episode_steps=50)
 
 
 @dataclass
 class EnvConfig:
     """The ``env`` config group's schema: which task, and how it is made. A schema only: every value comes
-    from the group's YAML file (configs/env/*.yaml extend it), so none is written twice here."""
+    from the group's YAML file (configs/env/*.yaml extend it), so none is written twice here. A task with
+    settings of its own extends it (:class:`PushEnvConfig`); its YAML file names that schema instead."""
 
     name: str = MISSING  # a key of ENV_IDS (or a full id)
     id: str = MISSING
     image_size: int = MISSING  # observation pixels are image_size x image_size x 3
     frame_skip: int = MISSING  # physics steps per env step
-    max_delta: float = MISSING  # rad of servo-target displacement per unit action
+    max_delta: float = MISSING  # servo-target displacement per unit action (reach: rad per joint; push: m)
     max_episode_steps: int = MISSING
-    joint_angles: int = MISSING  # leading proprio dims that are joint angles (the labelled readout baseline)
+    joint_angles: int = MISSING  # leading proprio dims that are joint angles: readout targets (0: none)
     continuous_joints: list[int] = MISSING  # joints that turn freely
+
+
+@dataclass
+class PushEnvConfig(EnvConfig):
+    """``env=push``: :class:`EnvConfig` plus where the goals come from (``envs.push.PushEnv``)."""
+
+    goal: str = MISSING  # offset (the expert's pose goal_steps on) | random (an independent random pose)
+    goal_steps: int = MISSING  # env steps between the start and an offset goal
+
+
+ENV_SCHEMAS: dict[str, type] = {"schema": EnvConfig, "push_schema": PushEnvConfig}  # name in the env group
+META_KEYS = ("name", "id", "joint_angles", "continuous_joints")  # env config keys that are not env arguments
+
+
+def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments for :func:`make_env` in an ``env`` config (a Hydra node, a schema instance or
+    a dict): every key but :data:`META_KEYS`, which describe the task to the other parts."""
+    if isinstance(cfg, DictConfig):
+        values = OmegaConf.to_container(cfg, resolve=True)
+    elif is_dataclass(cfg):
+        values = asdict(cfg)
+    else:
+        values = dict(cfg)
+    return {k: v for k, v in values.items() if k not in META_KEYS}
 
 
 def make_env_from_config(cfg: Any) -> gym.Env:
     """The env an ``env`` config (:class:`EnvConfig` or its Hydra node) describes."""
-    return make_env(
-        cfg.name,
-        image_size=int(cfg.image_size),
-        frame_skip=int(cfg.frame_skip),
-        max_delta=float(cfg.max_delta),
-        max_episode_steps=int(cfg.max_episode_steps),
-    )
+    name = cfg["name"] if isinstance(cfg, Mapping) else cfg.name
+    return make_env(name, **env_kwargs_from_config(cfg))
 
 
 def resolve_env_id(name: str) -> str:
@@ -76,4 +100,14 @@ def make_env(name: str = "reach", max_episode_steps: int | None = None, **kwargs
     return gym.make(env_id, **kwargs)
 
 
-__all__ = ["ENV_IDS", "EnvConfig", "make_env", "make_env_from_config", "resolve_env_id"]
+__all__ = [
+    "ENV_IDS",
+    "ENV_SCHEMAS",
+    "META_KEYS",
+    "EnvConfig",
+    "PushEnvConfig",
+    "env_kwargs_from_config",
+    "make_env",
+    "make_env_from_config",
+    "resolve_env_id",
+]

@@ -36,10 +36,12 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 class RandomPolicy:
     """Uniform random actions in the action box."""
 
+    env_keys: tuple[str, ...] = ()  # what it needs from RecordingWrapper.env_info besides the action box
+
     def __init__(self, low: np.ndarray, high: np.ndarray, rng: np.random.Generator, **_: Any) -> None:
         self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
 
-    def __call__(self, proprio: np.ndarray) -> np.ndarray:
+    def __call__(self, proprio: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
@@ -56,6 +58,8 @@ class NoisyTargetPolicy:
     arrived. Without such segments the world model imagines the arm drifting under zero action, and the
     agent wanders around the goal it reached.
     """
+
+    env_keys = ("max_delta", "joint_low", "joint_high")
 
     def __init__(
         self,
@@ -101,7 +105,7 @@ class NoisyTargetPolicy:
         self._target: np.ndarray | None = None
         self._countdown = 0
 
-    def __call__(self, proprio: np.ndarray) -> np.ndarray:
+    def __call__(self, proprio: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         q = np.asarray(proprio[: self.n], np.float64)  # joint angles
         if self._countdown <= 0 or self._target is None:
             # drawn only when holding is possible, so hold_prob=0 replays the older datasets' noise exactly
@@ -121,25 +125,93 @@ class NoisyTargetPolicy:
         return np.clip(action, self.low, self.high).astype(np.float32)
 
 
-POLICIES = {"random": RandomPolicy, "noisy": NoisyTargetPolicy}
+class PushPolicy:
+    """Data that moves the block of ``JepaAgent/Push-v0``: the scripted approach-and-push expert
+    (:class:`envs.push_expert.ScriptedPusher`, on the true state, set to seek contact: ``expert_settings``)
+    with noise, mixed with random actions.
+
+    Each episode is, with probability ``random_episodes``, temporally correlated random actions (an AR(1)
+    process with correlation ``smoothing``, clipped to the box: the off-expert actions a planner samples);
+    otherwise the expert's, each perturbed by Gaussian noise whose standard deviation is drawn per episode
+    from ``U(0, noise)`` (OGBench draws its noise per episode), replaced by a uniform random action with
+    probability ``random_prob`` and by the previous action with probability ``repeat_prob``.
+    """
+
+    env_keys = ("env_id", "max_delta")
+    env_id = "JepaAgent/Push-v0"
+    # the expert brushes past the T's corners on its way round and turns it less per push: the block moves
+    # in ~80% of its steps instead of ~47% (envs.push_expert.ScriptedPusher)
+    expert_settings = {"clearance": -0.005, "graze": 0.3, "max_offset": 0.015}
+
+    def __init__(
+        self,
+        low: np.ndarray,
+        high: np.ndarray,
+        rng: np.random.Generator,
+        env_id: str,
+        max_delta: float,
+        noise: float = 0.3,
+        random_prob: float = 0.05,
+        repeat_prob: float = 0.1,
+        random_episodes: float = 0.15,
+        smoothing: float = 0.8,
+    ) -> None:
+        from envs.push_expert import ScriptedPusher
+
+        if env_id != self.env_id:
+            raise ValueError(f"policy 'push' drives the pusher of {self.env_id}; the env is {env_id!r}")
+        probs = {"random_prob": random_prob, "repeat_prob": repeat_prob, "random_episodes": random_episodes}
+        if not all(0.0 <= v <= 1.0 for v in probs.values()):
+            raise ValueError(f"{probs}: expected probabilities in [0, 1]")
+        if not noise >= 0:
+            raise ValueError(f"noise={noise!r}: expected >= 0 (largest per-episode action noise std)")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
+        self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
+        self.random_prob, self.repeat_prob, self.smoothing = float(random_prob), float(repeat_prob), smoothing
+        self.random_episode = bool(rng.uniform() < random_episodes)
+        self.noise = float(rng.uniform(0.0, noise))  # this episode's noise std
+        self.expert = ScriptedPusher(rng, max_delta, **self.expert_settings)
+        self._last = np.zeros(len(self.low))
+        self._eps = np.zeros(len(self.low))
+
+    def __call__(self, proprio: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        if state is None:
+            raise ValueError("policy 'push' needs the simulator state (the block's pose), not proprio only")
+        n = len(self.low)
+        if self.random_episode:
+            rho = self.smoothing
+            self._eps = rho * self._eps + np.sqrt(1 - rho**2) * self.rng.standard_normal(n)
+            action = self._eps
+        else:
+            action = self.expert(state)  # always called: the expert tracks its sub-goal every step
+            u = self.rng.uniform()
+            if u < self.random_prob:
+                action = self.rng.uniform(self.low, self.high)
+            elif u < self.random_prob + self.repeat_prob:
+                action = self._last
+            else:
+                action = action + self.noise * self.rng.standard_normal(n)
+        self._last = np.clip(action, self.low, self.high).astype(np.float32)
+        return self._last
+
+
+POLICIES = {"random": RandomPolicy, "noisy": NoisyTargetPolicy, "push": PushPolicy}
 
 
 def make_policy(name: str, env_info: dict[str, Any], rng: np.random.Generator, **kwargs: Any):
-    """Build policy ``name`` for an env described by :meth:`RecordingWrapper.env_info`.
+    """Build policy ``name`` for an env described by :meth:`RecordingWrapper.env_info`. A policy is called
+    with the latest ``(proprio, state)`` and returns an action.
 
     Raises:
-        ValueError: unknown name (lists the available ones).
+        ValueError: unknown name (lists the available ones), or a policy that does not fit the env.
     """
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; available: {sorted(POLICIES)}")
+    cls = POLICIES[name]
     env_args = {"low": env_info["action_low"], "high": env_info["action_high"], "rng": rng}
-    if name == "noisy":
-        env_args.update(
-            max_delta=env_info["max_delta"],
-            joint_low=env_info["joint_low"],
-            joint_high=env_info["joint_high"],
-        )
-    return POLICIES[name](**env_args, **kwargs)
+    env_args.update({key: env_info[key] for key in cls.env_keys})
+    return cls(**env_args, **kwargs)
 
 
 # --------------------------------------------------------------------------------- worker side
@@ -185,6 +257,8 @@ class RecordingWrapper(gym.Wrapper):
             "max_delta": float(getattr(base, "max_delta", 1.0)),
             "joint_low": getattr(base, "joint_low", None),
             "joint_high": getattr(base, "joint_high", None),
+            # states [T, S] -> [T-1] bool: which steps moved an object (envs with one, e.g. Push-v0)
+            "object_moved": getattr(base, "object_moved", None),
         }
 
 
@@ -305,7 +379,7 @@ def collect(
         num_episodes: episodes the dataset should hold when done.
         env: env name for ``envs.make_env`` (``"reach"`` or a full id).
         env_kwargs: env constructor kwargs (``image_size``, ``frame_skip``, ``max_delta``, ...).
-        policy: ``"random"`` or ``"noisy"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
+        policy: ``"random"``, ``"noisy"`` or ``"push"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
         seed: episode ``i`` is reset with ``seed + i``.
         num_envs: parallel envs (worker processes; 1 runs in-process).
         video: encoder settings ``crf``, ``preset``, ``pix_fmt`` (defaults in ``data.video_io``).
@@ -317,7 +391,8 @@ def collect(
         Metrics: ``out``, ``episodes`` / ``frames`` (finished in the requested range),
         ``collected_episodes`` / ``collected_frames`` (this run), ``skipped_existing``,
         ``frames_per_s`` (collected frames per second of stepping + encoding, after worker start-up),
-        ``frames_per_s_wall`` (per second of the whole call), timings and settings.
+        ``frames_per_s_wall`` (per second of the whole call), ``object_moved_fraction`` (the steps that
+        moved an object, for envs with one), timings and settings.
 
     Raises:
         ValueError: bad arguments (unknown env or policy, negative counts).
@@ -372,9 +447,9 @@ def collect(
     with EpisodeWriter(out_dir, meta) as writer:
         todo = [i for i in range(num_episodes) if not writer.is_finished(i, seed + i)]
         rewritten = sum(i in writer.invalid for i in todo)
-        t_loop, collected_frames = time.perf_counter(), 0
+        t_loop, collected_frames, moved = time.perf_counter(), 0, None
         if todo:
-            t_loop, collected_frames = _run(
+            t_loop, collected_frames, moved = _run(
                 writer,
                 todo,
                 env=env,
@@ -404,6 +479,8 @@ def collect(
         "rewritten_invalid": rewritten,
         "removed_temp_files": removed,
         "frames_per_s": collected_frames / loop_s if collected_frames else 0.0,
+        # steps of this run that moved an object (> 1 mm or > 1 degree), for envs with one (push); else None
+        "object_moved_fraction": moved,
         "frames_per_s_wall": collected_frames / wall_s if collected_frames else 0.0,
         "startup_s": t_loop - t_start,
         "loop_s": loop_s,
@@ -430,8 +507,9 @@ def _run(
     num_envs: int,
     mp_context: str,
     progress: bool,
-) -> tuple[float, int]:
-    """The stepping loop; returns (time the first reset finished, frames written)."""
+) -> tuple[float, int, float | None]:
+    """The stepping loop; returns (time the first reset finished, frames written, fraction of the steps
+    that moved an object or None when the env has none)."""
     from tqdm import tqdm
 
     n = num_envs
@@ -442,6 +520,8 @@ def _run(
     pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="encode")
     bar = tqdm(total=len(todo), unit="ep", desc="collect", disable=not progress, dynamic_ncols=True)
     frames_written, t_loop, ok = 0, None, False
+    object_moved = info.get("object_moved")
+    moved_steps, steps = 0, 0
 
     def drain(block: bool) -> None:
         nonlocal frames_written
@@ -479,7 +559,7 @@ def _run(
             actions[:] = 0.0  # idle envs (no episode left for them) step with zeros, ignored
             for k, ep in enumerate(slots):
                 if ep is not None:
-                    actions[k] = ep.policy(ep.proprio[-1])
+                    actions[k] = ep.policy(ep.proprio[-1], ep.state[-1])
             obs, reward, terminated, truncated, infos = vec.step(actions)
             success = infos.get("is_success")
             for k, ep in enumerate(slots):
@@ -493,6 +573,9 @@ def _run(
                 if success is not None:
                     ep.success.append(bool(success[k]))
                 if terminated[k] or truncated[k]:
+                    if object_moved is not None:
+                        moved_steps += int(object_moved(np.stack(ep.state)).sum())
+                        steps += len(ep.actions)
                     pending.append(pool.submit(_write_episode, writer, ep))
                     slots[k] = None
                     if len(queue) > len(to_reset):
@@ -509,4 +592,4 @@ def _run(
         with warnings.catch_warnings():  # an interrupted step is expected here: no "pending call" warning
             warnings.simplefilter("ignore")
             vec.close(terminate=not ok) if n > 1 else vec.close()
-    return t_loop, frames_written
+    return t_loop, frames_written, (moved_steps / steps if steps else None)

@@ -8,8 +8,9 @@ config, naming the key, before anything is built.
   constructors' signatures (:func:`signature_schema`): the constructor's defaults *are* the config's,
   so a script and ten lines of Python plan with the same budget, and no YAML file mirrors them.
 * ``cost/default`` is :class:`jepa_agent.costs.CostConfig` (``WorldModel.cost`` takes the same defaults).
-* ``env/schema`` (:class:`envs.EnvConfig`) and ``world_model/schema``
-  (:class:`jepa_agent.world_model.WorldModelConfig`) type the YAML files of those groups, which extend them.
+* ``env/schema`` (:class:`envs.EnvConfig`; ``env/push_schema`` extends it, see ``envs.ENV_SCHEMAS``) and
+  ``world_model/schema`` (:class:`jepa_agent.world_model.WorldModelConfig`) type the YAML files of those
+  groups, which extend them.
 
 Call :func:`register_configs` before composing (every script does, via :func:`hydra_main`).
 """
@@ -93,7 +94,7 @@ def agent_schema() -> type:
 
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
-    from envs import EnvConfig
+    from envs import ENV_SCHEMAS
     from jepa_agent.costs import CostConfig
     from jepa_agent.world_model import WorldModelConfig
 
@@ -102,7 +103,8 @@ def register_configs() -> None:
         cs.store(group="planner", name=name, node=schema)
     cs.store(group="cost", name="default", node=CostConfig)
     cs.store(group="agent", name="default", node=agent_schema())
-    cs.store(group="env", name="schema", node=EnvConfig)
+    for name, schema in ENV_SCHEMAS.items():
+        cs.store(group="env", name=name, node=schema)
     cs.store(group="world_model", name="schema", node=WorldModelConfig)
 
 

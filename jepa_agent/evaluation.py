@@ -46,6 +46,22 @@ class RandomPolicy:
         return self.action_space.sample()
 
 
+class ZeroPolicy:
+    """Zero actions (the servo targets stay where the robot is): the do-nothing baseline, which measures
+    how many goals are met without acting (already at the start, or by drifting there)."""
+
+    def __init__(self, action_space: gym.spaces.Box) -> None:
+        self.action = np.clip(np.zeros(action_space.shape), action_space.low, action_space.high).astype(
+            action_space.dtype
+        )
+
+    def reset(self, goal: dict[str, np.ndarray]) -> None:
+        pass
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.action.copy()
+
+
 @dataclass
 class EpisodeResult:
     seed: int

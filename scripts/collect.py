@@ -2,6 +2,7 @@
 
     python scripts/collect.py env=reach episodes=64 policy=noisy num_envs=2 out=data/reach_noisy
     python scripts/collect.py env=reach env.image_size=96 episodes=8 out=data/reach96
+    python scripts/collect.py env=push policy=push episodes=1000 out=data/push
 
 Writes one mp4 + one npz per episode and a meta.json (see ``jepa_agent.data.episodes``). Re-running
 the same command resumes. Shows a progress bar on stderr and ends with one JSON line on stdout:
@@ -19,20 +20,19 @@ from jepa_agent.utils import cli_errors  # torch-free
 
 # the rest of jepa_agent is imported inside main(): collection workers start from a process that
 # imports this file, and keeping torch out of it saves ~2 s of start-up.
-# keys of configs/env/*.yaml that are not env constructor kwargs
-ENV_META_KEYS = ("name", "id", "joint_angles", "continuous_joints")
 
 
 @hydra_main("collect")
 @cli_errors(on_interrupt="finished episodes are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
+    import envs
     from jepa_agent.collect import collect
     from jepa_agent.data import DataError
     from jepa_agent.utils import emit_json_line
 
-    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
-    env_kwargs = {k: v for k, v in env_cfg.items() if k not in ENV_META_KEYS}
-    policy_kwargs = OmegaConf.to_container(cfg.noisy, resolve=True) if cfg.policy == "noisy" else {}
+    env_kwargs = envs.env_kwargs_from_config(cfg.env)
+    tuned = ("noisy", "push")  # policies with a settings block of the same name in collect.yaml
+    policy_kwargs = OmegaConf.to_container(cfg[cfg.policy], resolve=True) if cfg.policy in tuned else {}
     try:
         metrics = collect(
             out_dir=cfg.out,

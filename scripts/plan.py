@@ -1,6 +1,7 @@
 """Reach goals shown only as images by planning in a JEPA world model's latent space.
 
     python scripts/plan.py env=reach goal=image                 # the shipped checkpoint, 20 held-out goals
+    python scripts/plan.py env=push goal=state                  # the true-state oracle alone (no model)
     python scripts/plan.py goal=path/to/goal.png episodes=3     # any image as the goal
     python scripts/plan.py planner=mppi episodes=100 checkpoint=outputs/train_all/.../world_model
 
@@ -15,15 +16,16 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
 from jepa_agent.config import hydra_main
-from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, evaluate
+from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, ZeroPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
-from jepa_agent.oracle import ReachKinematics
+from jepa_agent.oracle import oracle_model
 from jepa_agent.planning import build_agent, load_planning_model, write_plan_report
 from jepa_agent.utils import (
     atomic_write_json,
@@ -48,6 +50,12 @@ def check_counts(cfg: DictConfig) -> None:
         check_int(key, cfg[key], least, what)
 
 
+def build_oracle(env: Any, cfg: DictConfig) -> Any:
+    """The true-state baseline: the env's oracle model (``jepa_agent.oracle.ORACLES``) under the run's
+    planner, agent and cost settings, i.e. the JEPA agent's budget."""
+    return build_agent(oracle_model(env), cfg.planner, cfg.agent, cfg.cost, env.action_space)
+
+
 @hydra_main("plan")
 @cli_errors(
     on_interrupt="the episodes finished so far are in the run dir's episodes.jsonl (outputs/plan/<time>)"
@@ -63,11 +71,10 @@ def main(cfg: DictConfig) -> None:
 
     kind = goal_kind(str(cfg.goal))
     goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
-    oracle = build_agent(ReachKinematics.from_env(env), cfg.planner, cfg.agent, cfg.cost, env.action_space)
     policies = {}
     supervision: dict = {"state_labels": None, "cost_space": "oracle"}  # goal=state: the simulator's own
     if kind == "state":
-        policies["oracle"] = oracle
+        policies["oracle"] = build_oracle(env, cfg)
     else:
         model = load_planning_model(
             cfg.checkpoint,
@@ -84,9 +91,10 @@ def main(cfg: DictConfig) -> None:
             "cost_space": model.resolve_cost_space(cfg.cost.space),
         }
         if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
-            policies["oracle"] = oracle
+            policies["oracle"] = build_oracle(env, cfg)
     if cfg.baselines and kind != "file":
         policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)
+        policies["zero"] = ZeroPolicy(env.action_space)
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
     bar = tqdm(total=len(seeds) * len(policies), desc="episodes", file=sys.stderr)
@@ -133,7 +141,7 @@ def main(cfg: DictConfig) -> None:
         "device": str(device),
         **supervision,
     }
-    for name in ("random", "oracle"):
+    for name in ("random", "zero", "oracle"):
         if name in results and name != main_name:
             for key in ("success_rate", "success_ci95", "success_rate_end"):
                 summary[f"{name}_{key}"] = results[name][key]

@@ -132,11 +132,11 @@ def test_plan_smoke(pipeline):
     assert (out / "results.json").exists() and (out / "cost_per_iteration.png").exists()
     assert (out / "energy_landscape.png").exists() and (out / "jepa_episode_000.mp4").exists()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"jepa", "oracle", "random"}
+    assert set(results["results"]) == {"jepa", "oracle", "random", "zero"}
     assert len(results["results"]["jepa"]["per_episode"]) == 2
     lines = [json.loads(ln) for ln in (out / "episodes.jsonl").read_text().splitlines()]  # as each ended
     assert [(r["policy"], r["index"]) for r in lines] == [
-        (p, i) for p in ("jepa", "oracle", "random") for i in (0, 1)
+        (p, i) for p in ("jepa", "oracle", "random", "zero") for i in (0, 1)
     ]
     assert lines[0]["seed"] == results["results"]["jepa"]["per_episode"][0]["seed"]
 
