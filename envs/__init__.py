@@ -48,6 +48,9 @@ class EnvConfig:
     max_episode_steps: int = MISSING
     joint_angles: int = MISSING  # leading proprio dims that are joint angles: readout targets (0: none)
     continuous_joints: list[int] = MISSING  # joints that turn freely
+    data_policy: str = (
+        MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
+    )
 
 
 @dataclass
@@ -59,7 +62,13 @@ class PushEnvConfig(EnvConfig):
 
 
 ENV_SCHEMAS: dict[str, type] = {"schema": EnvConfig, "push_schema": PushEnvConfig}  # name in the env group
-META_KEYS = ("name", "id", "joint_angles", "continuous_joints")  # env config keys that are not env arguments
+META_KEYS = (
+    "name",
+    "id",
+    "joint_angles",
+    "continuous_joints",
+    "data_policy",
+)  # env config keys that are not env arguments
 
 
 def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:

@@ -122,3 +122,17 @@ def test_world_model_training_defaults_are_the_scripts_defaults():
     api["betas"] = list(api["betas"])
     assert {k: api[k] for k in script} == script
     assert set(api) - set(script) == {"seed", "device"}  # top-level keys of the script's config
+
+
+@pytest.mark.parametrize(
+    "env, policy", [("reach", "noisy"), ("reach_distracting", "noisy"), ("push", "push")]
+)
+def test_train_all_collects_with_the_envs_own_data_policy(env, policy):
+    """``train_all.py env=push`` collects pushes, not the reach's joint-target policy (``env.data_policy``)."""
+    import envs
+
+    cfg = compose_config("train_all", [f"env={env}"])
+    assert cfg.collect.policy == policy
+    assert "data_policy" not in envs.env_kwargs_from_config(
+        cfg.env
+    )  # describes the task, not an env argument
