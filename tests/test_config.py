@@ -128,7 +128,7 @@ def test_world_model_training_defaults_are_the_scripts_defaults():
     "env, policy", [("reach", "noisy"), ("reach_distracting", "noisy"), ("push", "push")]
 )
 def test_train_all_collects_with_the_envs_own_data_policy(env, policy):
-    """``train_all.py env=push`` collects pushes, not the reach's joint-target policy (``env.data_policy``)."""
+    """``train_all.py env=push`` collects pushes, not the reach's joint targets (``env.data_policy``)."""
     import envs
 
     cfg = compose_config("train_all", [f"env={env}"])
