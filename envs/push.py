@@ -32,7 +32,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
@@ -48,6 +47,8 @@ from envs.push_expert import (
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before importing mujoco; respect a user's choice
 import mujoco  # noqa: E402
+
+from envs.base import TopDownEnv  # noqa: E402
 
 ASSET = Path(__file__).parent / "assets" / "push.xml"
 SETTLE_TIME = 0.01  # s: the block's velocity decays with this time constant once released
@@ -87,10 +88,8 @@ def check_pose(qpos: Any, name: str) -> np.ndarray:
     return q
 
 
-class PushEnv(gym.Env):
+class PushEnv(TopDownEnv):
     """Planar pushing of a T block from pixels; see the module docstring for the spaces and the goal."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,
@@ -105,10 +104,7 @@ class PushEnv(gym.Env):
         render_mode: str | None = None,
         render_size: int | None = None,
     ) -> None:
-        if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 512:
-            raise ValueError(f"image_size={image_size!r}: expected an int in [8, 512]")
-        if not isinstance(frame_skip, (int, np.integer)) or frame_skip < 1:
-            raise ValueError(f"frame_skip={frame_skip!r}: expected an int >= 1")
+        self._check_common(image_size, frame_skip, render_mode, render_size)
         if not 0 < max_delta <= 0.1:
             raise ValueError(f"max_delta={max_delta!r}: expected a servo-target displacement in (0, 0.1] m")
         if goal not in GOAL_MODES:
@@ -119,17 +115,11 @@ class PushEnv(gym.Env):
             raise ValueError(
                 f"success_threshold={success_threshold!r}, yaw_threshold={yaw_threshold!r}: expected both > 0"
             )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: expected one of {self.metadata['render_modes']}")
-        self.image_size = int(image_size)
-        self.frame_skip = int(frame_skip)
         self.max_delta = float(max_delta)
         self.goal_mode = goal
         self.goal_steps = int(goal_steps)
         self.success_threshold = float(success_threshold)
         self.yaw_threshold = float(yaw_threshold)
-        self.render_mode = render_mode
-        self.render_size = int(render_size or image_size)
 
         self.model = mujoco.MjModel.from_xml_path(str(ASSET))
         block = self.model.body("block").id
@@ -139,11 +129,7 @@ class PushEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self._goal_data = mujoco.MjData(self.model)  # scratch pose for goal images
         self._sim = mujoco.MjData(self.model)  # scratch simulation for goal rollouts
-        self._camera = camera
-        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
-            raise ValueError(f"camera={camera!r} is not in {ASSET.name}; expected 'top'")
-        self._renderers: dict[int, mujoco.Renderer] = {}
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
+        self._setup_rendering(camera, ASSET.name)
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         bound = np.array([PUSHER_RANGE + 0.05] * 2 + [MAX_SPEED] * 2, dtype=np.float32)
@@ -156,18 +142,6 @@ class PushEnv(gym.Env):
         self._goal = np.array([0.0, -0.15, 0.0, 0.0, 0.0])
 
     # ----------------------------------------------------------------------------------- helpers
-    @property
-    def dt(self) -> float:
-        """Seconds of simulated time per env step."""
-        return self.model.opt.timestep * self.frame_skip
-
-    def _render_data(self, data: mujoco.MjData, size: int) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
-        renderer.update_scene(data, camera=self._camera)
-        return renderer.render().copy()  # uint8 [size, size, 3]
-
     def _apply(self, data: mujoco.MjData, action: np.ndarray) -> None:
         """One env step of ``data``: move the servo target by ``action * max_delta``, then simulate."""
         data.ctrl[:] = np.clip(data.qpos[:2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
@@ -289,12 +263,7 @@ class PushEnv(gym.Env):
         return self._get_obs(), self._get_info()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"action has shape {action.shape}; expected {self.action_space.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action={action.tolist()} is not finite")
-        action = np.clip(action, -1.0, 1.0)
+        action = self._checked_action(action)
         self._apply(self.data, action)
         obs, info = self._get_obs(), self._get_info()
         reward_dist = -info["distance"]
@@ -302,13 +271,3 @@ class PushEnv(gym.Env):
         reward_ctrl = -0.01 * float(np.square(action).sum())
         info.update(reward_dist=reward_dist, reward_yaw=reward_yaw, reward_ctrl=reward_ctrl)
         return obs, reward_dist + reward_yaw + reward_ctrl, False, False, info
-
-    def render(self) -> np.ndarray | None:
-        if self.render_mode == "rgb_array":
-            return self._render_data(self.data, self.render_size)
-        return None
-
-    def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()

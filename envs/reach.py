@@ -28,12 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before importing mujoco; respect a user's choice
 import mujoco  # noqa: E402
+
+from envs.base import TopDownEnv  # noqa: E402
 
 ASSET = Path(__file__).parent / "assets" / "reach.xml"
 LINK_LENGTHS = (0.1, 0.1)
@@ -87,10 +88,8 @@ def forward_kinematics(qpos: np.ndarray) -> np.ndarray:
     return np.stack([l1 * np.cos(q1) + l2 * np.cos(q12), l1 * np.sin(q1) + l2 * np.sin(q12)], axis=-1)
 
 
-class ReachEnv(gym.Env):
+class ReachEnv(TopDownEnv):
     """Planar 2-link reaching from pixels; see the module docstring for the spaces and the goal."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,
@@ -104,30 +103,18 @@ class ReachEnv(gym.Env):
         render_size: int | None = None,
         distracting: bool = False,
     ) -> None:
-        if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 512:
-            raise ValueError(f"image_size={image_size!r}: expected an int in [8, 512]")
-        if not isinstance(frame_skip, (int, np.integer)) or frame_skip < 1:
-            raise ValueError(f"frame_skip={frame_skip!r}: expected an int >= 1")
+        self._check_common(image_size, frame_skip, render_mode, render_size)
         if not max_delta > 0:
             raise ValueError(f"max_delta={max_delta!r}: expected a positive joint displacement (rad)")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: expected one of {self.metadata['render_modes']}")
-        self.image_size = int(image_size)
-        self.frame_skip = int(frame_skip)
         self.max_delta = float(max_delta)
         self.success_threshold = float(success_threshold)
         self.min_goal_distance = float(min_goal_distance)
-        self.render_mode = render_mode
-        self.render_size = int(render_size or image_size)
 
         self.distracting = bool(distracting)
         self.model = build_model(self.distracting)
         self.data = mujoco.MjData(self.model)
         self._goal_data = mujoco.MjData(self.model)  # scratch pose for goal images
-        self._camera = camera
-        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
-            raise ValueError(f"camera={camera!r} is not in {ASSET.name}; expected 'top'")
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._setup_rendering(camera, ASSET.name)
         self._fingertip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "fingertip")
         limited = self.model.jnt_limited.astype(bool)
         # joint ranges; the shoulder is continuous (unlimited): +-inf, sampled within [-pi, pi)
@@ -135,7 +122,6 @@ class ReachEnv(gym.Env):
         self.joint_high = np.where(limited, self.model.jnt_range[:, 1], np.inf)
         self.sample_low = np.maximum(self.joint_low, -np.pi)
         self.sample_high = np.minimum(self.joint_high, np.pi)
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
         if self.distracting:
             geom = lambda name: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, name)  # noqa: E731
             self._tiles = np.array([geom(f"tile_{i}_{j}") for i in range(TILES) for j in range(TILES)])
@@ -165,18 +151,6 @@ class ReachEnv(gym.Env):
         self.goal_ee = forward_kinematics(self.goal_qpos)
 
     # ----------------------------------------------------------------------------------- helpers
-    @property
-    def dt(self) -> float:
-        """Seconds of simulated time per env step."""
-        return self.model.opt.timestep * self.frame_skip
-
-    def _render_data(self, data: mujoco.MjData, size: int) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
-        renderer.update_scene(data, camera=self._camera)
-        return renderer.render().copy()  # uint8 [size, size, 3]
-
     def ee_pos(self) -> np.ndarray:
         """Current end-effector ``xy`` (m)."""
         return self.data.site_xpos[self._fingertip, :2].copy()
@@ -275,12 +249,7 @@ class ReachEnv(gym.Env):
         return self._get_obs(), self._get_info()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"action has shape {action.shape}; expected {self.action_space.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action={action.tolist()} is not finite")
-        action = np.clip(action, -1.0, 1.0)
+        action = self._checked_action(action)
         target = np.clip(self.data.qpos + action * self.max_delta, self.joint_low, self.joint_high)
         self.data.ctrl[:] = target
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
@@ -289,13 +258,3 @@ class ReachEnv(gym.Env):
         reward_ctrl = -0.01 * float(np.square(action).sum())
         info.update(reward_dist=reward_dist, reward_ctrl=reward_ctrl)
         return obs, reward_dist + reward_ctrl, False, False, info
-
-    def render(self) -> np.ndarray | None:
-        if self.render_mode == "rgb_array":
-            return self._render_data(self.data, self.render_size)
-        return None
-
-    def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
