@@ -60,6 +60,20 @@ class TopDownEnv(gym.Env):
         renderer.update_scene(data, camera=self._camera)
         return renderer.render().copy()  # uint8 [size, size, 3]
 
+    def get_state(self) -> np.ndarray:
+        """Full simulator state ``(qpos, qvel)`` as float64 ``[nq + nv]``."""
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def _write_state(self, qpos: np.ndarray, qvel: np.ndarray | None) -> np.ndarray:
+        """Write ``qpos`` (checked against ``nq``) and ``qvel`` (0 when None) into ``self.data``; returns
+        ``qpos`` as float64. The task then sets its servo targets and calls ``mj_forward``."""
+        qpos = np.asarray(qpos, dtype=np.float64)
+        if qpos.shape != (self.model.nq,):
+            raise ValueError(f"qpos has shape {qpos.shape}; expected ({self.model.nq},)")
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, dtype=np.float64)
+        return qpos
+
     def _checked_action(self, action: np.ndarray) -> np.ndarray:
         """``action`` as float64 in the action space's shape, finite (else one clear error), clipped to
         [-1, 1]."""

@@ -147,17 +147,9 @@ class PushEnv(TopDownEnv):
         data.ctrl[:] = np.clip(data.qpos[:2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
         mujoco.mj_step(self.model, data, nstep=self.frame_skip)
 
-    def get_state(self) -> np.ndarray:
-        """Full simulator state ``(qpos [5], qvel [5])`` as float64 ``[10]``."""
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> None:
         """Teleport pusher and block (the servo target follows the pusher), e.g. to replay a state."""
-        qpos = np.asarray(qpos, dtype=np.float64)
-        if qpos.shape != (self.model.nq,):
-            raise ValueError(f"qpos has shape {qpos.shape}; expected ({self.model.nq},)")
-        self.data.qpos[:] = qpos
-        self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, dtype=np.float64)
+        qpos = self._write_state(qpos, qvel)  # state (qpos [5], qvel [5]): get_state() reads it back
         self.data.ctrl[:] = qpos[:2]
         mujoco.mj_forward(self.model, self.data)
 

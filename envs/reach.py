@@ -155,17 +155,9 @@ class ReachEnv(TopDownEnv):
         """Current end-effector ``xy`` (m)."""
         return self.data.site_xpos[self._fingertip, :2].copy()
 
-    def get_state(self) -> np.ndarray:
-        """Full simulator state ``(qpos, qvel)`` as float64 ``[2n]``."""
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> None:
         """Teleport the arm (servo targets follow), e.g. to replay a recorded state."""
-        qpos = np.asarray(qpos, dtype=np.float64)
-        if qpos.shape != (self.model.nq,):
-            raise ValueError(f"qpos has shape {qpos.shape}; expected ({self.model.nq},)")
-        self.data.qpos[:] = qpos
-        self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, dtype=np.float64)
+        qpos = self._write_state(qpos, qvel)
         self.data.ctrl[:] = qpos
         mujoco.mj_forward(self.model, self.data)
 
