@@ -39,6 +39,23 @@ def pixel_spaces(observation_space: spaces.Space, what: str, proprio: bool) -> s
     return observation_space
 
 
+def checked_pixel_space(
+    model: WorldModel,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    env_id: str | None,
+    what: str,
+    proprio: bool,
+) -> spaces.Dict:
+    """The checks every wrapper makes before encoding an env's frames (one clear line each): pixels (and
+    proprio when asked) in the observation, of the model's image size, and the model's env and action size;
+    returns the pixel entries' space."""
+    pixel_space = pixel_spaces(observation_space, what, proprio)
+    check_image_size(model, pixel_space["pixels"].shape, what)
+    model.check_compatible(env_id=env_id, action_dim=int(np.prod(action_space.shape)))
+    return pixel_space
+
+
 def goal_observation_space(space: PlanningSpace, pixel_space: spaces.Dict, proprio: bool) -> spaces.Dict:
     """``observation`` (features, + proprio), ``achieved_goal`` and ``desired_goal`` (features)."""
     feats = space.box()
@@ -88,11 +105,9 @@ class LatentGoalEnv(gym.Env):
     ) -> None:
         spec = getattr(env, "spec", None)
         what = f"env {spec.id!r}" if spec is not None else f"env {type(env.unwrapped).__name__}"
-        pixel_space = pixel_spaces(env.observation_space, what, proprio)
-        check_image_size(model, pixel_space["pixels"].shape, what)
-        model.check_compatible(
-            env_id=spec.id if spec is not None else None, action_dim=int(np.prod(env.action_space.shape))
-        )
+        env_id = spec.id if spec is not None else None
+        obs_space, act_space = env.observation_space, env.action_space
+        pixel_space = checked_pixel_space(model, obs_space, act_space, env_id, what, proprio)
         self.env = env
         self.planning = PlanningSpace(model, space, metric, reward, epsilon)
         self.proprio = proprio

@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from jepa_agent.costs import CostConfig
-from jepa_agent.rl.goal_env import goal_observation_space, pixel_spaces
+from jepa_agent.rl.goal_env import checked_pixel_space, goal_observation_space
 from jepa_agent.rl.space import GOAL_METHOD, PlanningSpace, check_image_size
 from jepa_agent.world_model import WorldModel
 
@@ -53,11 +53,9 @@ class VecLatentEncode(VecEnvWrapper):
     ) -> None:
         spec = venv.get_attr("spec", indices=[0])[0] if venv.has_attr("spec") else None
         what = f"the VecEnv of {spec.id!r}" if spec is not None else "the VecEnv"
-        pixel_space = pixel_spaces(venv.observation_space, what, proprio)
-        check_image_size(model, pixel_space["pixels"].shape, what)
-        model.check_compatible(
-            env_id=spec.id if spec is not None else None, action_dim=int(np.prod(venv.action_space.shape))
-        )
+        env_id = spec.id if spec is not None else None
+        obs_space, act_space = venv.observation_space, venv.action_space
+        pixel_space = checked_pixel_space(model, obs_space, act_space, env_id, what, proprio)
         if not venv.has_attr(goal_method):
             raise ValueError(
                 f"the envs of {what} have no {goal_method}() method; expected envs whose {goal_method}() "
