@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from jepa_agent.models.latent import LatentPooler
 from jepa_agent.models.vit import VideoViT, pixels_to_images
+from jepa_agent.training.latent_cache import window_starts
 from jepa_agent.training.schedules import warmup_cosine
 
 __all__ = ["ActionTuneHeads", "EncoderTuneConfig", "FrameEpisodes", "action_tune_loss", "tune_encoder"]
@@ -181,7 +182,11 @@ class FrameEpisodes:
     def __init__(self, source: Any, normalize_actions: Any) -> None:
         self.episodes: list[dict[str, Any]] = [source.episode(i) for i in range(source.num_episodes)]
         lengths = [int(np.asarray(ep["frames"]).shape[0]) for ep in self.episodes]
-        self.frames = torch.from_numpy(np.concatenate([np.asarray(ep["frames"]) for ep in self.episodes]))
+        frames = np.concatenate([np.asarray(ep["frames"]) for ep in self.episodes])  # [F, H, W, 3]
+        self.starts = np.cumsum([0, *lengths[:-1]]).tolist()
+        for ep, s, n in zip(self.episodes, self.starts, lengths, strict=True):
+            ep["frames"] = frames[s : s + n]  # a view: the frames are held once, not twice
+        self.frames = torch.from_numpy(frames)
         with torch.no_grad():
             acts = [
                 torch.cat(
@@ -193,7 +198,6 @@ class FrameEpisodes:
                 for ep in self.episodes
             ]
         self.actions = torch.cat(acts)  # row t: the action after frame t (last row of an episode: padding)
-        self.starts = np.cumsum([0, *lengths[:-1]]).tolist()
         self.lengths = lengths
 
     @property
@@ -205,9 +209,7 @@ class FrameEpisodes:
 
     def clip_starts(self, window: int) -> Tensor:
         """Global frame indices where a clip of ``window`` frames fits inside one episode."""
-        out = [torch.arange(s, s + n - window + 1) for s, n in zip(self.starts, self.lengths, strict=True)
-               if n >= window]  # fmt: skip
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return window_starts(self.starts, self.lengths, window)
 
 
 def tune_encoder(

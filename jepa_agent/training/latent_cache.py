@@ -27,6 +27,13 @@ class EpisodeSource(Protocol):
     def episode(self, i: int) -> dict[str, Any]: ...
 
 
+def window_starts(starts: list[int], lengths: list[int], window: int) -> Tensor:
+    """Global frame indices where a window of ``window`` frames fits inside one episode (episodes given by
+    their first global frame and length)."""
+    out = [torch.arange(s, s + n - window + 1) for s, n in zip(starts, lengths, strict=True) if n >= window]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 @dataclass
 class LatentEpisodes:
     """Every frame's latent, concatenated over episodes, with window bookkeeping.
@@ -46,9 +53,7 @@ class LatentEpisodes:
 
     def window_starts(self, window: int) -> Tensor:
         """Global frame indices where a window of ``window`` frames fits inside one episode."""
-        pairs = zip(self.starts, self.lengths, strict=True)
-        out = [torch.arange(s, s + n - window + 1) for s, n in pairs if n >= window]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return window_starts(self.starts, self.lengths, window)
 
     def windows(self, first: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """``first [B]`` -> ``z [B, T, N, D]``, ``actions [B, T-1, A]``, ``proprio [B, T, P] | None``."""
