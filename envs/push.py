@@ -168,6 +168,20 @@ class PushEnv(TopDownEnv):
         turn = np.abs(wrap_angle(np.diff(q[:, 2])))
         return (shift > MOVE_DISTANCE) | (turn > MOVE_ANGLE)
 
+    def hindsight_success(self, states: np.ndarray, goal_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The task's own success rule between recorded states, as if ``goal_states`` were the goal
+        (hindsight relabelling): states ``[..., >= 5]`` with ``(pusher x, y, block x, y, yaw)`` first, as
+        :meth:`get_state` and :meth:`goal_state` give them -> (pusher-and-block distance in m ``[...]``,
+        success ``[...]``: that distance and the yaw error within their thresholds, as ``info``)."""
+        a, b = np.asarray(states, dtype=np.float64), np.asarray(goal_states, dtype=np.float64)
+        if a.shape[-1] < 5 or b.shape[-1] < 5:
+            raise ValueError(f"states of shape {a.shape} and {b.shape}; expected [..., >= 5] (qpos first)")
+        pusher = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)
+        block = np.linalg.norm(a[..., 2:4] - b[..., 2:4], axis=-1)
+        distance = np.hypot(pusher, block)
+        yaw_error = np.abs(wrap_angle(a[..., 4] - b[..., 4]))
+        return distance, (distance < self.success_threshold) & (yaw_error < self.yaw_threshold)
+
     def goal_state(self) -> np.ndarray:
         """The goal as a state: ``(pusher x, y, block x, y, yaw)`` ``[5]``."""
         return self._goal.copy()

@@ -174,6 +174,17 @@ class ReachEnv(TopDownEnv):
         self.goal_qpos = goal_qpos.copy()
         self.goal_ee = forward_kinematics(goal_qpos)
 
+    def hindsight_success(self, states: np.ndarray, goal_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The task's own success rule between recorded states, as if ``goal_states`` were the goal
+        (hindsight relabelling): states ``[..., >= n]`` as :meth:`get_state` gives them (joint angles
+        first) -> (end-effector distance in m ``[...]``, ``distance <= success_threshold`` ``[...]``)."""
+        n = self.model.nq
+        a, b = np.asarray(states, dtype=np.float64), np.asarray(goal_states, dtype=np.float64)
+        if a.shape[-1] < n or b.shape[-1] < n:
+            raise ValueError(f"states of shape {a.shape} and {b.shape}; expected [..., >= {n}] (qpos first)")
+        distance = np.linalg.norm(forward_kinematics(a[..., :n]) - forward_kinematics(b[..., :n]), axis=-1)
+        return distance, distance <= self.success_threshold
+
     def goal_state(self) -> np.ndarray:
         """The goal as a state: ``(goal joint angles [n], goal end-effector xy [2])``."""
         return np.concatenate([self.goal_qpos, self.goal_ee])

@@ -85,6 +85,43 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of a 1-D array, ties given their average rank (as ``scipy.stats.rankdata``)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    first = np.r_[True, xs[1:] != xs[:-1]]  # start of each run of equal values
+    run = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(xs)]
+    mean_rank = (starts + ends + 1) / 2.0  # average of the 1-based ranks starts+1 .. ends
+    ranks = np.empty_like(x)
+    ranks[order] = mean_rank[run]
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's r of the tie-averaged ranks); nan for a constant input."""
+    rx, ry = rankdata(x), rankdata(y)
+    if len(rx) != len(ry):
+        raise ValueError(f"spearman: {len(rx)} and {len(ry)} values; expected as many of each")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the True ``labels`` (higher score = more likely True),
+    ties counted half (the Mann-Whitney U statistic); nan when one class is absent."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
 def side_by_side(obs: np.ndarray, goal: np.ndarray, scale: int = 2) -> np.ndarray:
     """``[H, 2W, 3]`` frame: observation (left) beside the goal image (right), upscaled by ``scale``."""
     frame = np.concatenate([obs, goal], axis=1)

@@ -2,6 +2,8 @@
 
 * :class:`LatentGoalEnv`: a pixel task as a goal env in the planning space (HER-ready ``compute_reward``).
 * :class:`VecLatentEncode`: the same observations and rewards over a VecEnv, one encoder call per step.
+* :class:`WorldModelVecEnv`: the same observations and rewards in imagination: the world model as a VecEnv,
+  started from encoded recorded episodes (:class:`LatentStarts`), one predictor call per step.
 * :class:`JepaFeaturesExtractor`: the encoder as an SB3 features extractor (PPO, fine-tuning).
 * :class:`GoalImageObservation`: the goal image as an observation entry (``goal_pixels``).
 * :class:`PlannerPolicy`: the MPC agent behind SB3's ``predict`` (``evaluate_policy``).
@@ -11,6 +13,7 @@
 from jepa_agent.rl.extractor import JepaFeaturesExtractor
 from jepa_agent.rl.goal_env import LatentGoalEnv
 from jepa_agent.rl.goal_image import GOAL_KEY, GoalImageObservation
+from jepa_agent.rl.imagination import LatentStarts, WorldModelVecEnv
 from jepa_agent.rl.planner_policy import PlannerPolicy
 from jepa_agent.rl.space import PlanningSpace, planning_projection
 from jepa_agent.rl.vec_encode import VecLatentEncode
@@ -20,8 +23,10 @@ __all__ = [
     "GoalImageObservation",
     "JepaFeaturesExtractor",
     "LatentGoalEnv",
+    "LatentStarts",
     "PlannerPolicy",
     "PlanningSpace",
     "VecLatentEncode",
+    "WorldModelVecEnv",
     "planning_projection",
 ]
