@@ -1,6 +1,8 @@
 """MuJoCo tasks as Gymnasium envs. Importing this package registers the ids below.
 
-``MUJOCO_GL`` is set to ``egl`` (headless) only when unset, before MuJoCo is imported.
+``make_env("gym", id=...)`` (``env=gym``) makes any Gymnasium env that renders RGB a task instead, through
+the adapter of ``envs/gym_adapter.py``. ``MUJOCO_GL`` is set to ``egl`` (headless) only when unset,
+before MuJoCo is imported.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any
+from typing import Any, Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -20,6 +22,8 @@ ENV_IDS: dict[str, str] = {
     "reach_distracting": "JepaAgent/ReachDistracting-v0",  # same task, distracting visuals (envs/reach.py)
     "push": "JepaAgent/Push-v0",  # a point pusher moves a T block (envs/push.py)
 }
+
+GYM = "gym"  # the env name of the adapter: any Gymnasium env, by its id (envs/gym_adapter.py)
 
 if ENV_IDS["reach"] not in gym.registry:
     gym.register(id=ENV_IDS["reach"], entry_point="envs.reach:ReachEnv", max_episode_steps=50)
@@ -35,22 +39,29 @@ if ENV_IDS["push"] not in gym.registry:
 
 
 @dataclass
-class EnvConfig:
-    """The ``env`` config group's schema: which task, and how it is made. A schema only: every value comes
-    from the group's YAML file (configs/env/*.yaml extend it), so none is written twice here. A task with
-    settings of its own extends it (:class:`PushEnvConfig`); its YAML file names that schema instead."""
+class TaskConfig:
+    """What every ``env`` config holds, whichever way its env is made (:class:`EnvConfig`,
+    :class:`GymEnvConfig`). A schema only: every value comes from the group's YAML file (configs/env/*.yaml
+    extend a schema), so none is written twice here."""
 
-    name: str = MISSING  # a key of ENV_IDS (or a full id)
+    name: str = MISSING  # a key of ENV_IDS (or a full id), or GYM
     id: str = MISSING
     image_size: int = MISSING  # observation pixels are image_size x image_size x 3
-    frame_skip: int = MISSING  # physics steps per env step
-    max_delta: float = MISSING  # servo-target displacement per unit action (reach: rad per joint; push: m)
     max_episode_steps: int = MISSING
     joint_angles: int = MISSING  # leading proprio dims that are joint angles: readout targets (0: none)
     continuous_joints: list[int] = MISSING  # joints that turn freely
     data_policy: str = (
         MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
     )
+
+
+@dataclass
+class EnvConfig(TaskConfig):
+    """The ``env`` config group's schema for our tasks: which task, and how it is made. A task with settings
+    of its own extends it (:class:`PushEnvConfig`); its YAML file names that schema instead."""
+
+    frame_skip: int = MISSING  # physics steps per env step
+    max_delta: float = MISSING  # servo-target displacement per unit action (reach: rad per joint; push: m)
 
 
 @dataclass
@@ -61,7 +72,29 @@ class PushEnvConfig(EnvConfig):
     goal_steps: int = MISSING  # env steps between the start and an offset goal
 
 
-ENV_SCHEMAS: dict[str, type] = {"schema": EnvConfig, "push_schema": PushEnvConfig}  # name in the env group
+@dataclass
+class GymEnvConfig(TaskConfig):
+    """``env=gym``: any Gymnasium env that renders RGB, by its ``id``, through the adapter
+    (:func:`envs.gym_adapter.make_goal_env`, whose arguments these are: its docstring says what each is)."""
+
+    goal: str = MISSING  # auto | env | rollout | state | file:<path>
+    goal_steps: int = MISSING  # random steps from the start to a rollout goal
+    goal_state: Optional[list[float]] = MISSING  # noqa: UP045 - the state goal (null: sampled)
+    success: str = MISSING  # auto | distance | is_success | success | none
+    success_slice: Optional[list[int]] = MISSING  # noqa: UP045 - [start, stop] of the state for distance
+    success_threshold: float = MISSING  # success: distance < success_threshold
+    proprio: Optional[list[int]] = MISSING  # noqa: UP045 - [start, stop] of the observation vector
+    render: str = MISSING  # auto | obs | mujoco | env
+    camera: Optional[str] = MISSING  # noqa: UP045 - a model camera (null: the env's own view)
+    check: bool = MISSING  # run check_goal_env when the env is made; refuse it on a fault
+    make_kwargs: dict[str, Any] = MISSING  # gymnasium.make arguments
+
+
+ENV_SCHEMAS: dict[str, type] = {  # name in the env group -> schema
+    "schema": EnvConfig,
+    "push_schema": PushEnvConfig,
+    "gym_schema": GymEnvConfig,
+}
 META_KEYS = (
     "name",
     "id",
@@ -80,7 +113,8 @@ def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:
         values = asdict(cfg)
     else:
         values = dict(cfg)
-    return {k: v for k, v in values.items() if k not in META_KEYS}
+    keep = ("id",) if values.get("name") == GYM else ()  # the adapter's id names the env it makes
+    return {k: v for k, v in values.items() if k not in META_KEYS or k in keep}
 
 
 def make_env_from_config(cfg: Any) -> gym.Env:
@@ -96,25 +130,38 @@ def resolve_env_id(name: str) -> str:
     if name in ENV_IDS.values():
         return name
     available = sorted(ENV_IDS) + sorted(ENV_IDS.values())
-    raise ValueError(f"unknown env {name!r}; available: {available}")
+    if name == GYM:
+        raise ValueError(f"env {GYM!r} names no task by itself: its id is the env.id setting")
+    raise ValueError(f"unknown env {name!r}; available: {available}, or {GYM!r} with id=<any Gymnasium id>")
 
 
 def make_env(name: str = "reach", max_episode_steps: int | None = None, **kwargs) -> gym.Env:
-    """``gymnasium.make`` for our tasks; ``max_episode_steps`` overrides the 50-step default."""
-    env_id = resolve_env_id(name)
+    """``gymnasium.make`` for our tasks; ``max_episode_steps`` overrides the 50-step default.
+
+    ``make_env("gym", id="Pusher-v5", ...)`` adapts any Gymnasium env instead
+    (:func:`envs.gym_adapter.make_goal_env`; the other keyword arguments are its settings)."""
     if max_episode_steps is not None:
         if int(max_episode_steps) < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps!r}: expected an int >= 1")
         kwargs["max_episode_steps"] = int(max_episode_steps)
-    return gym.make(env_id, **kwargs)
+    if name == GYM:
+        from envs.gym_adapter import make_goal_env
+
+        if kwargs.get("id") in (None, MISSING):
+            raise ValueError(f"env {GYM!r} needs an env id: pass env.id=<a Gymnasium env id>, e.g. Pusher-v5")
+        return make_goal_env(kwargs.pop("id"), **kwargs)
+    return gym.make(resolve_env_id(name), **kwargs)
 
 
 __all__ = [
     "ENV_IDS",
     "ENV_SCHEMAS",
+    "GYM",
     "META_KEYS",
     "EnvConfig",
+    "GymEnvConfig",
     "PushEnvConfig",
+    "TaskConfig",
     "env_kwargs_from_config",
     "make_env",
     "make_env_from_config",

@@ -377,7 +377,8 @@ def collect(
     Args:
         out_dir: dataset directory (created, or resumed when it holds the same dataset).
         num_episodes: episodes the dataset should hold when done.
-        env: env name for ``envs.make_env`` (``"reach"`` or a full id).
+        env: env name for ``envs.make_env`` (``"reach"`` or a full id; ``"gym"``: any Gymnasium env, its id
+            in ``env_kwargs["id"]``).
         env_kwargs: env constructor kwargs (``image_size``, ``frame_skip``, ``max_delta``, ...).
         policy: ``"random"``, ``"noisy"`` or ``"push"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
         seed: episode ``i`` is reset with ``seed + i``.
@@ -414,7 +415,8 @@ def collect(
         raise ValueError(f"seed={seed!r}: expected an int >= 0")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; available: {sorted(POLICIES)}")
-    env_id = envs.resolve_env_id(env)
+    if env != envs.GYM:  # the adapter's env is named by env_kwargs["id"]
+        envs.resolve_env_id(env)  # an unknown name fails here, before any env is made
     env_kwargs, policy_kwargs = dict(env_kwargs or {}), dict(policy_kwargs or {})
     video = {
         "codec": "h264",
@@ -432,7 +434,7 @@ def collect(
     except TypeError as e:
         raise ValueError(f"policy={policy!r}: bad policy_kwargs {policy_kwargs}: {e}") from e
     meta = build_meta(
-        env_id=info["env_id"] if info["env_id"] else env_id,
+        env_id=info["env_id"],
         env_kwargs=env_kwargs,
         image_size=info["image_size"],
         fps=info["fps"],

@@ -25,7 +25,7 @@ import envs
 from jepa_agent.config import hydra_main
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, ZeroPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
-from jepa_agent.oracle import oracle_model
+from jepa_agent.oracle import ORACLES, oracle_model
 from jepa_agent.planning import build_agent, load_planning_model, write_plan_report
 from jepa_agent.utils import (
     atomic_write_json,
@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> None:
     else:
         model = load_planning_model(
             cfg.checkpoint,
-            envs.resolve_env_id(cfg.env.name),
+            cfg.env.id,
             cfg.env.image_size,
             action_dim,
             cfg.cost.space,
@@ -90,7 +90,8 @@ def main(cfg: DictConfig) -> None:
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
         }
-        if cfg.baselines and kind == "image":  # a user image has no true goal state to compare with
+        has_oracle = type(env.unwrapped) in ORACLES  # env=gym: any env, with no true-state model
+        if cfg.baselines and kind == "image" and has_oracle:  # a user image has no true goal state
             policies["oracle"] = build_oracle(env, cfg)
     if cfg.baselines and kind != "file":
         policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from jepa_agent.config import hydra_main
@@ -60,11 +61,19 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.kill()
 
 
+def env_overrides(cfg: DictConfig) -> list[str]:
+    """The env of every stage: its group, the command line's ``env.*`` overrides as given (e.g. env=gym's
+    ``env.id``), the image size and the seed."""
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    own = [o for o in given if o.lstrip("+~").startswith("env.")]
+    return [f"env={cfg.env.name}", *own, f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}"]
+
+
 @hydra_main("train_all")
 @cli_errors(on_interrupt="finished stages and checkpoints are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
-    env = [f"env={cfg.env.name}", f"env.image_size={cfg.env.image_size}", f"seed={cfg.seed}"]
+    env = env_overrides(cfg)
     threads = f"threads={cfg.threads}"
     episodes_dir, encoder_dir, wm_dir = out / "episodes", out / "encoder", out / "world_model"
     seconds: dict[str, float] = {}
