@@ -18,7 +18,8 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.gym_adapter import GoalEnvError, GoalImageEnv, check_goal_env, make_goal_env
+from envs.gym_adapter import GoalEnvError, GoalImageEnv, make_goal_env
+from envs.gym_check import check_goal_env
 from tests.conftest import REPO, script_env
 
 os.environ.setdefault("MUJOCO_GL", "egl")
