@@ -14,6 +14,9 @@ Pairs are hindsight goals: a frame ``i`` and a frame ``i + k`` of the same episo
 (``P(k = 1) = offset_p``: HER's future goals, near ones most often) plus a share drawn from other
 episodes. ``k = 0`` (a frame and itself) is left out: every distance gets it right. Each space's distance
 is scored on the same pairs, with pixel L2 beside it as the baseline a learned space must beat.
+
+The same pairs calibrate the success radius of a sparse reward (:func:`calibrate_epsilon`): the distance
+threshold that best separates the task's successes from its failures (Youden's J or F1).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 
 from jepa_agent.evaluation import auroc, spearman
 from jepa_agent.rl.space import PlanningSpace
+
+EPSILON_CRITERIA = ("youden", "f1")  # what calibrate_epsilon maximises
 
 
 @dataclass
@@ -117,3 +122,53 @@ def reward_quality(
         feats = space.features(frames)  # [N, F]: one encoder pass over every frame
         out[name] = score_distance(space.distance(feats[pairs.achieved], feats[pairs.goal]), pairs)
     return out
+
+
+def calibrate_epsilon(distance: np.ndarray, success: np.ndarray, criterion: str = "youden") -> float:
+    """The success radius ``epsilon`` for which ``distance <= epsilon`` best predicts ``success``.
+
+    The sparse latent reward (``-(distance > epsilon)``) and imagined success (``distance <= epsilon``)
+    stand in for the task's own success; this picks the radius on labelled pairs, e.g. hindsight pairs of
+    recorded training episodes (:func:`hindsight_pairs`, their planning-space distance beside the task's
+    success rule between the two recorded states).
+
+    Args:
+        distance: ``[P]`` distances of the pairs (any units; the radius is in the same).
+        success: ``[P]`` the task's success for each pair.
+        criterion: ``youden`` (maximise Youden's J = TPR - FPR: balanced, whatever the share of successes)
+            or ``f1`` (maximise the F1 score of the successes: fewer false successes when they are rare).
+
+    Returns:
+        A radius > 0 halfway between the best threshold's distance and the next larger one (the largest
+        distance when the best threshold takes every pair).
+
+    Raises:
+        ValueError: an unknown criterion, arrays of different lengths, pairs of one class only (no success
+            or no failure: nothing to separate), or no positive radius (every distance is 0).
+    """
+    if criterion not in EPSILON_CRITERIA:
+        raise ValueError(f"criterion={criterion!r}; expected one of {list(EPSILON_CRITERIA)}")
+    d = np.asarray(distance, dtype=np.float64).ravel()
+    y = np.asarray(success, dtype=bool).ravel()
+    if len(d) != len(y):
+        raise ValueError(f"calibrate_epsilon: {len(d)} distances but {len(y)} success labels")
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(
+            f"calibrate_epsilon: {pos} successful and {neg} failed pairs; expected some of each to place the "
+            "radius between them (record more or longer episodes, or give epsilon)"
+        )
+    order = np.argsort(d, kind="stable")
+    ds, ys = d[order], y[order]
+    tp = np.cumsum(ys)  # successes within ds[i] (predicted success: distance <= ds[i])
+    fp = np.cumsum(~ys)
+    if criterion == "youden":
+        score = tp / pos - fp / neg
+    else:
+        score = 2 * tp / (tp + fp + pos)  # F1 = 2 TP / (2 TP + FP + FN), FN = pos - TP
+    distinct = np.r_[ds[1:] != ds[:-1], True]  # a threshold takes every pair tied with it
+    i = int(np.argmax(np.where(distinct, score, -np.inf)))
+    epsilon = float(ds[i] if i == len(ds) - 1 else (ds[i] + ds[i + 1]) / 2)
+    if not epsilon > 0:
+        raise ValueError("calibrate_epsilon: every distance is 0; expected distances that separate the pairs")
+    return epsilon
