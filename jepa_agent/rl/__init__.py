@@ -12,9 +12,12 @@
 * :func:`train_rl` (:class:`RLConfig`): one arm of the RL comparison, trained and evaluated on held-out goals
   (``scripts/rl.py``); :func:`plot_curves` draws the arms' curves in one figure; :func:`save_policy` /
   :func:`load_policy` keep a policy as safetensors + JSON (no pickle).
+* :class:`DistilledPolicy` (:func:`train_distilled`): a goal-conditioned policy learnt by hindsight inverse
+  dynamics on recorded episodes (``scripts/distill.py``); :class:`GoalImagePolicy` puts the encoder in front.
 """
 
 from jepa_agent.rl.curves import evaluate_success, plot_curves
+from jepa_agent.rl.distill import DistilledPolicy, GoalImagePolicy, train_distilled
 from jepa_agent.rl.extractor import JepaFeaturesExtractor
 from jepa_agent.rl.goal_env import LatentGoalEnv
 from jepa_agent.rl.goal_image import GOAL_KEY, GoalImageObservation
@@ -28,6 +31,8 @@ from jepa_agent.rl.train import RLConfig, VecTaskReward, train_rl
 from jepa_agent.rl.vec_encode import VecLatentEncode
 
 __all__ = [
+    "DistilledPolicy",
+    "GoalImagePolicy",
     "GOAL_KEY",
     "GoalImageObservation",
     "JepaFeaturesExtractor",
@@ -42,6 +47,7 @@ __all__ = [
     "WorldModelVecEnv",
     "calibrate_epsilon",
     "evaluate_success",
+    "train_distilled",
     "load_policy",
     "planning_projection",
     "plot_curves",
