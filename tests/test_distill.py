@@ -26,7 +26,6 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from jepa_agent.collect import collect
 from jepa_agent.config import compose_config
 from jepa_agent.rl import GoalImageObservation, LatentGoalEnv, LatentStarts, PlannerPolicy, PlanningSpace
 from jepa_agent.rl.distill import (
@@ -44,7 +43,7 @@ from jepa_agent.rl.distill import (
 )
 from jepa_agent.world_model import save_world_model
 from tests.conftest import REPO, script_env
-from tests.test_rl import IMG, TINY_PLAN, reach, tiny_model
+from tests.test_rl import IMG, TINY_PLAN, reach, tiny_episodes, tiny_model
 
 EPISODE_STEPS = 12  # 13 frames per recorded episode
 TINY = DistillConfig(steps=150, batch_size=128, hidden=64, depth=2, k_max=6)
@@ -52,10 +51,7 @@ TINY = DistillConfig(steps=150, batch_size=128, hidden=64, depth=2, k_max=6)
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("distill") / "episodes"
-    env_kwargs = {"image_size": IMG, "max_episode_steps": EPISODE_STEPS}
-    collect(root, 4, env="reach", env_kwargs=env_kwargs, policy="noisy", seed=3, num_envs=1, progress=False)
-    return str(root)
+    return tiny_episodes(tmp_path_factory.mktemp("distill") / "episodes", EPISODE_STEPS)
 
 
 @pytest.fixture(scope="module")

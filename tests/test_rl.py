@@ -59,6 +59,17 @@ def tiny_model(readout: bool = True, metric: bool = False, env_id: str = "JepaAg
     return model
 
 
+def tiny_episodes(root, steps: int = 12, episodes: int = 4) -> str:
+    """Record ``episodes`` noisy-policy reach episodes of ``steps`` steps at 16 x 16 into ``root``."""
+    from jepa_agent.collect import collect
+
+    env_kwargs = {"image_size": IMG, "max_episode_steps": steps}
+    collect(
+        root, episodes, env="reach", env_kwargs=env_kwargs, policy="noisy", seed=3, num_envs=1, progress=False
+    )
+    return str(root)
+
+
 def reach(steps: int = 6, size: int = IMG) -> gym.Env:
     return envs.make_env("reach", image_size=size, max_episode_steps=steps)
 

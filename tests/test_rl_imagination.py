@@ -17,10 +17,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-from jepa_agent.collect import collect
 from jepa_agent.data import DataError, EpisodeDataset
 from jepa_agent.rl import LatentGoalEnv, LatentStarts, PlanningSpace, VecLatentEncode, WorldModelVecEnv
-from tests.test_rl import IMG, reach, tiny_model
+from tests.test_rl import reach, tiny_episodes, tiny_model
 
 EPISODE_STEPS = 12  # 13 frames per recorded episode
 EPS = 1e-3  # success radius of the tiny model's readout features (its distances are O(1e-3))
@@ -28,10 +27,7 @@ EPS = 1e-3  # success radius of the tiny model's readout features (its distances
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("imagination") / "episodes"
-    env_kwargs = {"image_size": IMG, "max_episode_steps": EPISODE_STEPS}
-    collect(root, 4, env="reach", env_kwargs=env_kwargs, policy="noisy", seed=3, num_envs=1, progress=False)
-    return str(root)
+    return tiny_episodes(tmp_path_factory.mktemp("imagination") / "episodes", EPISODE_STEPS)
 
 
 @pytest.fixture(scope="module")
