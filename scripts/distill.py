@@ -1,7 +1,7 @@
 """Distil goal reaching into a small MLP policy on the world model's planning-space features.
 
     python scripts/distill.py checkpoint=CKPT episodes=DIR                       # hindsight, label-free
-    python scripts/distill.py checkpoint=CKPT episodes=DIR target=mean space=latent cache=/tmp/feats
+    python scripts/distill.py checkpoint=CKPT episodes=DIR cache=/tmp/feats      # latent features: 99% on reach
     python scripts/distill.py checkpoint=CKPT episodes=DIR dagger_rounds=2       # + DAgger from CEM
 
 Encodes every frame of the recorded episodes once (``cache=`` keeps the features for the next run),

@@ -115,7 +115,7 @@ def test_training_reduces_the_loss(trained):
     policy, metrics = trained
     assert metrics["loss_final"] < 0.5 * metrics["loss_initial"]
     assert metrics["val_loss_final"] < metrics["val_loss_initial"] and metrics["steps"] == TINY.steps
-    assert not policy.training and policy.meta["target"] == "first"
+    assert not policy.training and policy.meta["target"] == "mean"
 
 
 def test_stay_pairs_teach_no_motion_at_the_goal(trained, data):

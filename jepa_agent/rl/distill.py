@@ -409,7 +409,7 @@ class DistillConfig:
         seed: pairs and initial weights.
     """
 
-    target: str = "first"
+    target: str = "mean"
     k_max: int = 20
     goal_sampling: str = "geometric"
     goal_p: float = 0.1
