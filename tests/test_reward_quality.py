@@ -134,3 +134,22 @@ def test_reward_quality_script_end_to_end(tmp_path):
     # bad input: one clear line, no traceback
     bad = subprocess.run(cmd + ["spaces=[]"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "spaces=[]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_near_goal_prices_poses_seen_and_imagined(tmp_path):
+    """scripts/bench_near_goal.py on a tiny random-init model: one JSON line, the goal frame costs 0, every
+    action size is priced in imagination."""
+    ckpt = tmp_path / "wm"
+    save_world_model(ckpt, tiny_model(readout=True), encoder_name="vit_micro")
+    script = str(ROOT / "scripts" / "bench_near_goal.py")
+    cmd = [sys.executable, script, "--checkpoint", str(ckpt), "--goals", "2", "--poses", "6"]
+    cmd += ["--directions", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["space"] == "readout" and line["goals"] == 2
+    assert line["seen"]["median_cost_by_distance"]["0 cm (the goal frame)"] == 0.0
+    assert set(line["imagined_5_steps"]["median_cost_by_action_size"]) == {"0.0", "0.05", "0.1", "0.2", "0.4"}
+    assert 0 <= line["imagined_5_steps"]["p_moving_beats_standing_still"] <= 1
+    bad = subprocess.run([*cmd[:4], "--goals", "0"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and "--goals >= 1" in bad.stderr and "Traceback" not in bad.stderr
