@@ -177,18 +177,25 @@ def run_episode(
     )
 
 
-def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
-    """Success rates (any step / end) with 95% Wilson intervals, distances, plan time."""
-    n = len(results)
-    k_any = sum(r.success_any for r in results)
-    k_end = sum(r.success_end for r in results)
-    plan = [s for r in results for s in r.plan_seconds]
+def success_rates(reached: list[bool], ended: list[bool]) -> dict[str, Any]:
+    """``episodes``, success at any step and at the end (``reached`` / ``ended``, one bool per episode) with
+    their 95% Wilson intervals: the success block of every evaluation's report."""
+    n, k_any, k_end = len(reached), int(sum(map(bool, reached))), int(sum(map(bool, ended)))
     return {
         "episodes": n,
         "success_rate": k_any / n if n else float("nan"),
         "success_ci95": list(wilson_interval(k_any, n)),
         "success_rate_end": k_end / n if n else float("nan"),
         "success_end_ci95": list(wilson_interval(k_end, n)),
+    }
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
+    """Success rates (any step / end) with 95% Wilson intervals, distances, plan time."""
+    n = len(results)
+    plan = [s for r in results for s in r.plan_seconds]
+    return {
+        **success_rates([r.success_any for r in results], [r.success_end for r in results]),
         "final_distance_mean": float(np.mean([r.final_distance for r in results])) if n else float("nan"),
         "min_distance_mean": float(np.mean([r.min_distance for r in results])) if n else float("nan"),
         "plan_seconds_median": float(np.median(plan)) if plan else None,

@@ -1,7 +1,7 @@
 """Distil goal reaching into a small MLP policy on the world model's planning-space features.
 
     python scripts/distill.py checkpoint=CKPT episodes=DIR                       # hindsight, label-free
-    python scripts/distill.py checkpoint=CKPT episodes=DIR cache=/tmp/feats      # latent features: 99% on reach
+    python scripts/distill.py checkpoint=CKPT episodes=DIR cache=/tmp/feats      # latent: 99% on reach
     python scripts/distill.py checkpoint=CKPT episodes=DIR dagger_rounds=2       # + DAgger from CEM
 
 Encodes every frame of the recorded episodes once (``cache=`` keeps the features for the next run),
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import envs
 from jepa_agent.config import hydra_main
-from jepa_agent.evaluation import EVAL_SEED_OFFSET, wilson_interval
+from jepa_agent.evaluation import EVAL_SEED_OFFSET, success_rates
 from jepa_agent.planning import load_planning_model
 from jepa_agent.rl.distill import (
     DAGGER_SEED_OFFSET,
@@ -75,12 +75,6 @@ def encoded(space: PlanningSpace, cfg: DictConfig, split: str) -> HindsightData 
         if path is not None:
             data.save(path, meta)
     return data
-
-
-def rates(reached: list[bool], ended: list[bool]) -> dict:
-    n, a, e = len(reached), int(np.sum(reached)), int(np.sum(ended))
-    return {"episodes": n, "success_rate": a / n, "success_ci95": list(wilson_interval(a, n)),
-            "success_rate_end": e / n, "success_end_ci95": list(wilson_interval(e, n))}  # fmt: skip
 
 
 @hydra_main("distill")
@@ -129,7 +123,8 @@ def main(cfg: DictConfig) -> None:
         front = GoalImagePolicy(space, policy)
         res = run_goal_episodes(front, env, seeds, on_episode=lambda *_: b.update())
     policy_s = float(np.median(res["decision_seconds"]))
-    summary = {"policy": "DistilledPolicy", **rates(res["reached"], res["ended"]), "target": train_cfg.target,
+    summary = {"policy": "DistilledPolicy", **success_rates(res["reached"], res["ended"]),
+               "target": train_cfg.target,
                "decision_seconds_median": policy_s, "decisions": len(res["decision_seconds"]),
                "final_distance_mean": float(np.mean(res["final_distance"])),
                "mlp_seconds_median": float(np.median(front.mlp_seconds))}  # fmt: skip

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import envs
 from jepa_agent.config import hydra_main
-from jepa_agent.evaluation import EVAL_SEED_OFFSET, wilson_interval
+from jepa_agent.evaluation import EVAL_SEED_OFFSET, success_rates
 from jepa_agent.planning import load_planning_model
 from jepa_agent.rl import GoalImageObservation, PlannerPolicy
 from jepa_agent.utils import (
@@ -85,10 +85,7 @@ def main(cfg: DictConfig) -> None:
     rewards, lengths = evaluate_policy(policy, vec, n_eval_episodes=len(seeds), deterministic=True,
                                        callback=on_step, return_episode_rewards=True)  # fmt: skip
     bar.close()
-    n, k_any, k_end = len(reached), int(np.sum(reached)), int(np.sum(ended))
-    emit_json_line({"policy": "PlannerPolicy (SB3 evaluate_policy)", "episodes": n,
-                    "success_rate": k_any / n, "success_ci95": list(wilson_interval(k_any, n)),
-                    "success_rate_end": k_end / n, "success_end_ci95": list(wilson_interval(k_end, n)),
+    emit_json_line({"policy": "PlannerPolicy (SB3 evaluate_policy)", **success_rates(reached, ended),
                     "mean_reward": float(np.mean(rewards)), "mean_length": float(np.mean(lengths)),
                     "state_labels": model.state_labels,
                     "cost_space": model.resolve_cost_space(cfg.cost.space),

@@ -28,7 +28,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from jepa_agent.evaluation import wilson_interval
+from jepa_agent.evaluation import success_rates
 
 CURVE_CSV = "curve.csv"
 RUN_JSON = "run.json"
@@ -81,14 +81,9 @@ def evaluate_success(
                     ends.append(success)
                     distances.append(float(infos[i].get("distance", math.nan)))
         hits.extend(hit[:k].tolist())
-    a, e = sum(hits), sum(ends)
     finite = [d for d in distances if math.isfinite(d)]
     return {
-        "episodes": episodes,
-        "success_rate": a / episodes,
-        "success_ci95": list(wilson_interval(a, episodes)),
-        "success_rate_end": e / episodes,
-        "success_end_ci95": list(wilson_interval(e, episodes)),
+        **success_rates(hits, ends),
         "final_distance_mean": float(np.mean(finite)) if finite else None,
     }
 
