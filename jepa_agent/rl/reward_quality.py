@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from jepa_agent.evaluation import auroc, spearman
 from jepa_agent.rl.space import PlanningSpace
@@ -118,8 +119,12 @@ def reward_quality(
         pairs: from :func:`hindsight_pairs`.
     """
     out = {"pixels": score_distance(pixel_distance(frames, pairs.achieved, pairs.goal), pairs)}
+    latents: dict[int, torch.Tensor] = {}  # one encoder pass over every frame per model, whatever its spaces
     for name, space in spaces.items():
-        feats = space.features(frames)  # [N, F]: one encoder pass over every frame
+        with torch.inference_mode():  # as PlanningSpace.features, from the shared latents
+            if id(space.model) not in latents:
+                latents[id(space.model)] = space.model.encode_pixels(frames, batch_size=space.batch_size)
+            feats = space.project_latents(latents[id(space.model)]).float().cpu().numpy()  # [N, F]
         out[name] = score_distance(space.distance(feats[pairs.achieved], feats[pairs.goal]), pairs)
     return out
 
