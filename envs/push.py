@@ -168,11 +168,9 @@ class PushEnv(TopDownEnv):
         turn = np.abs(wrap_angle(np.diff(q[:, 2])))
         return (shift > MOVE_DISTANCE) | (turn > MOVE_ANGLE)
 
-    def hindsight_success(self, states: np.ndarray, goal_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The task's own success rule between recorded states, as if ``goal_states`` were the goal
-        (hindsight relabelling): states ``[..., >= 5]`` with ``(pusher x, y, block x, y, yaw)`` first, as
-        :meth:`get_state` and :meth:`goal_state` give them -> (pusher-and-block distance in m ``[...]``,
-        success ``[...]``: that distance and the yaw error within their thresholds, as ``info``)."""
+    def _errors(self, states: np.ndarray, goal_states: np.ndarray) -> dict[str, np.ndarray]:
+        """Pusher, block and combined distances (m), yaw error and success of states ``[..., >= 5]`` (qpos
+        first) against goal states of that layout: the task's one success rule (``info``, hindsight)."""
         a, b = np.asarray(states, dtype=np.float64), np.asarray(goal_states, dtype=np.float64)
         if a.shape[-1] < 5 or b.shape[-1] < 5:
             raise ValueError(f"states of shape {a.shape} and {b.shape}; expected [..., >= 5] (qpos first)")
@@ -180,7 +178,17 @@ class PushEnv(TopDownEnv):
         block = np.linalg.norm(a[..., 2:4] - b[..., 2:4], axis=-1)
         distance = np.hypot(pusher, block)
         yaw_error = np.abs(wrap_angle(a[..., 4] - b[..., 4]))
-        return distance, (distance < self.success_threshold) & (yaw_error < self.yaw_threshold)
+        success = (distance < self.success_threshold) & (yaw_error < self.yaw_threshold)
+        return {"is_success": success, "distance": distance, "pusher_distance": pusher,
+                "block_distance": block, "yaw_error": yaw_error}  # fmt: skip
+
+    def hindsight_success(self, states: np.ndarray, goal_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The task's own success rule between recorded states, as if ``goal_states`` were the goal
+        (hindsight relabelling): states ``[..., >= 5]`` with ``(pusher x, y, block x, y, yaw)`` first, as
+        :meth:`get_state` and :meth:`goal_state` give them -> (pusher-and-block distance in m ``[...]``,
+        success ``[...]``: that distance and the yaw error within their thresholds, as ``info``)."""
+        errors = self._errors(states, goal_states)
+        return errors["distance"], errors["is_success"]
 
     def goal_state(self) -> np.ndarray:
         """The goal as a state: ``(pusher x, y, block x, y, yaw)`` ``[5]``."""
@@ -237,18 +245,8 @@ class PushEnv(TopDownEnv):
         return {"pixels": self._render_data(self.data, self.image_size), "proprio": proprio}
 
     def _get_info(self) -> dict[str, Any]:
-        q, g = self.data.qpos, self._goal
-        pusher_distance = float(np.linalg.norm(q[:2] - g[:2]))
-        block_distance = float(np.linalg.norm(q[2:4] - g[2:4]))
-        distance = float(np.hypot(pusher_distance, block_distance))
-        yaw_error = float(abs(wrap_angle(q[4] - g[4])))
-        return {
-            "is_success": distance < self.success_threshold and yaw_error < self.yaw_threshold,
-            "distance": distance,
-            "pusher_distance": pusher_distance,
-            "block_distance": block_distance,
-            "yaw_error": yaw_error,
-        }
+        errors = self._errors(self.data.qpos, self._goal)
+        return {k: bool(v) if k == "is_success" else float(v) for k, v in errors.items()}
 
     # ------------------------------------------------------------------------------ gymnasium api
     def reset_model(self, options: dict[str, Any]) -> None:
