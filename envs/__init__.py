@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: E402
 ENV_IDS: dict[str, str] = {
     "reach": "JepaAgent/Reach-v0",
     "reach_distracting": "JepaAgent/ReachDistracting-v0",  # same task, distracting visuals (envs/reach.py)
+    "reach_torque": "JepaAgent/ReachTorque-v0",  # same arm, joint torques: it coasts (envs/reach.py)
     "push": "JepaAgent/Push-v0",  # a point pusher moves a T block (envs/push.py)
 }
 
@@ -33,6 +34,13 @@ if ENV_IDS["reach_distracting"] not in gym.registry:
         entry_point="envs.reach:ReachEnv",
         max_episode_steps=50,
         kwargs={"distracting": True},
+    )
+if ENV_IDS["reach_torque"] not in gym.registry:
+    gym.register(
+        id=ENV_IDS["reach_torque"],
+        entry_point="envs.reach:ReachEnv",
+        max_episode_steps=50,
+        kwargs={"control": "torque"},
     )
 if ENV_IDS["push"] not in gym.registry:
     gym.register(id=ENV_IDS["push"], entry_point="envs.push:PushEnv", max_episode_steps=50)
@@ -53,6 +61,7 @@ class TaskConfig:
     data_policy: str = (
         MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
     )
+    context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
 
 
 @dataclass
@@ -70,6 +79,16 @@ class PushEnvConfig(EnvConfig):
 
     goal: str = MISSING  # offset (the expert's pose goal_steps on) | random (an independent random pose)
     goal_steps: int = MISSING  # env steps between the start and an offset goal
+
+
+@dataclass
+class TorqueEnvConfig(TaskConfig):
+    """``env=reach_torque``: a task driven by joint torques (``envs.reach.ReachEnv(control="torque")``)."""
+
+    frame_skip: int = MISSING  # physics steps per env step
+    control: str = MISSING  # torque
+    max_torque: float = MISSING  # N m per unit action
+    damping: float = MISSING  # N m s / rad on each joint
 
 
 @dataclass
@@ -93,6 +112,7 @@ class GymEnvConfig(TaskConfig):
 ENV_SCHEMAS: dict[str, type] = {  # name in the env group -> schema
     "schema": EnvConfig,
     "push_schema": PushEnvConfig,
+    "torque_schema": TorqueEnvConfig,
     "gym_schema": GymEnvConfig,
 }
 META_KEYS = (
@@ -101,6 +121,7 @@ META_KEYS = (
     "joint_angles",
     "continuous_joints",
     "data_policy",
+    "context_frames",
 )  # env config keys that are not env arguments
 
 
@@ -162,6 +183,7 @@ __all__ = [
     "GymEnvConfig",
     "PushEnvConfig",
     "TaskConfig",
+    "TorqueEnvConfig",
     "env_kwargs_from_config",
     "make_env",
     "make_env_from_config",

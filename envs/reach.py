@@ -15,6 +15,15 @@ Gymnasium's MuJoCo renderer turns frames black when another env in the process c
 * Success: ``info["is_success"]`` when the end effector is within ``success_threshold`` (default
   0.01 m = 5% of the arm's 0.2 m reach, like Meta-World reach's 5 cm) of the goal end effector.
 
+``JepaAgent/ReachTorque-v0`` (``control="torque"``) is the same arm driven by joint torques instead of
+position servos: the action ``[-1, 1]^2`` is the torque in units of ``max_torque`` (N m), the joints are
+damped (``damping``, N m s/rad), and the arm coasts between steps: a one-step full-torque pulse from
+rest moves the shoulder 0.04 rad during the step and it glides ~0.2 rad more over the next ~8 steps
+(``tests/test_envs.py``). One frame then no longer holds the whole state (the velocity is not in it),
+and the goal must be *stopped* at: success at the end of an episode needs the arm at rest there.
+The shoulder's top speed under full torque is ~5 rad/s (0.25 rad per step, the position arm's top
+speed). Goals, images and success are as for the position arm.
+
 ``JepaAgent/ReachDistracting-v0`` (``distracting=True``) is the same task with the visual distractions of
 the Distracting Control Suite (Stone et al., 2021), drawn anew at every reset from the env's seeded
 RNG: a background of 8 x 8 randomly coloured tiles, the arm's colours jittered per channel, two loose
@@ -52,13 +61,33 @@ COLOUR_JITTER = 0.15  # per-channel jitter of the arm's (and the decoys') colour
 CAMERA_SHIFT = 0.02  # m, per-episode camera offset in x and y
 ARM_GEOMS = ("base", "link1", "link2", "fingertip")
 
+CONTROLS = ("position", "torque")  # what an action sets: servo targets (Reach-v0) | joint torques
+MAX_TORQUE = 0.1  # N m per unit action (ReachTorque-v0)
+DAMPING = 0.02  # N m s / rad on each joint (ReachTorque-v0): velocity decays with ~0.13 s time constant
 
-def build_model(distracting: bool = False) -> mujoco.MjModel:
+
+def build_model(
+    distracting: bool = False,
+    control: str = "position",
+    max_torque: float = MAX_TORQUE,
+    damping: float = DAMPING,
+) -> mujoco.MjModel:
     """The reach model; with ``distracting``, plus the background tiles and the decoys (geoms that
-    never collide, placed and coloured at each reset)."""
-    if not distracting:
+    never collide, placed and coloured at each reset); with ``control="torque"``, motors of gear
+    ``max_torque`` (control range [-1, 1]) instead of the position servos, and joint ``damping``."""
+    if not distracting and control == "position":
         return mujoco.MjModel.from_xml_path(str(ASSET))
     spec = mujoco.MjSpec.from_file(str(ASSET))
+    if control == "torque":
+        for actuator in spec.actuators:
+            actuator.set_to_motor()
+            actuator.gear[0] = max_torque
+            actuator.ctrlrange = [-1.0, 1.0]
+            actuator.ctrllimited = 1
+        for joint in ("shoulder", "elbow"):
+            spec.joint(joint).damping[0] = damping
+    if not distracting:
+        return spec.compile()
     half = 0.3
     side = 2 * half / TILES
     for i in range(TILES):
@@ -102,16 +131,28 @@ class ReachEnv(TopDownEnv):
         render_mode: str | None = None,
         render_size: int | None = None,
         distracting: bool = False,
+        control: str = "position",
+        max_torque: float = MAX_TORQUE,
+        damping: float = DAMPING,
     ) -> None:
         self._check_common(image_size, frame_skip, render_mode, render_size)
-        if not max_delta > 0:
-            raise ValueError(f"max_delta={max_delta!r}: expected a positive joint displacement (rad)")
-        self.max_delta = float(max_delta)
+        if control not in CONTROLS:
+            raise ValueError(f"control={control!r}: expected one of {list(CONTROLS)}")
+        self.control = control
+        if control == "position":  # max_delta means something only to the servos
+            if not max_delta > 0:
+                raise ValueError(f"max_delta={max_delta!r}: expected a positive joint displacement (rad)")
+            self.max_delta = float(max_delta)
+        else:
+            for name, value in (("max_torque", max_torque), ("damping", damping)):
+                if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                    raise ValueError(f"{name}={value!r}: expected a positive number")
+            self.max_torque, self.damping = float(max_torque), float(damping)
         self.success_threshold = float(success_threshold)
         self.min_goal_distance = float(min_goal_distance)
 
         self.distracting = bool(distracting)
-        self.model = build_model(self.distracting)
+        self.model = build_model(self.distracting, control, max_torque, damping)
         self.data = mujoco.MjData(self.model)
         self._goal_data = mujoco.MjData(self.model)  # scratch pose for goal images
         self._setup_rendering(camera, ASSET.name)
@@ -156,9 +197,9 @@ class ReachEnv(TopDownEnv):
         return self.data.site_xpos[self._fingertip, :2].copy()
 
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> None:
-        """Teleport the arm (servo targets follow), e.g. to replay a recorded state."""
+        """Teleport the arm (servo targets follow; torques are zeroed), e.g. to replay a recorded state."""
         qpos = self._write_state(qpos, qvel)
-        self.data.ctrl[:] = qpos
+        self.data.ctrl[:] = qpos if self.control == "position" else 0.0
         mujoco.mj_forward(self.model, self.data)
 
     def set_goal(self, goal_qpos: np.ndarray) -> None:
@@ -253,8 +294,12 @@ class ReachEnv(TopDownEnv):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = self._checked_action(action)
-        target = np.clip(self.data.qpos + action * self.max_delta, self.joint_low, self.joint_high)
-        self.data.ctrl[:] = target
+        if self.control == "position":
+            self.data.ctrl[:] = np.clip(
+                self.data.qpos + action * self.max_delta, self.joint_low, self.joint_high
+            )
+        else:
+            self.data.ctrl[:] = action  # torques, in units of max_torque (the motors' gear)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         obs, info = self._get_obs(), self._get_info()
         reward_dist = -info["distance"]

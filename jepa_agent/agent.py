@@ -97,7 +97,9 @@ class MPCAgent:
         planner: an object with ``plan(rollout_fn, cost_fn, z0, init_mean=None) -> PlanResult``.
         horizon: planned actions per chunk (None: the planner's ``horizon``).
         execute_steps: actions executed from each plan before replanning (1 = replan every step).
-        memory: observations kept as context (short-term memory).
+        memory: observations kept as context (short-term memory); None: the model's ``context_frames``
+            (what a world model was trained to imagine from; 1 for a model without the attribute). A
+            world model refuses another value: its rollouts were trained from exactly that many frames.
         warm_start: start each plan from the previous plan shifted by ``execute_steps``.
         action_low / action_high: bounds of the executed actions.
         cost: the goal cost's settings (:class:`~jepa_agent.costs.CostConfig` or a dict of its fields),
@@ -110,7 +112,7 @@ class MPCAgent:
         planner: Any,
         horizon: int | None = None,
         execute_steps: int = 1,
-        memory: int = 1,
+        memory: int | None = None,
         warm_start: bool = True,
         action_low: float = -1.0,
         action_high: float = 1.0,
@@ -135,6 +137,16 @@ class MPCAgent:
         self.execute_steps = execute_steps
         self.warm_start = warm_start
         self.action_low, self.action_high = action_low, action_high
+        trained = getattr(model, "context_frames", None)
+        if memory is None:
+            memory = 1 if trained is None else int(trained)
+        elif trained is not None and int(memory) != int(trained):
+            where = getattr(model, "meta", {}).get("checkpoint", type(model).__name__)
+            raise ValueError(
+                f"agent.memory={memory} but the world model {where} was trained to imagine from "
+                f"{trained} frame(s) (train.context={trained}): leave agent.memory unset (null) to use "
+                f"{trained}, or retrain with train.context={memory}"
+            )
         self.memory = ShortTermMemory(memory)
         if isinstance(cost, Mapping):
             unknown = sorted(set(cost) - {f.name for f in fields(CostConfig)})

@@ -125,6 +125,100 @@ class NoisyTargetPolicy:
         return np.clip(action, self.low, self.high).astype(np.float32)
 
 
+class TorqueTargetPolicy:
+    """Data for a torque-driven arm (``JepaAgent/ReachTorque-v0``): PD moves to random joint targets, with
+    smoothed torque noise and coasting.
+
+    Each segment (``retarget_min..retarget_max`` steps) is one of:
+
+    * a move (the rest): ``torque = clip(kp * (target - q) - kd * qdot + noise, low, high)`` with ``q, qdot``
+      the proprio's joint angles and velocities and the target drawn within ``target_span`` rad of ``q``.
+      The gains vary per segment (``kp`` in ``kp_range``) so the arm arrives fast and overshoots, or
+      slowly and stops;
+    * with probability ``coast_prob``, zero torque plus ``coast_noise``: the arm glides to rest, which shows
+      the world model what velocity alone does (and what standing still looks like);
+    * with probability ``random_prob``, smoothed random torques (AR(1), std ``noise * 3``): fast swings
+      through the whole speed range.
+    """
+
+    env_keys = ("joint_low", "joint_high")
+
+    def __init__(
+        self,
+        low: np.ndarray,
+        high: np.ndarray,
+        rng: np.random.Generator,
+        joint_low: np.ndarray | None = None,
+        joint_high: np.ndarray | None = None,
+        kp_range: tuple[float, float] = (1.0, 6.0),
+        kd: float = 0.3,
+        noise: float = 0.2,
+        smoothing: float = 0.7,
+        retarget_min: int = 4,
+        retarget_max: int = 15,
+        target_span: float = 1.5,
+        coast_prob: float = 0.2,
+        coast_noise: float = 0.02,
+        random_prob: float = 0.15,
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
+        if not 1 <= retarget_min <= retarget_max:
+            raise ValueError(
+                f"retarget_min={retarget_min}, retarget_max={retarget_max}: expected 1 <= min <= max"
+            )
+        if not (0 < kp_range[0] <= kp_range[1] and kd >= 0 and noise >= 0 and coast_noise >= 0):
+            raise ValueError(
+                f"kp_range={list(kp_range)}, kd={kd!r}, noise={noise!r}, coast_noise={coast_noise!r}"
+                ": expected 0 < kp_range[0] <= kp_range[1] and kd, noise, coast_noise >= 0"
+            )
+        if not (0.0 <= coast_prob and 0.0 <= random_prob and coast_prob + random_prob <= 1.0):
+            raise ValueError(
+                f"coast_prob={coast_prob!r}, random_prob={random_prob!r}"
+                ": expected probabilities summing to <= 1"
+            )
+        self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
+        self.n = len(self.low)
+        self.joint_low = None if joint_low is None else np.asarray(joint_low, np.float64)
+        self.joint_high = None if joint_high is None else np.asarray(joint_high, np.float64)
+        self.kp_range, self.kd = (float(kp_range[0]), float(kp_range[1])), float(kd)
+        self.noise, self.smoothing, self.coast_noise = float(noise), float(smoothing), float(coast_noise)
+        self.retarget = (int(retarget_min), int(retarget_max))
+        self.target_span = float(target_span)
+        self.coast_prob, self.random_prob = float(coast_prob), float(random_prob)
+        self._mode, self._kp, self._countdown = "move", 1.0, 0
+        self._target = np.zeros(self.n)
+        self._eps = np.zeros(self.n)
+
+    def __call__(self, proprio: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        q = np.asarray(proprio[: self.n], np.float64)
+        qdot = np.asarray(proprio[self.n : 2 * self.n], np.float64)
+        if self._countdown <= 0:
+            u = self.rng.uniform()
+            self._mode = (
+                "coast"
+                if u < self.coast_prob
+                else "random"
+                if u < self.coast_prob + self.random_prob
+                else "move"
+            )
+            self._kp = self.rng.uniform(*self.kp_range)
+            target = q + self.rng.uniform(-self.target_span, self.target_span, self.n)
+            if self.joint_low is not None and self.joint_high is not None:
+                target = np.clip(target, self.joint_low, self.joint_high)
+            self._target = target
+            self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
+        self._countdown -= 1
+        std = {"coast": self.coast_noise, "random": 3 * self.noise, "move": self.noise}[self._mode]
+        rho = self.smoothing
+        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * std * self.rng.standard_normal(self.n)
+        if self._mode == "move":
+            action = self._kp * (self._target - q) - self.kd * qdot + self._eps
+        else:
+            action = self._eps
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+
 class PushPolicy:
     """Data that moves the block of ``JepaAgent/Push-v0``: the scripted approach-and-push expert
     (:class:`envs.push_expert.ScriptedPusher`, on the true state, set to seek contact: ``expert_settings``)
@@ -196,7 +290,12 @@ class PushPolicy:
         return self._last
 
 
-POLICIES = {"random": RandomPolicy, "noisy": NoisyTargetPolicy, "push": PushPolicy}
+POLICIES = {
+    "random": RandomPolicy,
+    "noisy": NoisyTargetPolicy,
+    "torque": TorqueTargetPolicy,
+    "push": PushPolicy,
+}
 
 
 def make_policy(name: str, env_info: dict[str, Any], rng: np.random.Generator, **kwargs: Any):

@@ -7,6 +7,8 @@ model's cost is (``cost.reduction``, ``cost.discount``, ``cost.action_weight``: 
 
 * Reach (:class:`ReachKinematics`): the arm's known kinematics (servo targets ``q + a * max_delta``,
   clipped to the joint ranges; the servos track them within ~1% per step); cost: the end-effector distance.
+* Torque reach (:class:`ReachSimulator`): the simulator itself, as the arm coasts between steps (the
+  kinematic model holds only for the position servos); cost: the end-effector distance.
 * Push (:class:`PushSimulator`): the simulator itself. Each candidate action sequence is rolled out in
   MuJoCo from the env's current state, exactly as the env steps (``mujoco.rollout``, one batched call per
   env step); cost: the way still to go (:class:`PushStateCost`), as the plain pose error is myopic.
@@ -106,59 +108,126 @@ class EndEffectorCost(Cost):
         return reduce_steps(dist, self.reduction, self.discount)
 
 
-# ------------------------------------------------------------------------------------------------ push
+# ------------------------------------------------------------------------------------------ simulators
 STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS  # time, qpos, qvel (and activations, none here)
 
 
-class PushSimulator:
-    """True-state model of ``JepaAgent/Push-v0`` (a ``PlanningModel``): the env's own simulator.
+class SimulatorModel:
+    """A task's own simulator as a ``PlanningModel``: the true-dynamics oracle, valid for any dynamics.
 
     Its state is the full MuJoCo physics state of the env (``mj_getState``, ``mjSTATE_FULLPHYSICS``),
-    read from the env at :meth:`encode`: observations hold no block pose, so the oracle looks at the
-    simulator, and ``obs`` must be that env's latest observation (checked on the pusher's position).
-    Rollouts copy that state into ``threads`` scratch ``MjData`` and step every candidate as the env
-    steps: servo target ``pusher xy + a * max_delta`` clipped to the pusher's range, then ``frame_skip``
-    physics steps.
+    read from the env at :meth:`encode`: ``obs`` must be that env's latest observation (checked on the
+    first ``check_dims`` entries of its proprio against ``qpos``). Rollouts copy that state into ``threads``
+    scratch ``MjData`` and step every candidate as the env steps (:meth:`controls`, then ``frame_skip``
+    physics steps; ``mujoco.rollout``, one batched call per env step). A subclass says how an action
+    becomes controls, and what the cost is.
     """
 
+    check_dims = 2
+
     def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
-        u = env.unwrapped
-        if not isinstance(u, PushEnv):
-            raise ValueError(f"PushSimulator needs JepaAgent/Push-v0; got {type(u).__name__}")
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r}: expected an int >= 1")
+        u = env.unwrapped
         self.env, self.model = u, u.model
         self.device = torch.device(device)
-        self.max_delta, self.frame_skip = u.max_delta, u.frame_skip
-        self.pos_scale, self.yaw_scale = u.success_threshold, u.yaw_threshold
-        self.action_dim = 2
+        self.frame_skip = u.frame_skip
+        self.action_dim = int(u.action_space.shape[0])
         self._datas = [mujoco.MjData(self.model) for _ in range(threads)]
         self._qpos = slice(1, 1 + self.model.nq)  # after time in an mjSTATE_FULLPHYSICS vector
 
     @classmethod
-    def from_env(cls, env: gym.Env, device: Any = "cpu") -> PushSimulator:
+    def from_env(cls, env: gym.Env, device: Any = "cpu") -> SimulatorModel:
         return cls(env, device=device)
 
     def encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The env's full physics state ``[nstate]`` (``obs`` must be its latest observation)."""
-        data = self.env.data
-        pusher = np.asarray(obs["proprio"][:2], np.float64)
-        if np.abs(pusher - data.qpos[:2]).max() > 1e-4:
+        data, n = self.env.data, self.check_dims
+        seen = np.asarray(obs["proprio"][:n], np.float64)
+        if np.abs(seen - data.qpos[:n]).max() > 1e-4:
             raise ValueError(
-                f"the push oracle reads its env's simulator, but obs has the pusher at {pusher.tolist()} and "
-                f"the simulator at {data.qpos[:2].tolist()}: pass the env's latest observation"
+                f"the oracle reads its env's simulator, but obs has qpos[:{n}] = {seen.tolist()} and the "
+                f"simulator {data.qpos[:n].tolist()}: pass the env's latest observation"
             )
         state = np.empty(mujoco.mj_stateSize(self.model, STATE_SPEC))
         mujoco.mj_getState(self.model, data, state, STATE_SPEC)
         return state
 
+    def context(self, states: list[np.ndarray], actions: list[Tensor]) -> np.ndarray:
+        """The simulator state is Markov: only the latest matters."""
+        return states[-1]
+
+    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The controls the env sets for ``action [S, A]`` at joint positions ``qpos [S, nq]``."""
+        raise NotImplementedError
+
+    def rollout(self, state: np.ndarray, actions: Tensor) -> Tensor:
+        """Joint positions after each action: ``state [nstate]``, ``actions [S, H, A]`` -> ``[S, H, nq]``,
+        simulated."""
+        a = actions.detach().to("cpu", torch.float64).numpy()
+        S, H = a.shape[:2]
+        states = np.repeat(np.asarray(state, np.float64)[None], S, axis=0)  # [S, nstate]
+        poses = np.empty((S, H, self.model.nq))
+        for t in range(H):  # H is small (the horizon); batched over samples
+            ctrl = self.controls(states[:, self._qpos], np.clip(a[:, t], -1.0, 1.0))
+            out, _ = mj_rollout.rollout(self.model, self._datas, states, ctrl[:, None], nstep=self.frame_skip)
+            states = out[:, -1]  # [S, nstate]
+            poses[:, t] = states[:, self._qpos]
+        return torch.as_tensor(poses, dtype=torch.float32, device=self.device)
+
+
+class ReachSimulator(SimulatorModel):
+    """True-dynamics model of the torque-driven reach (``JepaAgent/ReachTorque-v0``): the env's simulator
+    (the arm coasts, so :class:`ReachKinematics` does not hold); cost: the end-effector distance, as for
+    the position arm. Valid for the position arm as well, only slower than its kinematics."""
+
+    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
+        if not isinstance(env.unwrapped, ReachEnv):
+            raise ValueError(
+                f"ReachSimulator needs a JepaAgent/Reach env; got {type(env.unwrapped).__name__}"
+            )
+        super().__init__(env, device, threads)
+        u = env.unwrapped
+        self.position = u.control == "position"
+        self.max_delta = getattr(u, "max_delta", None)
+        self.low, self.high = u.joint_low, u.joint_high
+
+    def encode_goal(self, goal: dict[str, np.ndarray]) -> Tensor:
+        """The goal's end-effector ``xy`` (the last two entries of the env's goal state)."""
+        return torch.as_tensor(goal["state"][-2:], dtype=torch.float32, device=self.device)
+
+    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        if self.position:
+            return np.clip(qpos + action * self.max_delta, self.low, self.high)
+        return action  # torques in units of the motors' gear
+
+    def cost(self, goal_ee: Tensor, **options: Any) -> Cost:
+        """True end-effector distance to ``goal_ee`` (as :meth:`ReachKinematics.cost`)."""
+        c = CostConfig(**options)
+        cost = EndEffectorCost(goal_ee, reduction=c.reduction, discount=c.discount, device=self.device)
+        return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
+
+
+class PushSimulator(SimulatorModel):
+    """True-state model of ``JepaAgent/Push-v0``: the env's own simulator (observations hold no block pose,
+    so the oracle looks at the simulator). Actions step as the env steps them: servo target
+    ``pusher xy + a * max_delta`` clipped to the pusher's range. Its rollouts give the poses ``(pusher x, y,
+    block x, y, yaw)``; cost: :class:`PushStateCost`."""
+
+    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
+        u = env.unwrapped
+        if not isinstance(u, PushEnv):
+            raise ValueError(f"PushSimulator needs JepaAgent/Push-v0; got {type(u).__name__}")
+        super().__init__(env, device, threads)
+        self.max_delta = u.max_delta
+        self.pos_scale, self.yaw_scale = u.success_threshold, u.yaw_threshold
+
     def encode_goal(self, goal: dict[str, np.ndarray]) -> Tensor:
         """The goal state ``(pusher x, y, block x, y, yaw)`` ``[5]``."""
         return torch.as_tensor(goal["state"], dtype=torch.float32, device=self.device)
 
-    def context(self, states: list[np.ndarray], actions: list[Tensor]) -> np.ndarray:
-        """The simulator state is Markov: only the latest matters."""
-        return states[-1]
+    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        return np.clip(qpos[:, :2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
 
     def cost(self, goal_state: Tensor, **options: Any) -> Cost:
         """:class:`PushStateCost` towards ``goal_state``, reduced over the steps like the world model's cost,
@@ -166,21 +235,6 @@ class PushSimulator:
         c = CostConfig(**options)
         cost = PushStateCost(goal_state, self.pos_scale, self.yaw_scale, c.reduction, c.discount, self.device)
         return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
-
-    def rollout(self, state: np.ndarray, actions: Tensor) -> Tensor:
-        """Poses after each action: ``state [nstate]``, ``actions [S, H, 2]`` -> ``[S, H, 5]`` (pusher xy,
-        block xy, yaw), simulated."""
-        a = actions.detach().to("cpu", torch.float64).numpy()
-        S, H = a.shape[:2]
-        states = np.repeat(np.asarray(state, np.float64)[None], S, axis=0)  # [S, nstate]
-        poses = np.empty((S, H, self.model.nq))
-        for t in range(H):  # H is small (the horizon); batched over samples
-            pusher = states[:, self._qpos][:, :2]
-            ctrl = np.clip(pusher + a[:, t] * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)  # [S, 2]
-            out, _ = mj_rollout.rollout(self.model, self._datas, states, ctrl[:, None], nstep=self.frame_skip)
-            states = out[:, -1]  # [S, nstate]
-            poses[:, t] = states[:, self._qpos]
-        return torch.as_tensor(poses, dtype=torch.float32, device=self.device)
 
 
 def way_round(a: Tensor, b: Tensor, centre: Tensor, radius: float) -> Tensor:
@@ -253,8 +307,16 @@ class PushStateCost(Cost):
 
 
 # ------------------------------------------------------------------------------------------- dispatch
+def reach_oracle(env: gym.Env, device: Any = "cpu") -> ReachKinematics | ReachSimulator:
+    """The position arm's kinematics (valid only there: its servos track the target within ~1% per step),
+    else the simulator (the torque arm coasts: only the true dynamics predict it)."""
+    if env.unwrapped.control == "position":
+        return ReachKinematics.from_env(env, device=device)
+    return ReachSimulator.from_env(env, device=device)
+
+
 ORACLES: dict[type, Callable[..., Any]] = {  # env class -> (env, device) -> planning model
-    ReachEnv: ReachKinematics.from_env,
+    ReachEnv: reach_oracle,
     PushEnv: PushSimulator.from_env,
 }
 

@@ -218,6 +218,12 @@ class WorldModel(nn.Module):
         return self.readout is not None or self.predictor.proprio_dim > 0
 
     @property
+    def context_frames(self) -> int:
+        """Observed frames the predictor was trained to imagine from (``train.context``; 1 for checkpoints
+        older than the setting): the short-term memory an agent plans with."""
+        return int(self.meta.get("context_frames", 1) or 1)
+
+    @property
     def metric_trained(self) -> bool:
         """Whether the temporal-distance head exists and its training stage has run."""
         return self.metric is not None and int(self.meta.get("metric_steps", 0) or 0) > 0
@@ -355,9 +361,18 @@ class WorldModel(nn.Module):
     def context(
         self, states: list[LatentState | Tensor], actions: list[Tensor] | Tensor | None = None
     ) -> Context:
-        """Memory -> :class:`Context`: ``states`` (oldest first, each ``[N, D]``) and the actions between."""
+        """Memory -> :class:`Context`: ``states`` (oldest first, each ``[N, D]``) and the actions between.
+
+        Fewer states than :attr:`context_frames` (the first steps of an episode) are padded in front with
+        copies of the oldest one and zero actions: an arm that was at rest, as at a reset."""
         if not states:
             raise ValueError("context needs at least one encoded observation")
+        missing = self.context_frames - len(states)
+        if missing > 0:
+            if isinstance(actions, Tensor):
+                actions = list(actions.reshape(-1, self.action_dim))
+            actions = [torch.zeros(self.action_dim)] * missing + list(actions or [])
+            states = [states[0]] * missing + list(states)
         zs = [s.z if isinstance(s, LatentState) else s for s in states]
         z = torch.stack(zs).unsqueeze(0)  # [1, C, N, D]
         C = z.shape[1]
@@ -489,6 +504,7 @@ class WorldModel(nn.Module):
             load_into(path, name, getattr(model, name))
         model.meta.update(
             checkpoint=str(path),
+            context_frames=int(meta.get("context_frames", 1) or 1),
             metric_steps=int(meta.get("metric_steps", 0) or 0),
             encoder_tune_steps=int(meta.get("encoder_tune_steps", 0) or 0),
         )
@@ -596,6 +612,7 @@ def save_world_model(
     info = {"kind": KIND, "env_id": model.meta.get("env_id"), "image_size": model.image_size,
             "action_dim": model.action_dim, "state_labels": model.state_labels,
             "metric_steps": int(model.meta.get("metric_steps", 0) or 0),
+            "context_frames": model.context_frames,
             "encoder_tune_steps": int(model.meta.get("encoder_tune_steps", 0) or 0),
             **(meta or {})}  # fmt: skip
     save_checkpoint(path, modules, config, train_state, info)

@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
     common = dict(
         val_fraction=cfg.data.val_fraction, expect_env_id=cfg.env.id, expect_image_size=cfg.env.image_size
     )
-    train_ds = EpisodeDataset(cfg.data.path, window=train_cfg.window, split="train", **common)
+    train_ds = EpisodeDataset(cfg.data.path, window=train_cfg.frames, split="train", **common)
     try:
         val_ds = EpisodeDataset(cfg.data.path, window=1, split="val", **common)
     except DataError as e:

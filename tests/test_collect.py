@@ -45,7 +45,7 @@ def test_policies():
     info = env.env_info()
     env.close()
     proprio = np.zeros(4, np.float32)
-    for name in ("random", "noisy"):
+    for name in ("random", "noisy", "torque"):
         runs = []
         for _ in range(2):
             policy = make_policy(name, info, np.random.default_rng(3))
@@ -53,7 +53,7 @@ def test_policies():
         np.testing.assert_array_equal(runs[0], runs[1])  # seeded: reproducible
         assert runs[0].shape == (30, 2) and runs[0].dtype == np.float32
         assert np.all(np.abs(runs[0]) <= 1.0) and runs[0].std() > 0.1
-    with pytest.raises(ValueError, match="available: \\['noisy', 'push', 'random'\\]"):
+    with pytest.raises(ValueError, match="available: \\['noisy', 'push', 'random', 'torque'\\]"):
         make_policy("greedy", info, np.random.default_rng(0))
     with pytest.raises(ValueError, match="noise=-0.1, target_span=1.5, hold_noise=0.02: expected all >= 0"):
         make_policy("noisy", info, np.random.default_rng(0), noise=-0.1)

@@ -132,9 +132,11 @@ def test_planners_through_world_model(planner):
 def test_mpc_agent_smoke():
     agent_mod = pytest.importorskip("jepa_agent.agent")
     model = tiny_model()
+    model.meta["context_frames"] = 2  # as train.context=2 records it
     agent = agent_mod.MPCAgent(
-        model, CEMPlanner(action_dim=A, horizon=3, population=8, elites=2, iterations=2), horizon=3, memory=2
+        model, CEMPlanner(action_dim=A, horizon=3, population=8, elites=2, iterations=2), horizon=3
     )
+    assert agent.memory.capacity == 2  # memory=None: the model's context
     agent.reset({"image": obs(seed=9)["pixels"]})
     for i in range(3):
         a = agent.act(obs(seed=i))
@@ -308,6 +310,11 @@ def test_config_errors():
         WorldModelTrainConfig(window=3, rollout_steps=3)
     with pytest.raises(ValueError, match="window"):
         WorldModelTrainConfig(window=1)
+    with pytest.raises(ValueError, match=r"train.rollout_steps=5 from train.context=2 .*window=6"):
+        WorldModelTrainConfig(window=6, context=2)  # 2 observed + 5 imagined frames do not fit in 6
+    with pytest.raises(ValueError, match="train.context=0"):
+        WorldModelTrainConfig(context=0)
+    assert WorldModelTrainConfig(context=2).frames == 7  # window=None: just enough for the rollout loss
     with pytest.raises(ValueError, match="train.loss"):
         WorldModelTrainConfig(loss="huber")
     with pytest.raises(ValueError, match=r"train.lr=-0.1, .*expected both >= 0"):

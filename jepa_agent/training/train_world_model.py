@@ -81,8 +81,12 @@ class WorldModelTrainConfig:
     Attributes:
         steps: total optimisation steps (the lr schedule spans them).
         batch_size: windows per step and per process.
-        window: frames per training window ``T`` (``T - 1`` teacher-forced predictions).
-        rollout_steps: ``k`` of the autoregressive rollout loss (from 1 context frame; ``k < window``).
+        window: frames per training window ``T`` (``T - 1`` teacher-forced predictions); None: just enough
+            for the rollout loss, ``context + rollout_steps`` (:attr:`frames`).
+        rollout_steps: ``k`` of the autoregressive rollout loss (``context + k <= window``).
+        context: observed frames the rollout loss starts from: the context the agent plans with (saved in
+            the checkpoint as ``context_frames``; ``MPCAgent`` takes it as its memory). 1 when one frame
+            holds the state; 2 or more when velocity matters (torque-driven tasks).
         rollout_weight: weight of the rollout loss.
         loss: ``"l1"`` (V-JEPA 2-AC) or ``"mse"`` for both terms.
         proprio_weight: weight of the proprio prediction terms (models with a proprio token).
@@ -104,8 +108,9 @@ class WorldModelTrainConfig:
 
     steps: int = 3000
     batch_size: int = 64
-    window: int = 6
+    window: int | None = None
     rollout_steps: int = 5
+    context: int = 1
     rollout_weight: float = 1.0
     loss: str = "mse"
     proprio_weight: float = 1.0
@@ -128,6 +133,11 @@ class WorldModelTrainConfig:
     metric: MetricTrainConfig = field(default_factory=MetricTrainConfig)
     encoder: EncoderTuneConfig = field(default_factory=EncoderTuneConfig)
 
+    @property
+    def frames(self) -> int:
+        """Frames per training window: ``window``, or ``context + rollout_steps`` when it is None."""
+        return int(self.window) if self.window is not None else self.context + self.rollout_steps
+
     def __post_init__(self) -> None:
         if isinstance(self.metric, dict):
             self.metric = MetricTrainConfig(**self.metric)
@@ -136,11 +146,15 @@ class WorldModelTrainConfig:
         for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
-        if self.window < 2:
-            raise ValueError(f"train.window={self.window}; expected >= 2 frames (one prediction)")
-        if not 1 <= self.rollout_steps < self.window:
+        if not (isinstance(self.context, int) and self.context >= 1):
+            raise ValueError(f"train.context={self.context!r}; expected an int >= 1 (observed frames)")
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"train.window={self.window}; expected >= 2 frames (one prediction), or null")
+        if not 1 <= self.rollout_steps <= self.frames - self.context:
             raise ValueError(
-                f"train.rollout_steps={self.rollout_steps}; expected 1 <= k < window={self.window}"
+                f"train.rollout_steps={self.rollout_steps} from train.context={self.context} frames"
+                f"; expected 1 <= k and context + k <= window={self.frames}"
+                " (raise train.window, or leave it null)"
             )
         if self.loss not in ("l1", "mse"):
             raise ValueError(f"train.loss={self.loss!r}; expected 'l1' or 'mse'")
@@ -209,8 +223,8 @@ class WorldModelLoss(nn.Module):
         parts["teacher_forcing"], z_tf = teacher_forcing_loss(
             self.predictor, z, actions, proprio, c.proprio_weight, loss=c.loss, return_predictions=True
         )
-        k = c.rollout_steps
-        parts["rollout"], z_ro = rollout_loss(self.predictor, z, actions, k, proprio,
+        k, C = c.rollout_steps, c.context
+        parts["rollout"], z_ro = rollout_loss(self.predictor, z, actions, k, proprio, context=C,
                                               proprio_weight=c.proprio_weight, loss=c.loss,
                                               return_predictions=True)  # fmt: skip
         loss = parts["teacher_forcing"] + c.rollout_weight * parts["rollout"]
@@ -220,7 +234,7 @@ class WorldModelLoss(nn.Module):
             r = self.readout
             parts["readout"] = (
                 F.mse_loss(r(z), targets) + F.mse_loss(r(z_tf), targets[:, 1:])
-                + F.mse_loss(r(z_ro), targets[:, 1 : 1 + k])
+                + F.mse_loss(r(z_ro), targets[:, C : C + k])
             )  # fmt: skip
             loss = loss + c.readout_weight * parts["readout"]
         if self.metric is not None:
@@ -228,7 +242,7 @@ class WorldModelLoss(nn.Module):
             with torch.no_grad():
                 target = phi(z)  # [B, T, F]
             parts["metric"] = F.mse_loss(phi(z_tf), target[:, 1:]) + F.mse_loss(
-                phi(z_ro), target[:, 1 : 1 + k]
+                phi(z_ro), target[:, C : C + k]
             )
             loss = loss + self.metric_weight * parts["metric"]
         if "variance" in parts:
@@ -238,41 +252,53 @@ class WorldModelLoss(nn.Module):
 
 @torch.inference_mode()
 def evaluate_world_model(
-    model: WorldModel, data: LatentEpisodes, horizon: int = 5, max_windows: int = 512, seed: int = 0
+    model: WorldModel,
+    data: LatentEpisodes,
+    horizon: int = 5,
+    max_windows: int = 512,
+    seed: int = 0,
+    context: int = 1,
 ) -> dict[str, float]:
     """Held-out latent prediction error vs the copy-last-frame baseline.
 
     Returns (L1, mean over tokens and dims): ``one_step`` (teacher-forced) and ``h_step`` (mean over
-    ``horizon`` imagined steps from one observed frame) and ``final_step``, each with ``_copy_last`` (the
-    baseline that predicts the last observed latent), their ratio, and the same ratio for the squared
+    ``horizon`` imagined steps from ``context`` observed frames) and ``final_step``, each with ``_copy_last``
+    (the baseline that predicts the last observed latent), their ratio, and the same ratio for the squared
     error (``_mse_ratio_to_copy_last``). Empty when no episode is long enough.
     """
-    first = data.window_starts(horizon + 1)
+    C = int(context)
+    first = data.window_starts(C + horizon)
     if len(first) == 0:
         return {}
     if len(first) > max_windows:
         g = torch.Generator().manual_seed(seed)
         first = first[torch.randperm(len(first), generator=g)[:max_windows]]
-    z, a, p = data.windows(first.to(data.z.device), horizon + 1)
+    z, a, p = data.windows(first.to(data.z.device), C + horizon)  # [B, C + H, ...], a [B, C + H - 1, A]
     if model.pooler.learned:
         B, T = z.shape[:2]
         z = model.pooler(z.flatten(0, 1)).view(B, T, model.pooler.num_tokens, -1)
-    pin = None if p is None else p[:, :-1]
-    one, _ = model.predictor(z[:, :-1], a, pin)  # [B, H, N, D]
-    imag, _ = model.predictor.imagine(z[:, :1], a, proprio_ctx=None if p is None else p[:, :1])
-    target = z[:, 1:]
+    pin = None if p is None else p[:, C - 1 : -1]
+    one, _ = model.predictor(z[:, C - 1 : -1], a[:, C - 1 :], pin)  # [B, H, N, D]
+    imag, _ = model.predictor.imagine(
+        z[:, :C],
+        a[:, C - 1 :],
+        actions_ctx=a[:, : C - 1] if C > 1 else None,
+        proprio_ctx=None if p is None else p[:, :C],
+    )
+    target = z[:, C:]
+    last = z[:, C - 1]
     pairs = {  # name: (prediction, copy-last prediction, target)
-        "one_step": (one, z[:, :-1], target),
-        "h_step": (imag, z[:, :1], target),
-        "final_step": (imag[:, -1], z[:, 0], target[:, -1]),
+        "one_step": (one, z[:, C - 1 : -1], target),
+        "h_step": (imag, last[:, None], target),
+        "final_step": (imag[:, -1], last, target[:, -1]),
     }
     res: dict[str, float] = {}
-    s = data.target_windows(first.to(data.z.device), horizon + 1)
+    s = data.target_windows(first.to(data.z.device), C + horizon)
     if model.readout is not None and s is not None:  # squared error of the state readout (its feature space)
         r = model.readout
         res["readout_encoded_mse"] = (r(z) - s).square().mean().item()
         res["readout_final_step_mse"] = (r(imag[:, -1]) - s[:, -1]).square().mean().item()
-        res["readout_final_step_copy_last_mse"] = (r(z[:, 0]) - s[:, -1]).square().mean().item()
+        res["readout_final_step_copy_last_mse"] = (r(last) - s[:, -1]).square().mean().item()
     for k, (pred, copy, tgt) in pairs.items():
         res[f"{k}_l1"] = (pred - tgt).abs().mean().item()
         res[f"{k}_copy_last_l1"] = (copy - tgt).abs().mean().item()
@@ -336,6 +362,12 @@ def train_world_model(
     state = None
     if resume and checkpoint_exists(ckpt):
         check_resume_matches(ckpt, load_config(ckpt), world_model_config(model, encoder_name))
+        saved = int(load_meta(ckpt).get("context_frames", 1) or 1)
+        if saved != cfg.context:
+            raise ValueError(
+                f"resume=true: the checkpoint in {ckpt} was trained with train.context={saved}, this run "
+                f"asks for train.context={cfg.context}; pass train.context={saved} or start a new out dir"
+            )
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
@@ -385,6 +417,7 @@ def train_world_model(
         # first, from encoded frames alone (every rank alike: same data, same seed)
         head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
+    model.meta["context_frames"] = cfg.context  # the memory MPCAgent plans with (saved in the checkpoint)
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
@@ -442,10 +475,10 @@ def train_on_latents(
     elif model.predictor.residual:
         fit_delta_scale(model, train)
     show = progress and rank == 0
-    first = train.window_starts(cfg.window)
+    first = train.window_starts(cfg.frames)
     if len(first) == 0:
         raise ValueError(
-            f"no training episode has {cfg.window} frames (train.window); longest: {max(train.lengths)}"
+            f"no training episode has {cfg.frames} frames (train.window); longest: {max(train.lengths)}"
         )
 
     weight = cfg.metric.predictor_weight if model.metric_trained else 0.0
@@ -467,8 +500,8 @@ def train_on_latents(
     try:
         for step in range(start, stop):
             idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)]
-            z, a, p = train.windows(idx.to(device), cfg.window)
-            s = train.target_windows(idx.to(device), cfg.window)
+            z, a, p = train.windows(idx.to(device), cfg.frames)
+            s = train.target_windows(idx.to(device), cfg.frames)
             lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.final_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -502,7 +535,8 @@ def train_on_latents(
                 model.predictor.eval()
                 if val is not None:
                     val_metrics = {f"val_{k}": v for k, v in evaluate_world_model(
-                        model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed).items()}  # fmt: skip
+                        model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed, cfg.context
+                    ).items()}  # fmt: skip
                     metrics.update(val_metrics)
                 model.predictor.train()
                 rng = [gen.get_state()]
@@ -527,7 +561,7 @@ def train_on_latents(
         dist.barrier()
     if not val_metrics and val is not None and rank == 0:  # nothing trained in this call (already done)
         val_metrics = {f"val_{k}": v for k, v in evaluate_world_model(
-            model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed).items()}  # fmt: skip
+            model, val, cfg.eval_horizon, cfg.eval_windows, cfg.seed, cfg.context).items()}  # fmt: skip
     n = len(losses)
     seconds = time.perf_counter() - t1
     return WorldModelTrainResult(
