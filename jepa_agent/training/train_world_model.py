@@ -417,7 +417,6 @@ def train_world_model(
         # first, from encoded frames alone (every rank alike: same data, same seed)
         head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
-    model.meta["context_frames"] = cfg.context  # the memory MPCAgent plans with (saved in the checkpoint)
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
@@ -464,6 +463,7 @@ def train_on_latents(
     ckpt = out_dir / CHECKPOINT_DIR
     model.to(device)
     model.encoder.requires_grad_(False).eval()
+    model.meta["context_frames"] = cfg.context  # the memory MPCAgent plans with (saved in the checkpoint)
     optimizer = make_optimizer(_trainable(model), cfg)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     start = 0
