@@ -89,6 +89,7 @@ def main(cfg: DictConfig) -> None:
         supervision = {
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
+            "memory": policies["jepa"].memory.capacity,  # frames of context (the model's train.context)
         }
         has_oracle = type(env.unwrapped) in ORACLES  # env=gym: any env, with no true-state model
         if cfg.baselines and kind == "image" and has_oracle:  # a user image has no true goal state

@@ -216,8 +216,8 @@ class WorldModelVecEnv(VecEnv):
         goal_images: goals given as images instead (uint8 ``[G, S, S, 3]`` or ``[S, S, 3]``, ``S`` the
             model's image size); one is drawn per episode.
         context: latent frames the predictor sees (>= 1; at most its ``max_steps``): starts are windows of
-            that many recorded frames, and the last ``context`` imagined ones are kept (1: the MPC agent's
-            default memory).
+            that many recorded frames, and the last ``context`` imagined ones are kept. None: the model's
+            ``context_frames`` (what it was trained to imagine from; the MPC agent's default memory).
         space, metric, reward: as :class:`~jepa_agent.rl.goal_env.LatentGoalEnv`.
         seed: env ``i``'s generator is seeded ``seed + i`` (None: fresh entropy).
 
@@ -241,12 +241,13 @@ class WorldModelVecEnv(VecEnv):
         horizon: int = 15,
         goal_offset: int | tuple[int, int] | None = None,
         goal_images: np.ndarray | None = None,
-        context: int = 1,
+        context: int | None = None,
         space: str = "auto",
         metric: str = CostConfig.metric,
         reward: str = "dense",
         seed: int | None = None,
     ) -> None:
+        context = model.context_frames if context is None else context
         for name, value in (("num_envs", num_envs), ("horizon", horizon), ("context", context)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected an int >= 1")

@@ -151,7 +151,7 @@ class RLConfig:
     n_epochs: int | None = None
     imagination_envs: int = 16
     imagination_horizon: int = 15
-    imagination_context: int = 1
+    imagination_context: int | None = None
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     save_zip: bool = False
 
@@ -184,10 +184,11 @@ def check_config(cfg: RLConfig) -> None:
             raise ValueError(f"{key}={getattr(cfg, key)!r}; expected true or false")
     counts = {"steps": 1, "n_envs": 1, "eval_every": 1, "eval_episodes": 1, "eval_envs": 1, "eval_seed": 0,
               "seed": 0, "calibration_episodes": 1, "buffer_size": 1, "learning_starts": 0, "train_freq": 1,
-              "n_sampled_goal": 1, "imagination_envs": 1, "imagination_horizon": 1,
-              "imagination_context": 1}  # fmt: skip
+              "n_sampled_goal": 1, "imagination_envs": 1, "imagination_horizon": 1}  # fmt: skip
     for key, least in counts.items():
         check_int(key, getattr(cfg, key), least)
+    if cfg.imagination_context is not None:
+        check_int("imagination_context", cfg.imagination_context, 1, "or null: the model's train.context")
     if cfg.gradient_steps != -1:
         check_int("gradient_steps", cfg.gradient_steps, 1, "or -1: one per transition collected")
     for key in ("batch_size", "n_steps", "n_epochs"):
