@@ -528,6 +528,9 @@ def collect(
     probe = make_recording_env(env, env_kwargs)  # no rendering in this process: safe to fork later
     info = probe.env_info()
     probe.close()
+    worker_kwargs = env_kwargs
+    if env == envs.GYM and env_kwargs.get("check", True):  # the probe has checked the env: once is enough
+        worker_kwargs = {**env_kwargs, "check": False}
     try:
         make_policy(policy, info, policy_rng(0), **policy_kwargs)
     except TypeError as e:
@@ -554,7 +557,7 @@ def collect(
                 writer,
                 todo,
                 env=env,
-                env_kwargs=env_kwargs,
+                env_kwargs=worker_kwargs,
                 info=info,
                 policy=policy,
                 policy_kwargs=policy_kwargs,
