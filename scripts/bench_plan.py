@@ -43,7 +43,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--population", type=int_at_least(1), default=300)
     p.add_argument("--iterations", type=int_at_least(1), default=30)
     p.add_argument("--horizon", type=int_at_least(1), default=5)
-    p.add_argument("--context", type=int_at_least(1), default=1, help="observed frames of rollout context")
+    p.add_argument(
+        "--context",
+        type=int_at_least(1),
+        default=None,
+        help="observed frames of rollout context (default: the checkpoint's train.context, else 1)",
+    )
     p.add_argument("--replans", type=int_at_least(5), default=7, help="timed replans per variant (>= 5)")
     p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unfused and uncached baselines")
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     A = model.action_dim
     if model.predictor.proprio_dim:
         raise ValueError("bench_plan times latent-only models; this checkpoint uses proprio")
+    if args.context is None:
+        args.context = model.context_frames
     z_hist = torch.nn.functional.layer_norm(torch.randn(1, args.context, N, D), (D,))
     ctx = model.context(list(z_hist[0]), [torch.zeros(A)] * (args.context - 1))
     goal = torch.nn.functional.layer_norm(torch.randn(N, D), (D,))
