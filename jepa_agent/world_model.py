@@ -371,7 +371,9 @@ class WorldModel(nn.Module):
         if missing > 0:
             if isinstance(actions, Tensor):
                 actions = list(actions.reshape(-1, self.action_dim))
-            actions = [torch.zeros(self.action_dim)] * missing + list(actions or [])
+            actions = list(actions or [])
+            where = actions[0].device if actions and isinstance(actions[0], Tensor) else None  # stack on one
+            actions = [torch.zeros(self.action_dim, device=where)] * missing + actions
             states = [states[0]] * missing + list(states)
         zs = [s.z if isinstance(s, LatentState) else s for s in states]
         z = torch.stack(zs).unsqueeze(0)  # [1, C, N, D]
