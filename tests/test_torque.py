@@ -198,3 +198,9 @@ def test_plan_refuses_a_memory_the_checkpoint_was_not_trained_for(tmp_path, pyth
                           env=run_env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert good.returncode == 0, good.stderr[-2000:]
     assert json.loads(good.stdout.strip().splitlines()[-1])["episodes"] == 1
+    trace = [python, str(REPO / "scripts" / "trace_episode.py"), "--checkpoint", str(ckpt),
+             "--image-size", "16", "--max-steps", "3"]  # fmt: skip
+    proc = subprocess.run(trace, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 3 and out["memory"] == 2 and " q [" in proc.stdout  # a line per step
