@@ -45,6 +45,21 @@ class RandomPolicy:
         return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
+def _check_segments(smoothing: float, retarget_min: int, retarget_max: int) -> None:
+    """The settings the segment-based policies share: AR(1) noise correlation and segment lengths."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
+    if not 1 <= retarget_min <= retarget_max:
+        raise ValueError(
+            f"retarget_min={retarget_min}, retarget_max={retarget_max}: expected 1 <= min <= max"
+        )
+
+
+def _ar1(rng: np.random.Generator, eps: np.ndarray, rho: float, std: float) -> np.ndarray:
+    """One step of AR(1) noise with correlation ``rho`` and stationary standard deviation ``std``."""
+    return rho * eps + np.sqrt(1 - rho**2) * std * rng.standard_normal(len(eps))
+
+
 class NoisyTargetPolicy:
     """Scripted motion towards random joint targets plus smoothed noise, for state-space coverage.
 
@@ -78,12 +93,7 @@ class NoisyTargetPolicy:
         hold_prob: float = 0.0,
         hold_noise: float = 0.02,
     ) -> None:
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
-        if not 1 <= retarget_min <= retarget_max:
-            raise ValueError(
-                f"retarget_min={retarget_min}, retarget_max={retarget_max}: expected 1 <= min <= max"
-            )
+        _check_segments(smoothing, retarget_min, retarget_max)
         if not max_delta > 0:
             raise ValueError(f"max_delta={max_delta!r}: expected > 0 (rad per unit action)")
         if not (noise >= 0 and target_span >= 0 and hold_noise >= 0):
@@ -119,8 +129,9 @@ class NoisyTargetPolicy:
             if self._holding:
                 self._eps = np.zeros(self.n)
         self._countdown -= 1
-        rho, std = self.smoothing, self.hold_noise if self._holding else self.noise
-        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * std * self.rng.standard_normal(self.n)
+        self._eps = _ar1(
+            self.rng, self._eps, self.smoothing, self.hold_noise if self._holding else self.noise
+        )
         action = self.gain * (self._target - q) / self.max_delta + self._eps
         return np.clip(action, self.low, self.high).astype(np.float32)
 
@@ -161,12 +172,7 @@ class TorqueTargetPolicy:
         coast_noise: float = 0.02,
         random_prob: float = 0.15,
     ) -> None:
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
-        if not 1 <= retarget_min <= retarget_max:
-            raise ValueError(
-                f"retarget_min={retarget_min}, retarget_max={retarget_max}: expected 1 <= min <= max"
-            )
+        _check_segments(smoothing, retarget_min, retarget_max)
         if not (0 < kp_range[0] <= kp_range[1] and kd >= 0 and noise >= 0 and coast_noise >= 0):
             raise ValueError(
                 f"kp_range={list(kp_range)}, kd={kd!r}, noise={noise!r}, coast_noise={coast_noise!r}"
@@ -210,8 +216,7 @@ class TorqueTargetPolicy:
             self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
         self._countdown -= 1
         std = {"coast": self.coast_noise, "random": 3 * self.noise, "move": self.noise}[self._mode]
-        rho = self.smoothing
-        self._eps = rho * self._eps + np.sqrt(1 - rho**2) * std * self.rng.standard_normal(self.n)
+        self._eps = _ar1(self.rng, self._eps, self.smoothing, std)
         if self._mode == "move":
             action = self._kp * (self._target - q) - self.kd * qdot + self._eps
         else:
