@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
     from jepa_agent.utils import emit_json_line
 
     env_kwargs = envs.env_kwargs_from_config(cfg.env)
-    tuned = ("noisy", "push")  # policies with a settings block of the same name in collect.yaml
+    tuned = ("noisy", "torque", "push")  # policies with a settings block of the same name in collect.yaml
     policy_kwargs = OmegaConf.to_container(cfg[cfg.policy], resolve=True) if cfg.policy in tuned else {}
     try:
         metrics = collect(

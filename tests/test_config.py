@@ -124,8 +124,21 @@ def test_world_model_training_defaults_are_the_scripts_defaults():
     assert set(api) - set(script) == {"seed", "device"}  # top-level keys of the script's config
 
 
+@pytest.mark.parametrize("policy", ["noisy", "torque", "push"])
+def test_collect_policy_blocks_are_the_policies_defaults(policy):
+    """``collect.py policy=P`` collects as ``make_policy(P)`` does by default: its block holds them."""
+    from jepa_agent.collect import POLICIES
+
+    block = OmegaConf.to_container(compose_config("collect")[policy], resolve=True)
+    params = inspect.signature(POLICIES[policy].__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k in block}
+    assert set(block) == set(defaults), sorted(set(block) ^ set(defaults))
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == block
+
+
 @pytest.mark.parametrize(
-    "env, policy", [("reach", "noisy"), ("reach_distracting", "noisy"), ("push", "push")]
+    "env, policy",
+    [("reach", "noisy"), ("reach_distracting", "noisy"), ("reach_torque", "torque"), ("push", "push")],
 )
 def test_train_all_collects_with_the_envs_own_data_policy(env, policy):
     """``train_all.py env=push`` collects pushes, not the reach's joint targets (``env.data_policy``)."""
