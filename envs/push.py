@@ -142,9 +142,14 @@ class PushEnv(TopDownEnv):
         self._goal = np.array([0.0, -0.15, 0.0, 0.0, 0.0])
 
     # ----------------------------------------------------------------------------------- helpers
+    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The servo targets an env step sets for ``action [..., 2]`` at ``qpos [..., nq]``: the pusher's
+        position moved by ``action * max_delta``, clipped to its range (the oracle simulates with it too)."""
+        return np.clip(qpos[..., :2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
+
     def _apply(self, data: mujoco.MjData, action: np.ndarray) -> None:
         """One env step of ``data``: move the servo target by ``action * max_delta``, then simulate."""
-        data.ctrl[:] = np.clip(data.qpos[:2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
+        data.ctrl[:] = self.controls(data.qpos, action)
         mujoco.mj_step(self.model, data, nstep=self.frame_skip)
 
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> None:

@@ -202,6 +202,14 @@ class ReachEnv(TopDownEnv):
         self.data.ctrl[:] = qpos if self.control == "position" else 0.0
         mujoco.mj_forward(self.model, self.data)
 
+    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The controls an env step sets for ``action [..., n]`` at joint angles ``qpos [..., n]``: the servo
+        targets ``qpos + action * max_delta`` clipped to the joint ranges, or (torque) the action itself, in
+        units of the motors' gear. The true-dynamics oracle simulates with it too."""
+        if self.control == "position":
+            return np.clip(qpos + action * self.max_delta, self.joint_low, self.joint_high)
+        return action
+
     def set_goal(self, goal_qpos: np.ndarray) -> None:
         """Use ``goal_qpos`` (joint angles within the joint ranges) as the goal."""
         goal_qpos = np.asarray(goal_qpos, dtype=np.float64)
@@ -294,12 +302,7 @@ class ReachEnv(TopDownEnv):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = self._checked_action(action)
-        if self.control == "position":
-            self.data.ctrl[:] = np.clip(
-                self.data.qpos + action * self.max_delta, self.joint_low, self.joint_high
-            )
-        else:
-            self.data.ctrl[:] = action  # torques, in units of max_torque (the motors' gear)
+        self.data.ctrl[:] = self.controls(self.data.qpos, action)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         obs, info = self._get_obs(), self._get_info()
         reward_dist = -info["distance"]

@@ -29,7 +29,7 @@ from mujoco import rollout as mj_rollout
 from torch import Tensor
 
 from envs.push import PushEnv
-from envs.push_expert import PUSHER_RADIUS, PUSHER_RANGE, T_CORNERS
+from envs.push_expert import PUSHER_RADIUS, T_CORNERS
 from envs.reach import LINK_LENGTHS, ReachEnv
 from jepa_agent.costs import REDUCTIONS, ActionMagnitudeCost, Cost, CostConfig, reduce_steps
 
@@ -158,8 +158,9 @@ class SimulatorModel:
         return states[-1]
 
     def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
-        """The controls the env sets for ``action [S, A]`` at joint positions ``qpos [S, nq]``."""
-        raise NotImplementedError
+        """The controls the env sets for ``action [S, A]`` at joint positions ``qpos [S, nq]``: the env's own
+        mapping (its ``controls``), so the rollouts step exactly as the env does."""
+        return self.env.controls(qpos, action)
 
     def rollout(self, state: np.ndarray, actions: Tensor) -> Tensor:
         """Joint positions after each action: ``state [nstate]``, ``actions [S, H, A]`` -> ``[S, H, nq]``,
@@ -187,25 +188,9 @@ class ReachSimulator(SimulatorModel):
                 f"ReachSimulator needs a JepaAgent/Reach env; got {type(env.unwrapped).__name__}"
             )
         super().__init__(env, device, threads)
-        u = env.unwrapped
-        self.position = u.control == "position"
-        self.max_delta = getattr(u, "max_delta", None)
-        self.low, self.high = u.joint_low, u.joint_high
 
-    def encode_goal(self, goal: dict[str, np.ndarray]) -> Tensor:
-        """The goal's end-effector ``xy`` (the last two entries of the env's goal state)."""
-        return torch.as_tensor(goal["state"][-2:], dtype=torch.float32, device=self.device)
-
-    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
-        if self.position:
-            return np.clip(qpos + action * self.max_delta, self.low, self.high)
-        return action  # torques in units of the motors' gear
-
-    def cost(self, goal_ee: Tensor, **options: Any) -> Cost:
-        """True end-effector distance to ``goal_ee`` (as :meth:`ReachKinematics.cost`)."""
-        c = CostConfig(**options)
-        cost = EndEffectorCost(goal_ee, reduction=c.reduction, discount=c.discount, device=self.device)
-        return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
+    encode_goal = ReachKinematics.encode_goal  # the goal's end-effector xy, and its distance as the cost
+    cost = ReachKinematics.cost
 
 
 class PushSimulator(SimulatorModel):
@@ -219,15 +204,11 @@ class PushSimulator(SimulatorModel):
         if not isinstance(u, PushEnv):
             raise ValueError(f"PushSimulator needs JepaAgent/Push-v0; got {type(u).__name__}")
         super().__init__(env, device, threads)
-        self.max_delta = u.max_delta
         self.pos_scale, self.yaw_scale = u.success_threshold, u.yaw_threshold
 
     def encode_goal(self, goal: dict[str, np.ndarray]) -> Tensor:
         """The goal state ``(pusher x, y, block x, y, yaw)`` ``[5]``."""
         return torch.as_tensor(goal["state"], dtype=torch.float32, device=self.device)
-
-    def controls(self, qpos: np.ndarray, action: np.ndarray) -> np.ndarray:
-        return np.clip(qpos[:, :2] + action * self.max_delta, -PUSHER_RANGE, PUSHER_RANGE)
 
     def cost(self, goal_state: Tensor, **options: Any) -> Cost:
         """:class:`PushStateCost` towards ``goal_state``, reduced over the steps like the world model's cost,
