@@ -99,11 +99,16 @@ def test_oracle_stops_the_arm_at_a_goal():
 T, D = 14, 32
 
 
+def _latent(x: torch.Tensor) -> torch.Tensor:
+    """The latent of positions ``x [B]`` -> ``[B, D]`` (momentum_latents and the probes below)."""
+    W = torch.randn(2, D, generator=torch.Generator().manual_seed(7))
+    return F.layer_norm(torch.stack([x.sin(), x.cos()], 1) @ W, (D,))
+
+
 def momentum_latents(n_eps: int, seed: int) -> LatentEpisodes:
     """A 1-D point with momentum seen only through its position: ``v' = 0.6 v + 0.4 a``, ``x' = x + v'``,
     latent ``z = LN(W [sin, cos](x))``. One frame shows ``x`` but not ``v``."""
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(2, D, generator=torch.Generator().manual_seed(7))
     zs, acts = [], []
     for _ in range(n_eps):
         a = torch.rand(T - 1, 1, generator=g) * 2 - 1
@@ -113,16 +118,9 @@ def momentum_latents(n_eps: int, seed: int) -> LatentEpisodes:
             v = 0.6 * v + 0.4 * a[t]
             x = x + v
             xs.append(x)
-        pos = torch.stack(xs)  # [T, 1]
-        zs.append(F.layer_norm(torch.cat([pos.sin(), pos.cos()], 1) @ W, (D,))[:, None])  # [T, 1, D]
+        zs.append(_latent(torch.cat(xs))[:, None])  # [T, 1, D]
         acts.append(torch.cat([a, torch.zeros(1, 1)]).expand(-1, 2).contiguous())  # A = 2 (2nd dim a copy)
     return LatentEpisodes(torch.cat(zs), torch.cat(acts), None, [i * T for i in range(n_eps)], [T] * n_eps)
-
-
-def _latent(x: torch.Tensor) -> torch.Tensor:
-    """``momentum_latents``' latent of positions ``x [B]`` -> ``[B, D]``."""
-    W = torch.randn(2, D, generator=torch.Generator().manual_seed(7))
-    return F.layer_norm(torch.stack([x.sin(), x.cos()], 1) @ W, (D,))
 
 
 def test_a_two_frame_context_tells_opposite_velocities_apart(tmp_path):
