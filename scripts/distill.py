@@ -120,14 +120,15 @@ def main(cfg: DictConfig) -> None:
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.eval_episodes))]
     with tqdm(desc="evaluate", total=len(seeds), file=sys.stderr, disable=not cfg.progress) as b:
-        front = GoalImagePolicy(space, policy)
+        front = GoalImagePolicy(space, policy, encoder=str(cfg.policy_encoder))
         res = run_goal_episodes(front, env, seeds, on_episode=lambda *_: b.update())
     policy_s = float(np.median(res["decision_seconds"]))
     summary = {"policy": "DistilledPolicy", **success_rates(res["reached"], res["ended"]),
                "target": train_cfg.target,
                "decision_seconds_median": policy_s, "decisions": len(res["decision_seconds"]),
                "final_distance_mean": float(np.mean(res["final_distance"])),
-               "mlp_seconds_median": float(np.median(front.mlp_seconds))}  # fmt: skip
+               "mlp_seconds_median": float(np.median(front.mlp_seconds)),
+               "policy_encoder": front.features.path}  # fmt: skip
     if int(cfg.cem_decisions) > 0:
         planner = PlannerPolicy.from_config(model, env.action_space, cfg)
         cem = run_goal_episodes(planner, env, seeds, max_decisions=int(cfg.cem_decisions))["decision_seconds"]

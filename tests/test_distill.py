@@ -41,6 +41,7 @@ from jepa_agent.rl.distill import (
     sample_pairs,
     train_distilled,
 )
+from jepa_agent.rl.space import FastFeatures
 from jepa_agent.world_model import save_world_model
 from tests.conftest import REPO, script_env
 from tests.test_rl import IMG, TINY_PLAN, reach, tiny_episodes, tiny_model
@@ -167,15 +168,41 @@ def test_evaluate_policy_runs_it_on_a_latent_goal_env(trained, model, space):
     latent, pixels = LatentGoalEnv(reach(), model), GoalImageObservation(reach())
     obs, _ = latent.reset(seed=7)
     pix, _ = pixels.reset(seed=7)
-    front = GoalImagePolicy(space, policy)
+    front = GoalImagePolicy(space, policy, encoder="eager")
     batch = {k: np.stack([v, v]) for k, v in pix.items()}
     np.testing.assert_allclose(front.predict(batch)[0][1], policy.predict(obs)[0], rtol=1e-4, atol=1e-5)
+    fast = GoalImagePolicy(space, policy)  # the default: the int8 graph on the CPU, checked against eager
+    assert fast.features.path == "int8"
+    np.testing.assert_allclose(fast.predict(batch)[0][1], policy.predict(obs)[0], atol=0.05)
     action, _ = front.predict(pix, episode_start=np.ones(1, bool))
     assert action.shape == (2,)
     result = run_goal_episodes(front, pixels, [1, 2])
     assert len(result["reached"]) == len(result["final_distance"]) == 2
     assert len(result["decision_seconds"]) == 2 * 6
     assert len(run_goal_episodes(front, pixels, [1, 2], max_decisions=4)["decision_seconds"]) == 4
+
+
+def test_fast_encoder_paths_match_the_eager_features(model, space):
+    """The traced and int8 graphs compute the planning space's own features (per batch size), the world
+    model itself is left as it was, and a graph that drifts beyond the tolerance is refused by name."""
+    rng = np.random.default_rng(0)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    for n in (1, 3):
+        pixels = rng.integers(0, 256, (n, IMG, IMG, 3), dtype=np.uint8)
+        ref = space.features(pixels)
+        traced = FastFeatures(space, "traced")(pixels)
+        np.testing.assert_allclose(traced, ref, rtol=1e-4, atol=1e-4)
+        int8 = FastFeatures(space, "int8")(pixels)
+        assert np.linalg.norm(int8 - ref) <= 0.02 * np.linalg.norm(ref) and not np.array_equal(int8, ref)
+        np.testing.assert_array_equal(FastFeatures(space, "eager")(pixels), ref)
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="encoder path 'fp8'; expected one of"):
+        FastFeatures(space, "fp8")
+    with pytest.raises(RuntimeError, match="int8 encoder path's features are .* use encoder path 'eager'"):
+        FastFeatures(space, "int8", tolerance=0.0)(pixels)
+    with pytest.raises(ValueError, match=rf"\[{IMG}, {IMG}, 3\]"):
+        FastFeatures(space, "traced")(np.zeros((1, IMG + 4, IMG + 4, 3), np.uint8))
 
 
 def test_dagger_labels_come_from_the_planner_and_train(trained, model, space, data):

@@ -203,3 +203,39 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual):
     # without the latent term: the head alone, fused through its first layer as the readout is
     plain = model.cost(goal, latent_weight=0.0)
     assert plain.rollout_projection is model.metric.input_layer
+
+
+def test_joint_metric_head_trains_on_predictions_towards_its_frozen_copy(tmp_path):
+    """``train.metric.joint``: the head keeps training with the predictor (its weights move), towards a
+    frozen copy of itself that the training state keeps for a resume; resuming with the other setting is
+    refused by name. Without it the head stays exactly as its own stage left it."""
+    import copy
+
+    from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_on_latents
+    from tests.test_world_model import D, latent_dynamics, tiny_model
+
+    train = latent_dynamics(40, 0)
+    base = dict(steps=30, batch_size=16, window=4, rollout_steps=2, lr=3e-3, warmup=2, log_every=10,
+                ckpt_every=0, eval_horizon=3, device="cpu")  # fmt: skip
+    heads = {}
+    for joint in (False, True):
+        model = tiny_model()
+        model.metric = TemporalDistanceHead(D, dim=4, hidden=16)
+        train_metric_head(model.metric, train, MetricTrainConfig(steps=20, batch_size=32), progress=False)
+        model.meta["metric_steps"] = 20
+        stage = copy.deepcopy(model.metric.state_dict())
+        cfg = WorldModelTrainConfig(**base, metric=MetricTrainConfig(joint=joint))
+        res = train_on_latents(model, train, None, cfg, tmp_path / str(joint), progress=False)
+        assert np.isfinite(res.losses).all() and model.meta["metric_joint"] is joint
+        moved = [not torch.equal(v, stage[k]) for k, v in model.metric.state_dict().items()]
+        assert any(moved) if joint else not any(moved)
+        state = torch.load(tmp_path / str(joint) / "checkpoint" / "train_state.pt", weights_only=True)
+        assert ("metric_target" in state) is joint
+        if joint:
+            for k, v in state["metric_target"].items():
+                assert torch.equal(v, stage[k]), k
+        heads[joint] = model
+    cfg = WorldModelTrainConfig(**{**base, "steps": 40}, metric=MetricTrainConfig(joint=False))
+    state = torch.load(tmp_path / "True" / "checkpoint" / "train_state.pt", weights_only=True)
+    with pytest.raises(ValueError, match=r"metric\.joint=True, this run asks for train\.metric\.joint=False"):
+        train_on_latents(heads[True], train, None, cfg, tmp_path / "True", state, progress=False)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from jepa_agent.rl.goal_image import GOAL_KEY
 from jepa_agent.rl.imagination import LatentStarts
-from jepa_agent.rl.space import PlanningSpace, check_image_size
+from jepa_agent.rl.space import FastFeatures, PlanningSpace, check_image_size
 from jepa_agent.utils import atomic_path, atomic_write_json
 
 TARGETS = ("first", "mean")
@@ -343,15 +343,23 @@ class GoalImagePolicy:
     ``GoalImageObservation``): every call encodes the frames (one encoder call for the batch); a row's
     goal image is encoded when its episode starts or its goal image changes. ``mlp_seconds`` records the
     wall time of the MLP alone in each call (the rest is the encoder).
+
+    ``encoder``: how frames are encoded (:class:`~jepa_agent.rl.space.FastFeatures`): ``"eager"`` (the
+    world model's encoder as it is), ``"traced"`` (one frozen TorchScript graph), ``"int8"`` (the graph
+    with the encoder's linear layers quantised to int8; CPU only) or ``"auto"`` (int8 on the CPU, traced
+    elsewhere). The policy was trained on eager features; the others are checked against them.
     """
 
-    def __init__(self, space: PlanningSpace, policy: DistilledPolicy, goal_key: str = GOAL_KEY) -> None:
+    def __init__(
+        self, space: PlanningSpace, policy: DistilledPolicy, goal_key: str = GOAL_KEY, encoder: str = "auto"
+    ) -> None:
         if space.dim != policy.feature_dim:
             raise ValueError(
                 f"the planning space has {space.dim} features ({space.name}) but the policy takes "
                 f"{policy.feature_dim}; use the checkpoint and space it was trained with"
             )
         self.space, self.policy, self.goal_key = space, policy, goal_key
+        self.features = FastFeatures(space, encoder)
         self._goals: list[np.ndarray | None] = []
         self._goal_features: list[np.ndarray | None] = []
         self.mlp_seconds: list[float] = []
@@ -380,7 +388,7 @@ class GoalImagePolicy:
             for i in range(n)
             if starts[i] or self._goals[i] is None or not np.array_equal(goals[i], self._goals[i])
         ]
-        feats = self.space.features(np.concatenate([pixels, goals[stale]]))  # [n + s, F]: one encoder call
+        feats = self.features(np.concatenate([pixels, goals[stale]]))  # [n + s, F]: one encoder call
         for j, i in enumerate(stale):
             self._goals[i], self._goal_features[i] = goals[i].copy(), feats[n + j]
         goal_feats = np.stack([self._goal_features[i] for i in range(n)])  # [n, F]

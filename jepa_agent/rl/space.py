@@ -151,6 +151,108 @@ class PlanningSpace:
         return -dist
 
 
+ENCODER_PATHS = ("auto", "eager", "traced", "int8")
+
+
+class _PixelsToFeatures(nn.Module):
+    """uint8 frames ``[B, H, W, 3]`` -> features ``[B, F]``: the world model's encoder, pooler and
+    normaliser, then the cost's projection (what :meth:`PlanningSpace.features` computes), as one module."""
+
+    def __init__(self, space: PlanningSpace, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.pooler, self.normalizer = encoder, space.model.pooler, space.model.normalizer
+        self.project, self.dim = space.project, space.dim
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        images = pixels.permute(0, 3, 1, 2).float().div(255.0)  # as vit.pixels_to_images
+        z = self.normalizer.latent(self.pooler(self.encoder.encode_images(images)))  # [B, N, D]
+        feats = z if self.project is None else self.project(z)
+        return feats.reshape(z.shape[0], self.dim)
+
+
+def _int8_available() -> bool:
+    """Whether this torch still has eager dynamic quantisation (``torch.ao.quantization``, deprecated)."""
+    try:
+        return callable(torch.ao.quantization.quantize_dynamic)
+    except AttributeError:
+        return False
+
+
+class FastFeatures:
+    """:meth:`PlanningSpace.features` for a policy's per-decision frames, at inference-graph speed.
+
+    ``path="traced"``: the whole pixels-to-features computation as one frozen TorchScript graph (no Python
+    between the encoder's ops); ``"int8"``: the same with the encoder's linear layers dynamically quantised
+    to int8 (a copy: the world model is untouched; CPU only); ``"eager"``: :meth:`PlanningSpace.features`
+    itself; ``"auto"``: ``int8`` on the CPU, ``traced`` on other devices. A graph is traced per batch size
+    at its first use and checked there against the eager path: features more than ``tolerance`` (relative,
+    in norm) away raise, rather than feed a policy garbage.
+
+    Measured on the 2-core dev VM (one thread, one 64 px frame, the shipped encoder): eager 2.7-3.2 ms,
+    traced 2.2 ms, int8 1.2 ms, at 0.15% relative difference from the eager features.
+    """
+
+    def __init__(self, space: PlanningSpace, path: str = "auto", tolerance: float = 0.02) -> None:
+        if path not in ENCODER_PATHS:
+            raise ValueError(f"encoder path {path!r}; expected one of {list(ENCODER_PATHS)}")
+        if path == "auto":
+            path = "int8" if space.model.device.type == "cpu" and _int8_available() else "traced"
+        if path == "int8" and space.model.device.type != "cpu":
+            raise ValueError(
+                f"encoder path 'int8' runs on the CPU but the world model is on {space.model.device}; "
+                "use 'traced' (or 'eager') there"
+            )
+        self.space, self.path, self.tolerance = space, path, float(tolerance)
+        self._graphs: dict[tuple[int, ...], Any] = {}
+        self._module: nn.Module | None = None
+        if path != "eager":
+            import copy
+
+            encoder = copy.deepcopy(space.model.encoder).eval()
+            if path == "int8":
+                if not _int8_available():
+                    raise ValueError(
+                        "encoder path 'int8' needs torch.ao.quantization.quantize_dynamic, which this torch "
+                        f"({torch.__version__}) lacks; use 'traced'"
+                    )
+                import warnings
+
+                with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+                    warnings.simplefilter("ignore")
+                    encoder = torch.ao.quantization.quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8)
+            self._module = _PixelsToFeatures(space, encoder).eval()
+
+    def _graph(self, x: Tensor) -> Any:
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            import warnings
+
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings (the graph is checked below instead), and
+                graph = torch.jit.freeze(torch.jit.trace(self._module, x, check_trace=False))  # deprecations
+                fast = graph(x)
+            ref = torch.from_numpy(self.space.features(x.cpu().numpy()))
+            err = float((fast.float().cpu() - ref).norm() / ref.norm().clamp_min(1e-12))
+            if not err <= self.tolerance:
+                raise RuntimeError(
+                    f"the {self.path} encoder path's features are {err:.3g} away from the eager ones "
+                    f"(relative; tolerance {self.tolerance}); use encoder path 'eager' for this model"
+                )
+            self._graphs[key] = graph
+        return self._graphs[key]
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 frames ``[B, H, W, 3]`` -> float32 features ``[B, F]``."""
+        if self._module is None:
+            return self.space.features(pixels)
+        x = torch.as_tensor(np.ascontiguousarray(pixels)).to(self.space.model.device)
+        if x.dim() != 4 or x.dtype != torch.uint8:
+            raise ValueError(f"pixels {tuple(x.shape)} {x.dtype}; expected uint8 [B, H, W, 3]")
+        check_image_size(self.space.model, tuple(x.shape[1:]), "the frame")
+        with torch.inference_mode():
+            return self._graph(x)(x).float().cpu().numpy()
+
+
 def goal_image_fn(env: Any, goal_method: str = GOAL_METHOD) -> Callable[[], np.ndarray]:
     """The env's goal-image method (found through its wrappers), or one clear error."""
     try:

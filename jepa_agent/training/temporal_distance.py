@@ -50,6 +50,11 @@ class MetricTrainConfig:
         predictor_weight: the predictor then trains with ``predictor_weight *`` the squared error of its
             predictions in the (frozen) head's space added to its own loss: the label-free counterpart of
             the readout term, so imagination is accurate where the cost looks.
+        joint: keep training the head with the predictor, as the labelled readout is: on encoded AND
+            predicted latents, towards a frozen copy of itself (as this stage left it) on the true frames.
+            The head then reads imagined futures where the true ones would be (like the readout), instead
+            of the predictor alone having to land in a frozen head's space; the targets stay fixed, so
+            the space cannot collapse.
     """
 
     steps: int = 6000
@@ -61,6 +66,7 @@ class MetricTrainConfig:
     ema: float = 0.005
     random_goals: float = 0.3
     predictor_weight: float = 10.0
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0 or int(self.batch_size) < 1:

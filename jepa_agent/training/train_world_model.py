@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,14 +202,22 @@ class WorldModelLoss(nn.Module):
     latents, or patch tokens pooled here when the pooler is learned.
     """
 
-    def __init__(self, model: WorldModel, cfg: WorldModelTrainConfig, metric_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: WorldModel,
+        cfg: WorldModelTrainConfig,
+        metric_weight: float = 0.0,
+        metric_target: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.predictor, self.pooler, self.readout = model.predictor, model.pooler, model.readout
         self.cfg = cfg
-        # the label-free counterpart of the readout term: predicted latents must land where the (frozen,
-        # already trained) temporal-distance head puts the true ones
+        # the label-free counterpart of the readout term: predicted latents must land where the (already
+        # trained) temporal-distance head puts the true ones. With ``metric_target`` (train.metric.joint) the
+        # head trains too, on encoded and predicted latents, towards that frozen copy on the true frames.
         self.metric = model.metric if metric_weight > 0 else None
         self.metric_weight = float(metric_weight)
+        self.metric_target = [metric_target] if metric_target is not None else []  # a list: not a submodule
 
     def forward(
         self, z: Tensor, actions: Tensor, proprio: Tensor | None, targets: Tensor | None = None
@@ -240,10 +249,12 @@ class WorldModelLoss(nn.Module):
         if self.metric is not None:
             phi = self.metric
             with torch.no_grad():
-                target = phi(z)  # [B, T, F]
+                target = (self.metric_target[0] if self.metric_target else phi)(z)  # [B, T, F]
             parts["metric"] = F.mse_loss(phi(z_tf), target[:, 1:]) + F.mse_loss(
                 phi(z_ro), target[:, C : C + k]
             )
+            if self.metric_target:
+                parts["metric"] = parts["metric"] + F.mse_loss(phi(z), target)
             loss = loss + self.metric_weight * parts["metric"]
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
@@ -309,11 +320,12 @@ def evaluate_world_model(
 
 
 # -- the loop --------------------------------------------------------------------------------------
-def _trainable(model: WorldModel) -> list[nn.Module]:
+def _trainable(model: WorldModel, joint_metric: bool = False) -> list[nn.Module]:
     return (
         [model.predictor]
         + ([model.pooler] if model.pooler.learned else [])
         + ([model.readout] if model.readout is not None else [])
+        + ([model.metric] if joint_metric else [])
     )
 
 
@@ -464,7 +476,21 @@ def train_on_latents(
     model.to(device)
     model.encoder.requires_grad_(False).eval()
     model.meta["context_frames"] = cfg.context  # the memory MPCAgent plans with (saved in the checkpoint)
-    optimizer = make_optimizer(_trainable(model), cfg)
+    weight = cfg.metric.predictor_weight if model.metric_trained else 0.0
+    joint = bool(cfg.metric.joint) and weight > 0
+    target = None
+    if joint:  # the head trains on, towards its own frozen copy as the head stage left it
+        target = deepcopy(model.metric).requires_grad_(False).eval()
+    if train_state is not None and joint != ("metric_target" in train_state):
+        raise ValueError(
+            f"resume=true: the checkpoint in {ckpt} was trained with train.metric.joint="
+            f"{'metric_target' in train_state}, this run asks for train.metric.joint={joint}; pass the same "
+            "setting or start a new out dir"
+        )
+    if target is not None and train_state is not None:
+        target.load_state_dict(train_state["metric_target"])
+    model.meta["metric_joint"] = joint
+    optimizer = make_optimizer(_trainable(model, joint), cfg)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     start = 0
     if train_state is not None:
@@ -481,10 +507,9 @@ def train_on_latents(
             f"no training episode has {cfg.frames} frames (train.window); longest: {max(train.lengths)}"
         )
 
-    weight = cfg.metric.predictor_weight if model.metric_trained else 0.0
-    if model.metric is not None:
-        model.metric.requires_grad_(False)  # trained first, then frozen: the predictor learns its space
-    loss_mod: nn.Module = WorldModelLoss(model, cfg, metric_weight=weight)
+    if model.metric is not None:  # trained first, then frozen (the predictor learns its space) unless joint
+        model.metric.requires_grad_(joint)
+    loss_mod: nn.Module = WorldModelLoss(model, cfg, metric_weight=weight, metric_target=target)
     if world > 1:
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None
@@ -544,6 +569,8 @@ def train_on_latents(
                     rng = [torch.empty_like(rng[0]) for _ in range(world)]
                     dist.all_gather(rng, gen.get_state())
                 state = {"step": done, "optimizer": optimizer.state_dict(), "rng": rng}
+                if target is not None:
+                    state["metric_target"] = target.state_dict()
                 save_world_model(ckpt, model, run_config, state,
                                  {"step": done, "loss": value, **val_metrics}, encoder_name)  # fmt: skip
             elif save and world > 1:
