@@ -345,13 +345,12 @@ class GoalImagePolicy:
     wall time of the MLP alone in each call (the rest is the encoder).
 
     ``encoder``: how frames are encoded (:class:`~jepa_agent.rl.space.FastFeatures`): ``"eager"`` (the
-    world model's encoder as it is), ``"traced"`` (one frozen TorchScript graph), ``"int8"`` (the graph
-    with the encoder's linear layers quantised to int8; CPU only) or ``"auto"`` (int8 on the CPU, traced
-    elsewhere). The policy was trained on eager features; the others are checked against them.
+    world model's encoder as it is) or ``"traced"`` (one frozen TorchScript graph, checked against the
+    eager features at its first use).
     """
 
     def __init__(
-        self, space: PlanningSpace, policy: DistilledPolicy, goal_key: str = GOAL_KEY, encoder: str = "auto"
+        self, space: PlanningSpace, policy: DistilledPolicy, goal_key: str = GOAL_KEY, encoder: str = "traced"
     ) -> None:
         if space.dim != policy.feature_dim:
             raise ValueError(

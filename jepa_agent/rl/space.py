@@ -151,7 +151,7 @@ class PlanningSpace:
         return -dist
 
 
-ENCODER_PATHS = ("auto", "eager", "traced", "int8")
+ENCODER_PATHS = ("traced", "eager")
 
 
 class _PixelsToFeatures(nn.Module):
@@ -170,38 +170,24 @@ class _PixelsToFeatures(nn.Module):
         return feats.reshape(z.shape[0], self.dim)
 
 
-def _int8_available() -> bool:
-    """Whether this torch still has eager dynamic quantisation (``torch.ao.quantization``, deprecated)."""
-    try:
-        return callable(torch.ao.quantization.quantize_dynamic)
-    except AttributeError:
-        return False
-
-
 class FastFeatures:
     """:meth:`PlanningSpace.features` for a policy's per-decision frames, at inference-graph speed.
 
     ``path="traced"``: the whole pixels-to-features computation as one frozen TorchScript graph (no Python
-    between the encoder's ops); ``"int8"``: the same with the encoder's linear layers dynamically quantised
-    to int8 (a copy: the world model is untouched; CPU only); ``"eager"``: :meth:`PlanningSpace.features`
-    itself; ``"auto"``: ``int8`` on the CPU, ``traced`` on other devices. A graph is traced per batch size
-    at its first use and checked there against the eager path: features more than ``tolerance`` (relative,
-    in norm) away raise, rather than feed a policy garbage.
+    between the encoder's ops; a copy of the encoder, so the world model is untouched); ``"eager"``:
+    :meth:`PlanningSpace.features` itself. A graph is traced per batch size at its first use and checked
+    there against the eager path: features more than ``tolerance`` (relative, in norm) away raise, rather
+    than feed a policy garbage.
 
-    Measured on the 2-core dev VM (one thread, one 64 px frame, the shipped encoder): eager 2.7-3.2 ms,
-    traced 2.2 ms, int8 1.2 ms, at 0.15% relative difference from the eager features.
+    Measured on the 2-core dev VM (one thread, one 64 px frame, the flat reach's encoder): eager 2.7-3.2 ms,
+    traced 2.2 ms. Not kept: int8 dynamic quantisation of the encoder's linear layers (1.3 ms, but its
+    standardised latents were 13-17% off the eager ones on recorded frames, up to 0.9x a frame-to-frame
+    change), and ``torch.compile`` (2.1 ms, after 40 s of compiling).
     """
 
-    def __init__(self, space: PlanningSpace, path: str = "auto", tolerance: float = 0.02) -> None:
+    def __init__(self, space: PlanningSpace, path: str = "traced", tolerance: float = 1e-3) -> None:
         if path not in ENCODER_PATHS:
             raise ValueError(f"encoder path {path!r}; expected one of {list(ENCODER_PATHS)}")
-        if path == "auto":
-            path = "int8" if space.model.device.type == "cpu" and _int8_available() else "traced"
-        if path == "int8" and space.model.device.type != "cpu":
-            raise ValueError(
-                f"encoder path 'int8' runs on the CPU but the world model is on {space.model.device}; "
-                "use 'traced' (or 'eager') there"
-            )
         self.space, self.path, self.tolerance = space, path, float(tolerance)
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._module: nn.Module | None = None
@@ -209,17 +195,6 @@ class FastFeatures:
             import copy
 
             encoder = copy.deepcopy(space.model.encoder).eval()
-            if path == "int8":
-                if not _int8_available():
-                    raise ValueError(
-                        "encoder path 'int8' needs torch.ao.quantization.quantize_dynamic, which this torch "
-                        f"({torch.__version__}) lacks; use 'traced'"
-                    )
-                import warnings
-
-                with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
-                    warnings.simplefilter("ignore")
-                    encoder = torch.ao.quantization.quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8)
             self._module = _PixelsToFeatures(space, encoder).eval()
 
     def _graph(self, x: Tensor) -> Any:
@@ -228,8 +203,8 @@ class FastFeatures:
             import warnings
 
             with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings (the graph is checked below instead), and
-                graph = torch.jit.freeze(torch.jit.trace(self._module, x, check_trace=False))  # deprecations
+                warnings.simplefilter("ignore")  # TracerWarnings: the graph is checked below instead
+                graph = torch.jit.freeze(torch.jit.trace(self._module, x, check_trace=False))
                 fast = graph(x)
             ref = torch.from_numpy(self.space.features(x.cpu().numpy()))
             err = float((fast.float().cpu() - ref).norm() / ref.norm().clamp_min(1e-12))
