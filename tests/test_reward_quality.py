@@ -153,3 +153,28 @@ def test_bench_near_goal_prices_poses_seen_and_imagined(tmp_path):
     assert 0 <= line["imagined_5_steps"]["p_moving_beats_standing_still"] <= 1
     bad = subprocess.run([*cmd[:4], "--goals", "0"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "--goals >= 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_imagination_compares_imagined_and_true_futures(tmp_path):
+    """scripts/bench_imagination.py on a tiny model and recorded episodes: one JSON line with every space the
+    model plans in, per action-size band; a horizon longer than every episode is one clear line."""
+    from tests.test_rl import tiny_episodes
+
+    ckpt = tmp_path / "wm"
+    save_world_model(ckpt, tiny_model(readout=True), encoder_name="vit_micro")
+    eps = tiny_episodes(tmp_path / "eps", steps=8, episodes=10)
+    script = str(ROOT / "scripts" / "bench_imagination.py")
+    cmd = [sys.executable, script, "--checkpoint", str(ckpt), "--episodes", eps, "--threads", "1",
+           "--val-fraction", "0.3", "--horizon", "3"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(line["spaces"]) == {"latent", "readout"} and line["horizon"] == 3 and line["windows"] == 3 * 6
+    for space in line["spaces"].values():
+        bands = space["by_action_size"].values()
+        assert sum(b["windows"] for b in bands) <= line["windows"]
+        assert all(b["true"] >= 0 and b["error"] >= 0 for b in bands)
+    bad = subprocess.run(
+        [*cmd[:-2], "--horizon", "40"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert bad.returncode != 0 and "has 41 frames" in bad.stderr and "Traceback" not in bad.stderr
