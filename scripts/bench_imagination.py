@@ -52,8 +52,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
-    data = EpisodeDataset(args.episodes, window=1, split="val", val_fraction=args.val_fraction,
-                          expect_env_id=model.meta.get("env_id"), expect_image_size=model.image_size)  # fmt: skip
+    data = EpisodeDataset(
+        args.episodes, window=1, split="val", val_fraction=args.val_fraction,
+        expect_env_id=model.meta.get("env_id"), expect_image_size=model.image_size,
+    )  # fmt: skip
     lat = encode_episodes(model, _Episodes(data, args.max_episodes), progress=False)
     lat.z = model.normalizer.latent(lat.z)
     C, H = model.context_frames, args.horizon
