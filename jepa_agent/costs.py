@@ -4,6 +4,8 @@
   on the final step or averaged over all steps with an optional discount.
 * :class:`ProjectedGoalCost`: the same after a projection (a state readout, a temporal-distance head).
 * :class:`MetricLatentCost`: the label-free cost (head distance + latent term), fused into the rollout.
+* :class:`DisplacementCost`: the squared summed actions a displacement head reads from each imagined frame
+  to the goal (fused into :class:`MetricLatentCost` when both are used).
 * :class:`ActionMagnitudeCost`: ``mean_h ||a_h||_p^p`` penalty on the actions.
 * Costs compose: ``LatentGoalCost(goal) + 0.01 * ActionMagnitudeCost()``.
 * :class:`CostConfig`: the planning cost's settings (the ``cost`` config group); its defaults are the
@@ -46,6 +48,9 @@ class CostConfig:
             squared distance to the goal latent (0: none). The temporal distance counts steps, so it is
             nearly flat within one step of the goal; the latent distance is sharp there, where the arm
             images overlap, and holds the arm on the goal (docs/benchmarks.md, label-free section).
+        displacement_weight: with ``space=metric`` and a model with a trained displacement head, ``+
+            displacement_weight x`` the squared summed actions it reads from each imagined frame to the goal
+            (0: none): the actions still needed, as sharp at the goal as a state readout, label-free.
     """
 
     space: str = "auto"
@@ -54,6 +59,7 @@ class CostConfig:
     discount: float = 1.0
     action_weight: float = 0.03
     latent_weight: float = 0.5
+    displacement_weight: float = 0.3
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -65,6 +71,10 @@ class CostConfig:
             raise ValueError(f"cost.discount={self.discount:g}; expected a number > 0")
         if not self.latent_weight >= 0:
             raise ValueError(f"cost.latent_weight={self.latent_weight:g}; expected >= 0 (0: no latent term)")
+        if not self.displacement_weight >= 0:
+            raise ValueError(
+                f"cost.displacement_weight={self.displacement_weight:g}; expected >= 0 (0: no such term)"
+            )
         if not self.action_weight >= 0:  # a negative weight would reward large actions
             raise ValueError(
                 f"cost.action_weight={self.action_weight:g}; expected >= 0 (0: no action penalty)"
@@ -292,6 +302,52 @@ class ProjectedGoalCost(LatentGoalCost):
         return "Projected" + super().__repr__()
 
 
+class DisplacementCost(Cost):
+    """``||D(z_h, goal)||^2`` per imagined step, reduced over steps as the goal costs are: the summed
+    actions still needed to reach the goal, read by a :class:`~jepa_agent.models.latent.DisplacementHead`.
+
+    Args:
+        head: the displacement head (``embed``, ``from_embeddings``, ``input_layer``, ``from_input_layer``).
+        goal: goal latent ``[N, D]`` (embedded once, when set).
+        reduction, discount: as :class:`LatentGoalCost`.
+    """
+
+    def __init__(
+        self, head: nn.Module, goal: Tensor | None = None, reduction: str = "final", discount: float = 1.0
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        self.head, self.reduction, self.discount = head, reduction, float(discount)
+        self.goal_embedding: Tensor | None = None
+        if goal is not None:
+            self.set_goal(goal)
+
+    def set_goal(self, goal: Tensor) -> None:
+        """Embed the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
+        if not isinstance(goal, Tensor):
+            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        with torch.no_grad():
+            self.goal_embedding = self.head.embed(goal.detach().reshape(1, *goal.shape[-2:]))  # [1, hidden]
+
+    def from_embeddings(self, h: Tensor) -> Tensor:
+        """Per-frame embeddings ``[S, H', hidden]`` (cut to the last step for ``final``) -> ``[S]``."""
+        if self.goal_embedding is None:
+            raise ValueError("DisplacementCost has no goal: call set_goal(latent) before planning")
+        sums = self.head.from_embeddings(h, self.goal_embedding.to(h))  # [S, H', A]
+        return reduce_steps(sums.square().sum(-1), self.reduction, self.discount)
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        """``pred``: latents ``[S, H, N, D]``."""
+        if pred.dim() != 4:
+            raise ValueError(f"predicted latents must be [S, H, N, D]; got shape {tuple(pred.shape)}")
+        if self.reduction == "final":
+            pred = pred[:, -1:]
+        return self.from_embeddings(self.head.embed(pred))
+
+    def __repr__(self) -> str:
+        return f"DisplacementCost(reduction={self.reduction!r}, discount={self.discount})"
+
+
 class MetricLatentCost(Cost):
     """The label-free planning cost: squared distance in a temporal-distance head's space, plus
     ``latent_weight x`` the latents' own mean squared distance to the goal (sharp where a step count is
@@ -311,6 +367,9 @@ class MetricLatentCost(Cost):
         reduction, discount: as :class:`LatentGoalCost`.
         latent_weight: weight of the latent term.
         basis: ``[D, k]`` motion basis for single-token latents (``N == 1``); None: not fused.
+        displacement: an optional :class:`~jepa_agent.models.latent.DisplacementHead`, whose
+            :class:`DisplacementCost` is added with ``displacement_weight`` (its first layer fused too).
+        displacement_weight: that term's weight.
     """
 
     def __init__(
@@ -321,22 +380,34 @@ class MetricLatentCost(Cost):
         discount: float = 1.0,
         latent_weight: float = 0.5,
         basis: Tensor | None = None,
+        displacement: nn.Module | None = None,
+        displacement_weight: float = 0.0,
     ) -> None:
-        if not latent_weight >= 0:
-            raise ValueError(f"latent_weight={latent_weight}; expected >= 0")
+        if not latent_weight >= 0 or not displacement_weight >= 0:
+            raise ValueError(
+                f"latent_weight={latent_weight}, displacement_weight={displacement_weight}; expected >= 0"
+            )
         self.head, self.latent_weight, self.basis = head, float(latent_weight), basis
         self.metric = ProjectedGoalCost(head, None, "mse", reduction, discount)
         self.latent = LatentGoalCost(None, "mse", reduction, discount)
+        self.displacement_weight = float(displacement_weight) if displacement is not None else 0.0
+        self.displacement = (
+            DisplacementCost(displacement, None, reduction, discount) if self.displacement_weight else None
+        )
         self.reduction, self.discount = reduction, float(discount)
         self.rollout_projection = None
         layer = getattr(head, "input_layer", None)
         if basis is not None and layer is not None and layer.in_features == basis.shape[0]:
+            # [head's first layer | the displacement head's first layer | basis coordinates]
+            layers = [layer] + ([displacement.input_layer] if self.displacement is not None else [])
             self.hidden = layer.out_features
-            proj = nn.Linear(layer.in_features, self.hidden + basis.shape[1]).to(layer.weight)
+            self.disp_hidden = layers[-1].out_features if self.displacement is not None else 0
+            width = self.hidden + self.disp_hidden
+            proj = nn.Linear(layer.in_features, width + basis.shape[1]).to(layer.weight)
             with torch.no_grad():
-                proj.weight.copy_(torch.cat([layer.weight, basis.T.to(layer.weight)]))  # [hidden + k, D]
+                proj.weight.copy_(torch.cat([*(m.weight for m in layers), basis.T.to(layer.weight)]))
                 proj.bias.zero_()
-                proj.bias[: self.hidden].copy_(layer.bias)
+                proj.bias[:width].copy_(torch.cat([m.bias for m in layers]))
             self.rollout_projection = proj.requires_grad_(False)
         self.goal_coords: Tensor | None = None
         if goal is not None:
@@ -346,6 +417,8 @@ class MetricLatentCost(Cost):
         """Set the goal latent ``[N, D]`` (or ``[1, N, D]``) of both terms."""
         self.metric.set_goal(goal)
         self.latent.set_goal(goal)
+        if self.displacement is not None:
+            self.displacement.set_goal(goal)
         if self.rollout_projection is not None:
             g = goal.detach().reshape(-1).to(self.basis)
             self.goal_coords = g @ self.basis  # [k]
@@ -353,21 +426,32 @@ class MetricLatentCost(Cost):
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         """``pred``: latents ``[S, H, N, D]``, or ``rollout_projection`` of them ``[S, H, hidden + k]``."""
         if pred.dim() != 3 or self.rollout_projection is None:
-            return self.metric(pred, actions) + self.latent_weight * self.latent(pred, actions)
+            cost = self.metric(pred, actions) + self.latent_weight * self.latent(pred, actions)
+            if self.displacement is not None:
+                cost = cost + self.displacement_weight * self.displacement(pred, actions)
+            return cost
         if self.goal_coords is None:
             raise ValueError("MetricLatentCost has no goal: call set_goal(latent) before planning")
         if self.reduction == "final":
             pred = pred[:, -1:]
-        coords = pred[..., self.hidden :]  # [S, H, k]
+        width = self.hidden + self.disp_hidden
+        coords = pred[..., width:]  # [S, H, k]
         goal = self.goal_coords.to(device=coords.device, dtype=coords.dtype)
         # [S, H]: the latent MSE, less a constant
         near = (coords - goal).square().sum(-1) / self.basis.shape[0]
         cost = self.metric(pred[..., : self.hidden], actions)
-        return cost + self.latent_weight * reduce_steps(near, self.reduction, self.discount)
+        cost = cost + self.latent_weight * reduce_steps(near, self.reduction, self.discount)
+        if self.displacement is not None:
+            h = self.displacement.head.from_input_layer(pred[..., self.hidden : width])  # [S, H', hidden]
+            cost = cost + self.displacement_weight * self.displacement.from_embeddings(h)
+        return cost
 
     def __repr__(self) -> str:
         fused = "fused" if self.rollout_projection is not None else "not fused"
-        return f"MetricLatentCost(latent_weight={self.latent_weight}, reduction={self.reduction!r}, {fused})"
+        return (
+            f"MetricLatentCost(latent_weight={self.latent_weight}, displacement_weight="
+            f"{self.displacement_weight}, reduction={self.reduction!r}, {fused})"
+        )
 
 
 class ActionMagnitudeCost(Cost):

@@ -39,6 +39,7 @@ from jepa_agent.costs import (
     ActionMagnitudeCost,
     Cost,
     CostConfig,
+    DisplacementCost,
     LatentGoalCost,
     MetricLatentCost,
     ProjectedGoalCost,
@@ -47,6 +48,7 @@ from jepa_agent.costs import (
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import (
     POOLINGS,
+    DisplacementHead,
     LatentPooler,
     Normalizer,
     StateReadout,
@@ -106,6 +108,13 @@ class MetricConfig:
 
 
 @dataclass
+class DisplacementConfig:
+    """The displacement head (summed actions between a frame and a goal frame; label-free; 0: none)."""
+
+    hidden: int = 256
+
+
+@dataclass
 class WorldModelConfig:
     """How frozen patch tokens become the latent state, and the predictor over it (see compact.yaml)."""
 
@@ -118,6 +127,7 @@ class WorldModelConfig:
     use_proprio: bool = False
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
+    displacement: DisplacementConfig = field(default_factory=DisplacementConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)  # type: ignore[valid-type]
 
 
@@ -153,6 +163,8 @@ class WorldModel(nn.Module):
         meta: ``env_id``, ``image_size`` ... describing what the model was trained on (checked on use).
         readout: optional :class:`StateReadout` (the labelled baseline's space, ``cost(space="readout")``).
         metric: optional :class:`TemporalDistanceHead` (the label-free space, ``cost(space="metric")``).
+        displacement: optional :class:`DisplacementHead` (summed actions to the goal; a term of the metric
+            cost, ``cost.displacement_weight``).
     """
 
     def __init__(
@@ -164,6 +176,7 @@ class WorldModel(nn.Module):
         meta: dict[str, Any] | None = None,
         readout: StateReadout | None = None,
         metric: TemporalDistanceHead | None = None,
+        displacement: DisplacementHead | None = None,
     ) -> None:
         super().__init__()
         if pooler.embed_dim != encoder.embed_dim or predictor.latent_dim != pooler.out_dim:
@@ -188,6 +201,16 @@ class WorldModel(nn.Module):
                 f"{pooler.num_tokens} x {pooler.out_dim}"
             )
         self.metric = metric
+        if displacement is not None and (
+            displacement.in_dim != pooler.num_tokens * pooler.out_dim
+            or displacement.action_dim != predictor.action_dim
+        ):
+            raise ValueError(
+                f"displacement head takes {displacement.in_dim} inputs and gives {displacement.action_dim} "
+                f"actions; one latent frame has {pooler.num_tokens} x {pooler.out_dim}, the predictor "
+                f"{predictor.action_dim} actions"
+            )
+        self.displacement = displacement
         self.normalizer = normalizer or Normalizer(predictor.action_dim, predictor.proprio_dim)
         self.meta = dict(meta or {})
         self.encoder.requires_grad_(False)
@@ -210,7 +233,9 @@ class WorldModel(nn.Module):
         """The submodules a checkpoint stores (the pooler and readout only when they exist / learn)."""
         names = ("encoder", "predictor", "normalizer")
         names += ("pooler",) if self.pooler.learned else ()
-        return names + (("readout",) if self.readout else ()) + (("metric",) if self.metric else ())
+        names += ("readout",) if self.readout else ()
+        names += ("metric",) if self.metric else ()
+        return names + (("displacement",) if self.displacement else ())
 
     @property
     def state_labels(self) -> bool:
@@ -227,6 +252,11 @@ class WorldModel(nn.Module):
     def metric_trained(self) -> bool:
         """Whether the temporal-distance head exists and its training stage has run."""
         return self.metric is not None and int(self.meta.get("metric_steps", 0) or 0) > 0
+
+    @property
+    def displacement_trained(self) -> bool:
+        """Whether the displacement head exists and was trained (checkpoints record its weight)."""
+        return self.displacement is not None and float(self.meta.get("displacement_weight", 0) or 0) > 0
 
     @property
     def device(self) -> torch.device:
@@ -291,6 +321,7 @@ class WorldModel(nn.Module):
         discount: float = CostConfig.discount,
         action_weight: float = CostConfig.action_weight,
         latent_weight: float = CostConfig.latent_weight,
+        displacement_weight: float = CostConfig.displacement_weight,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
@@ -298,18 +329,26 @@ class WorldModel(nn.Module):
         Measured in the label-free :class:`TemporalDistanceHead` space (``space="metric"``), on the latents
         themselves (``"latent"``) or on the labelled :class:`StateReadout` (``"readout"``); ``"auto"``
         picks the first the model has of metric, readout, latent. Plus ``latent_weight x`` the latent
-        MSE in the metric space, and ``action_weight * mean ||a||^2`` (each when > 0).
+        MSE in the metric space, ``displacement_weight x`` the squared summed actions to the goal that the
+        model's :class:`DisplacementHead` reads (metric space, trained head), and ``action_weight * mean
+        ||a||^2`` (each when > 0).
         """
         space = self.resolve_cost_space(space)
         if space == "latent":
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
         else:
             head = self.metric if space == "metric" else self.readout
+            disp = self.displacement if space == "metric" and self.displacement_trained else None
+            if not displacement_weight:
+                disp = None
             if latent_weight and space == "metric" and metric == "mse":
                 # + the latent term, sharp where the step count is flat (near the goal); single-token latents
-                # move in a (dim + 1)-wide subspace, so both terms fuse into the rollout's head
+                # move in a (dim + 1)-wide subspace, so both terms fuse into the rollout's head (and the
+                # displacement head's first layer with them)
                 basis = self.predictor.motion_basis() if self.latent_shape[0] == 1 else None
-                goal_cost = MetricLatentCost(head, goal, reduction, discount, latent_weight, basis)
+                goal_cost = MetricLatentCost(
+                    head, goal, reduction, discount, latent_weight, basis, disp, displacement_weight
+                )
             else:
                 goal_cost = ProjectedGoalCost(
                     head, goal, metric=metric, reduction=reduction, discount=discount
@@ -317,6 +356,10 @@ class WorldModel(nn.Module):
                 if latent_weight and space == "metric":
                     near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
                     goal_cost = goal_cost + ScaledCost(near, latent_weight)
+                if disp is not None:
+                    goal_cost = goal_cost + ScaledCost(
+                        DisplacementCost(disp, goal, reduction, discount), displacement_weight
+                    )
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
 
     def resolve_cost_space(self, space: str) -> str:
@@ -508,6 +551,7 @@ class WorldModel(nn.Module):
             checkpoint=str(path),
             context_frames=int(meta.get("context_frames", 1) or 1),
             metric_steps=int(meta.get("metric_steps", 0) or 0),
+            displacement_weight=float(meta.get("displacement_weight", 0) or 0),
             encoder_tune_steps=int(meta.get("encoder_tune_steps", 0) or 0),
         )
         try:
@@ -560,7 +604,13 @@ def build_world_model(cfg: Any) -> WorldModel:
         metric = TemporalDistanceHead(
             pooler.num_tokens * pooler.out_dim, int(mc["dim"]), hidden=int(mc.get("hidden", 256))
         )
-    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric)
+    dc = wm.get("displacement") or {}
+    displacement = None
+    if int(dc.get("hidden", 0) or 0) > 0:
+        displacement = DisplacementHead(
+            pooler.num_tokens * pooler.out_dim, int(cfg["action_dim"]), hidden=int(dc["hidden"])
+        )
+    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement)
 
 
 def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dict[str, Any]:
@@ -589,6 +639,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "dim": model.metric.dim if model.metric else 0,
                 "hidden": model.metric.hidden if model.metric else 256,
             },
+            "displacement": {"hidden": model.displacement.hidden if model.displacement else 0},
         },
         "action_dim": model.action_dim,
         "proprio_dim": model.predictor.proprio_dim,
@@ -614,6 +665,7 @@ def save_world_model(
     info = {"kind": KIND, "env_id": model.meta.get("env_id"), "image_size": model.image_size,
             "action_dim": model.action_dim, "state_labels": model.state_labels,
             "metric_steps": int(model.meta.get("metric_steps", 0) or 0),
+            "displacement_weight": float(model.meta.get("displacement_weight", 0) or 0),
             "context_frames": model.context_frames,
             "encoder_tune_steps": int(model.meta.get("encoder_tune_steps", 0) or 0),
             **(meta or {})}  # fmt: skip

@@ -170,39 +170,53 @@ def test_metric_head_with_a_learned_pooling_is_refused(tmp_path):
         train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("displacement", [False, True])
 @pytest.mark.parametrize("reduction", ["final", "all"])
 @pytest.mark.parametrize("residual", [True, False])
-def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual):
+def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displacement):
     """The metric cost with its latent term is fused into the rollout (head's first layer + the latents'
-    coordinates in the predictor's motion basis): it equals the cost of the full imagined latents up to
-    one constant per plan, so candidates rank the same; with and without grad."""
+    coordinates in the predictor's motion basis, + the displacement head's first layer when it has one):
+    it equals the cost of the full imagined latents up to one constant per plan, so candidates rank the
+    same; with and without grad."""
     from jepa_agent.agent import planning_rollout
     from jepa_agent.costs import MetricLatentCost
     from tests.test_world_model import A, obs
 
     torch.manual_seed(0)
     predictor = {"dim": 8, "depth": 2, "num_heads": 2, "max_steps": 8}  # latents move in 9 of 32 dimensions
-    model = tiny_world_model(metric={"dim": 4, "hidden": 8}, predictor=predictor)
-    model.meta.update(metric_steps=1)
+    heads = {"metric": {"dim": 4, "hidden": 8}, "displacement": {"hidden": 6 if displacement else 0}}
+    model = tiny_world_model(predictor=predictor, **heads)
+    model.meta.update(metric_steps=1, displacement_weight=1.0)
     model.predictor.residual = residual
     model.predictor.set_delta_scale(torch.rand(model.latent_shape[1]) + 0.5)
     goal = model.encode_goal({"image": obs()["pixels"]})
     state = model.encode(obs())
     actions = torch.rand(64, 4, A) * 2 - 1
-    cost = model.cost(goal, reduction=reduction, latent_weight=0.7, action_weight=0.1)
+    cost = model.cost(
+        goal, reduction=reduction, latent_weight=0.7, action_weight=0.1, displacement_weight=2.0
+    )
     assert isinstance(cost.terms[0], MetricLatentCost) and cost.rollout_projection is not None
+    assert (cost.terms[0].displacement is not None) is displacement
     fused = planning_rollout(model, cost)
     with torch.inference_mode():
         out = fused(state, actions)
-        assert out.shape == (64, 4, 8 + 9)  # the head's first layer + the motion-basis coordinates
+        # the head's first layer (+ the displacement head's) + the motion-basis coordinates
+        assert out.shape == (64, 4, 8 + (6 if displacement else 0) + 9)
         gap = cost(out, actions) - cost(model.rollout(state, actions), actions)
         assert float(gap.std()) < 1e-4 * float(cost(out, actions).std())
     a = actions.clone().requires_grad_(True)  # the gradient planner's path
     cost(fused(state, a), a).sum().backward()
     assert a.grad is not None and torch.isfinite(a.grad).all()
     # without the latent term: the head alone, fused through its first layer as the readout is
-    plain = model.cost(goal, latent_weight=0.0)
+    plain = model.cost(goal, latent_weight=0.0, displacement_weight=0.0)
     assert plain.rollout_projection is model.metric.input_layer
+    if displacement:  # the head and the displacement term: not fused, the same cost from the full latents
+        both = model.cost(goal, latent_weight=0.0, displacement_weight=2.0)
+        with torch.inference_mode():
+            imagined = model.rollout(state, actions)
+            expect = model.cost(goal, latent_weight=0.0, displacement_weight=0.0)(imagined, actions)
+            extra = both(imagined, actions) - expect
+            assert float(extra.min()) >= 0 and float(extra.std()) > 0
 
 
 def test_joint_metric_head_trains_on_predictions_towards_its_frozen_copy(tmp_path):
@@ -239,3 +253,68 @@ def test_joint_metric_head_trains_on_predictions_towards_its_frozen_copy(tmp_pat
     state = torch.load(tmp_path / "True" / "checkpoint" / "train_state.pt", weights_only=True)
     with pytest.raises(ValueError, match=r"metric\.joint=True, this run asks for train\.metric\.joint=False"):
         train_on_latents(heads[True], train, None, cfg, tmp_path / "True", state, progress=False)
+
+
+def test_action_sums_give_the_actions_between_two_frames_of_an_episode():
+    """``ActionSums``: cum[j] - cum[i] is the env-unit actions taken from frame i to frame j of one episode
+    (never across episodes, never the padding row); sampled goals stay in the window's episode and the
+    targets are capped per component with their direction kept."""
+    from jepa_agent.models.latent import capped_action_sums
+    from jepa_agent.training.train_world_model import ActionSums, DisplacementTrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 7, 6]
+    raw = [torch.rand(n - 1, 2, generator=g) * 2 - 1 for n in lengths]
+    mean, std = torch.tensor([0.1, -0.2]), torch.tensor([0.5, 2.0])
+    acts = torch.cat([torch.cat([(r - mean) / std, torch.zeros(1, 2)]) for r in raw])  # normalised + padding
+    starts = [0, 5, 12]
+    data = LatentEpisodes(torch.zeros(18, 1, 4), acts, None, starts, lengths)
+    sums = ActionSums(data, mean, std)
+    for e, (s0, n) in enumerate(zip(starts, lengths, strict=True)):
+        for i in range(n):
+            for j in range(n):
+                want = raw[e][i:j].sum(0) if j >= i else -raw[e][j:i].sum(0)
+                torch.testing.assert_close(sums.cum[s0 + j] - sums.cum[s0 + i], want, atol=1e-5, rtol=0)
+    cfg = DisplacementTrainConfig(goal_steps=30, back_steps=30, cap=0.5)
+    first = torch.tensor([0, 5, 12, 13])
+    for _ in range(20):
+        goal, targets = sums.sample(first, 2, cfg, g)
+        assert bool(((goal >= sums.first[first]) & (goal <= sums.last[first])).all())
+        assert targets.shape == (4, 2, 2) and float(targets.abs().max()) <= 0.5 + 1e-6
+    capped = capped_action_sums(torch.tensor([[3.0, -1.5], [0.2, 0.1]]), 1.0)
+    torch.testing.assert_close(capped, torch.tensor([[1.0, -0.5], [0.2, 0.1]]))
+
+
+def test_displacement_head_learns_the_summed_actions_and_plans_in_the_metric_cost(tmp_path):
+    """On latents of a point that the actions move (pos += 0.25 a), a world model with a displacement head
+    learns, from frames and actions only, the summed actions between two held-out frames far better than
+    guessing none; the checkpoint keeps the head, and the metric cost then includes its term."""
+    from jepa_agent.training.train_world_model import ActionSums, WorldModelTrainConfig, train_on_latents
+    from jepa_agent.world_model import WorldModel
+    from tests.test_world_model import latent_dynamics
+
+    train, val = latent_dynamics(80, 0), latent_dynamics(20, 1)
+    model = tiny_world_model(displacement={"hidden": 64}, metric={"dim": 4, "hidden": 8})
+    cfg = WorldModelTrainConfig(steps=600, batch_size=32, window=4, rollout_steps=2, lr=3e-3, warmup=10,
+                                log_every=100, ckpt_every=0, eval_horizon=3, device="cpu",
+                                displacement={"goal_steps": 6, "back_steps": 2, "cap": 3.0})  # fmt: skip
+    res = train_on_latents(model, train, val, cfg, tmp_path, progress=False)
+    assert np.isfinite(res.losses).all() and model.meta["displacement_weight"] == 2.0
+    sums = ActionSums(val, model.normalizer.action_mean, model.normalizer.action_std)
+    first = val.window_starts(4)
+    goal, targets = sums.sample(first, 4, cfg.displacement, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pred = model.displacement(val.z[first], val.z[goal])  # [W, A]
+    err = (pred - targets[:, 0]).square().mean()
+    assert float(err) < 0.25 * float(targets[:, 0].square().mean()), (
+        float(err),
+        float(targets.square().mean()),
+    )
+    loaded = WorldModel.from_checkpoint(tmp_path, device="cpu")
+    assert loaded.displacement is not None and loaded.displacement_trained
+    goal = val.z[0]
+    plain = loaded.cost(goal)  # the metric head was never trained: the latent space, no displacement term
+    assert loaded.resolve_cost_space("auto") == "latent" and "Displacement" not in repr(plain)
+    loaded.meta["metric_steps"] = 1  # as after the head's stage: the metric cost carries the term, fused
+    cost = loaded.cost(goal)
+    assert cost.terms[0].displacement is not None and cost.terms[0].displacement_weight == 0.3

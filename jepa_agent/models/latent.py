@@ -8,6 +8,8 @@
 * :class:`TemporalDistanceHead` maps one frame's latent to a space whose Euclidean distance counts the
   steps between frames, learned from episodes alone (no labels): the default planning cost's space
   (``cost.space=metric``).
+* :class:`DisplacementHead` maps a frame and a goal frame to the summed actions between them (label-free:
+  hindsight inverse dynamics on recorded actions); the metric cost adds its squared norm, sharp at the goal.
 * :class:`StateReadout` regresses the recorded joint angles from one frame's latent; the planning
   cost compares readouts (``cost.space=readout``, a labelled baseline).
 
@@ -164,6 +166,70 @@ class TemporalDistanceHead(nn.Module):
     def from_input_layer(self, x: Tensor) -> Tensor:
         """The rest of the head: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., dim]``."""
         return self.net[1:](x)
+
+
+class DisplacementHead(nn.Module):
+    """(a frame's latent, a goal frame's latent) -> the summed actions that lead from the one to the other.
+
+    The label-free counterpart of the state readout's precision near the goal. Its targets are sums of
+    the recorded actions between two frames of one episode (hindsight inverse dynamics), so it reads
+    frames and actions only. Trained with the predictor on encoded AND predicted latents, as the readout
+    is, so imagined futures read out right. For a servoed arm the summed actions are the joint displacement
+    itself (``q' - q = max_delta * sum(a)``), so the cost ``||D(z, g)||^2`` is as sharp at the goal as the
+    readout's, and it is flat nowhere. Targets are capped (``sum / max(1, |sum|_inf / cap)``): far goals read
+    as "a full ``cap``-step move in their direction", and the temporal-distance head leads there.
+
+    Same fusable interface as the heads (``input_layer`` / ``from_input_layer`` for the per-frame part):
+    a rollout returns the first layer of each imagined frame, and the goal's embedding is computed once.
+
+    Args:
+        in_dim: ``N * D`` (one frame's latent, flattened).
+        action_dim: ``A``.
+        hidden: MLP width.
+    """
+
+    def __init__(self, in_dim: int, action_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        if action_dim < 1 or hidden < 1:
+            raise ValueError(
+                f"displacement action_dim={action_dim}, hidden={hidden}; expected positive sizes"
+            )
+        self.in_dim, self.action_dim, self.hidden = int(in_dim), int(action_dim), int(hidden)
+        self.embed_net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
+        )  # fmt: skip
+        self.pair = nn.Sequential(
+            nn.Linear(3 * hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, action_dim)
+        )
+
+    def embed(self, z: Tensor) -> Tensor:
+        """Latents ``[..., N, D]`` -> per-frame embeddings ``[..., hidden]``."""
+        return self.embed_net(z.flatten(-2))
+
+    def from_embeddings(self, h: Tensor, h_goal: Tensor) -> Tensor:
+        """Embeddings of frames ``[..., hidden]`` and of their goals (broadcast) -> ``[..., A]``."""
+        h, h_goal = torch.broadcast_tensors(h, h_goal)
+        return self.pair(torch.cat([h, h_goal, h_goal - h], -1))
+
+    def forward(self, z: Tensor, goal: Tensor) -> Tensor:
+        """Latents ``[..., N, D]`` and goal latents (broadcast) -> summed actions ``[..., A]`` (capped)."""
+        return self.from_embeddings(self.embed(z), self.embed(goal))
+
+    @property
+    def input_layer(self) -> nn.Linear:
+        """The first (linear) layer on the flattened latent: a rollout can fuse it into its output head."""
+        return self.embed_net[0]
+
+    def from_input_layer(self, x: Tensor) -> Tensor:
+        """The rest of the embedding: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., hidden]``."""
+        return self.embed_net[1:](x)
+
+
+def capped_action_sums(sums: Tensor, cap: float) -> Tensor:
+    """Summed actions ``[..., A]`` rescaled so their largest component is at most ``cap`` (direction kept)."""
+    scale = (sums.abs().amax(-1, keepdim=True) / cap).clamp_min(1.0)
+    return sums / scale
 
 
 class StateReadout(nn.Module):

@@ -43,6 +43,7 @@ from jepa_agent.checkpoint import (
     saved_loss,
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
+from jepa_agent.models.latent import capped_action_sums
 from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.encoder_tune import EncoderTuneConfig, FrameEpisodes, tune_encoder
 from jepa_agent.training.latent_cache import (
@@ -76,6 +77,35 @@ __all__ = [
 
 
 @dataclass
+class DisplacementTrainConfig:
+    """Settings of the displacement head's term (``train.displacement.*``; models with that head).
+
+    Attributes:
+        weight: the term's weight: the head's squared error on encoded and predicted latents (gradients
+            reach the predictor, so imagination is accurate where the head reads, as with the readout).
+        goal_steps: goals are frames up to this many steps after the window's first frame ...
+        back_steps: ... or up to this many before it (same episode): the head learns both directions.
+        cap: targets (summed env-unit actions) are rescaled to at most ``cap`` in each component.
+    """
+
+    weight: float = 2.0
+    goal_steps: int = 20
+    back_steps: int = 4
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0 or not self.cap > 0:
+            raise ValueError(
+                f"train.displacement.weight={self.weight}, cap={self.cap}; expected weight >= 0 and cap > 0"
+            )
+        if int(self.goal_steps) < 1 or int(self.back_steps) < 0:
+            raise ValueError(
+                f"train.displacement.goal_steps={self.goal_steps}, back_steps={self.back_steps}; expected "
+                "goal_steps >= 1 and back_steps >= 0"
+            )
+
+
+@dataclass
 class WorldModelTrainConfig:
     """Optimisation settings of a world-model run.
 
@@ -103,6 +133,7 @@ class WorldModelTrainConfig:
         seed: window sampling seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         metric: the temporal-distance head, trained before the predictor (models with a metric head).
+        displacement: the displacement head's term, trained with the predictor (models with that head).
         encoder: the action-conditioned encoder fine-tune, run first (``steps=0``: the encoder stays as
             pretrained); see :mod:`jepa_agent.training.encoder_tune`.
     """
@@ -132,6 +163,7 @@ class WorldModelTrainConfig:
     seed: int = 0
     device: str = "auto"
     metric: MetricTrainConfig = field(default_factory=MetricTrainConfig)
+    displacement: DisplacementTrainConfig = field(default_factory=DisplacementTrainConfig)
     encoder: EncoderTuneConfig = field(default_factory=EncoderTuneConfig)
 
     @property
@@ -144,6 +176,8 @@ class WorldModelTrainConfig:
             self.metric = MetricTrainConfig(**self.metric)
         if isinstance(self.encoder, dict):
             self.encoder = EncoderTuneConfig(**self.encoder)
+        if isinstance(self.displacement, dict):
+            self.displacement = DisplacementTrainConfig(**self.displacement)
         for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
@@ -218,11 +252,19 @@ class WorldModelLoss(nn.Module):
         self.metric = model.metric if metric_weight > 0 else None
         self.metric_weight = float(metric_weight)
         self.metric_target = [metric_target] if metric_target is not None else []  # a list: not a submodule
+        self.displacement = model.displacement if cfg.displacement.weight > 0 else None
 
     def forward(
-        self, z: Tensor, actions: Tensor, proprio: Tensor | None, targets: Tensor | None = None
+        self,
+        z: Tensor,
+        actions: Tensor,
+        proprio: Tensor | None,
+        targets: Tensor | None = None,
+        goals: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``targets [B, T, R]``: state-readout targets (required when the model has a readout)."""
+        """``targets [B, T, R]``: state-readout targets (required when the model has a readout).
+        ``goals``: ``(goal latents [B, N, D], capped action sums [B, T, A] from each frame to its goal)``
+        (required when the model has a displacement head)."""
         c = self.cfg
         parts: dict[str, Tensor] = {}
         if self.pooler.learned:
@@ -256,6 +298,17 @@ class WorldModelLoss(nn.Module):
             if self.metric_target:
                 parts["metric"] = parts["metric"] + F.mse_loss(phi(z), target)
             loss = loss + self.metric_weight * parts["metric"]
+        if self.displacement is not None:
+            if goals is None:
+                raise ValueError("this world model has a displacement head: the loss needs goals and targets")
+            d, (z_goal, sums) = self.displacement, goals
+            h_goal = d.embed(z_goal).unsqueeze(1)  # [B, 1, hidden]
+            parts["displacement"] = (
+                F.mse_loss(d.from_embeddings(d.embed(z), h_goal), sums)
+                + F.mse_loss(d.from_embeddings(d.embed(z_tf), h_goal), sums[:, 1:])
+                + F.mse_loss(d.from_embeddings(d.embed(z_ro), h_goal), sums[:, C : C + k])
+            )
+            loss = loss + c.displacement.weight * parts["displacement"]
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
         return loss, parts
@@ -319,6 +372,37 @@ def evaluate_world_model(
     return {**res, "horizon": horizon, "windows": len(first)}
 
 
+# -- the displacement head's data -------------------------------------------------------------------
+class ActionSums:
+    """Cumulative env-unit actions of a latent cache, for the displacement head's targets.
+
+    ``cum[f]`` is the sum of the actions taken before frame ``f`` in its episode, so the actions that lead
+    from frame ``i`` to frame ``j`` of one episode sum to ``cum[j] - cum[i]`` (negative when ``j < i``).
+    Reads the cache's actions only (no proprio, no state).
+    """
+
+    def __init__(self, data: LatentEpisodes, action_mean: Tensor, action_std: Tensor) -> None:
+        raw = data.actions * action_std.to(data.actions) + action_mean.to(data.actions)  # env units
+        starts = torch.tensor(data.starts, device=raw.device)
+        lengths = torch.tensor(data.lengths, device=raw.device)
+        self.first = torch.repeat_interleave(starts, lengths)  # [F]: each frame's episode start
+        self.last = self.first + torch.repeat_interleave(lengths, lengths) - 1  # [F]: ... and end
+        raw = torch.where((torch.arange(len(raw), device=raw.device) == self.last)[:, None], 0.0, raw)
+        before = raw.cumsum(0) - raw  # [F]: actions before each frame, over the whole cache
+        self.cum = before - before[self.first]
+
+    def sample(
+        self, first: Tensor, window: int, cfg: DisplacementTrainConfig, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Windows starting at ``first [B]`` -> a goal frame per window ``[B]`` (``-back_steps ..
+        goal_steps`` frames from its start, inside the episode) and the capped sums ``[B, T, A]`` from
+        each of the window's frames to it."""
+        off = torch.randint(-int(cfg.back_steps), int(cfg.goal_steps) + 1, (len(first),), generator=gen)
+        goal = torch.minimum(torch.maximum(first + off.to(first.device), self.first[first]), self.last[first])
+        frames = first[:, None] + torch.arange(window, device=first.device)  # [B, T]
+        return goal, capped_action_sums(self.cum[goal][:, None] - self.cum[frames], cfg.cap)
+
+
 # -- the loop --------------------------------------------------------------------------------------
 def _trainable(model: WorldModel, joint_metric: bool = False) -> list[nn.Module]:
     return (
@@ -326,6 +410,7 @@ def _trainable(model: WorldModel, joint_metric: bool = False) -> list[nn.Module]
         + ([model.pooler] if model.pooler.learned else [])
         + ([model.readout] if model.readout is not None else [])
         + ([model.metric] if joint_metric else [])
+        + ([model.displacement] if model.displacement is not None else [])
     )
 
 
@@ -490,6 +575,16 @@ def train_on_latents(
     if target is not None and train_state is not None:
         target.load_state_dict(train_state["metric_target"])
     model.meta["metric_joint"] = joint
+    sums = None
+    if model.displacement is not None:
+        if model.pooler.learned:
+            raise ValueError(
+                "the displacement head reads pooled latents, but this world model's pooling is learned "
+                "(world_model.pooling=attentive): set world_model.displacement.hidden=0"
+            )
+        model.meta["displacement_weight"] = float(cfg.displacement.weight)
+        if cfg.displacement.weight > 0:
+            sums = ActionSums(train, model.normalizer.action_mean, model.normalizer.action_std)
     optimizer = make_optimizer(_trainable(model, joint), cfg)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     start = 0
@@ -527,10 +622,14 @@ def train_on_latents(
             idx = first[torch.randint(len(first), (cfg.batch_size,), generator=gen)]
             z, a, p = train.windows(idx.to(device), cfg.frames)
             s = train.target_windows(idx.to(device), cfg.frames)
+            goals = None
+            if sums is not None:
+                goal, targets = sums.sample(idx.to(device), cfg.frames, cfg.displacement, gen)
+                goals = (train.z[goal], targets)
             lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.final_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss, parts = loss_mod(z, a, p, s)
+            loss, parts = loss_mod(z, a, p, s, goals)
             value = loss.detach()
             if world > 1:
                 dist.all_reduce(value)
