@@ -552,6 +552,7 @@ def run_goal_episodes(
     seeds: Sequence[int],
     max_decisions: int | None = None,
     on_episode: Callable[[int, bool, bool], None] | None = None,
+    shadow: Any | None = None,
 ) -> dict[str, Any]:
     """Run ``policy`` (``predict`` on ``pixels`` + goal image) on ``env`` (wrapped in
     ``GoalImageObservation``), one episode per reset seed, timing every ``predict`` call.
@@ -559,13 +560,16 @@ def run_goal_episodes(
     Args:
         max_decisions: stop after this many decisions (timing a slow policy on a few of them).
         on_episode: called as ``on_episode(index, reached, ended)`` when an episode ends.
+        shadow: another policy asked for its decision on every same observation right after ``policy``
+            (timed, not acted on): paired timings under the same load, for a ratio that a busy machine
+            does not skew.
 
     Returns:
         ``reached`` / ``ended`` (bool per finished episode: ``info["is_success"]`` at any step / the
         last), ``final_distance`` (``info["distance"]`` at the end, NaN without one), ``decision_seconds``
-        (every ``predict``'s wall time).
+        (every ``predict``'s wall time) and ``shadow_seconds`` (the shadow's; empty without one).
     """
-    reached, ended, distance, seconds = [], [], [], []
+    reached, ended, distance, seconds, shadowed = [], [], [], [], []
     budget = math.inf if max_decisions is None else max_decisions
     for i, seed in enumerate(seeds):
         obs, info = env.reset(seed=int(seed))
@@ -574,6 +578,10 @@ def run_goal_episodes(
             t0 = time.perf_counter()
             action, _ = policy.predict(obs, None, np.array([start]), True)
             seconds.append(time.perf_counter() - t0)
+            if shadow is not None:
+                t0 = time.perf_counter()
+                shadow.predict(obs, None, np.array([start]), True)
+                shadowed.append(time.perf_counter() - t0)
             obs, _, terminated, truncated, info = env.step(action)
             start, done = False, bool(terminated or truncated)
             hit |= bool(info.get("is_success", False))
@@ -584,7 +592,8 @@ def run_goal_episodes(
         distance.append(float(info.get("distance", math.nan)))
         if on_episode is not None:
             on_episode(i, hit, ended[-1])
-    return {"reached": reached, "ended": ended, "final_distance": distance, "decision_seconds": seconds}
+    return {"reached": reached, "ended": ended, "final_distance": distance, "decision_seconds": seconds,
+            "shadow_seconds": shadowed}  # fmt: skip
 
 
 def dagger_labels(
