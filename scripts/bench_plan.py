@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = build_world_model(run_cfg)
         source = f"random init ({args.world_model}, {args.encoder})"
         model.meta["metric_steps"] = 1  # random weights: its speed is what is measured
+        model.meta["displacement_weight"] = 1.0  # (the displacement term too, when the model has the head)
     N, D = model.latent_shape
     A = model.action_dim
     if model.predictor.proprio_dim:

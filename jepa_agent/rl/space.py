@@ -13,8 +13,8 @@ space to SB3:
 * ``reward(achieved, desired)``: ``-distance`` (``dense``), or ``-(distance > epsilon)`` (``sparse``).
 
 The cost's extra terms are not part of the reward: the action penalty (``action_weight``) is not a
-function of the goal, and the metric space's latent term (``latent_weight``) would need the full latent as
-the goal. Features and distances are float32 and the distance of a row never depends on the other rows
+function of the goal, and the metric space's latent term (``latent_weight``) and displacement term
+(``displacement_weight``) would need the full latent as the goal. Features and distances are float32 and the distance of a row never depends on the other rows
 of its batch, so a reward recomputed from stored features (HER's ``compute_reward``) equals the step
 reward bit for bit.
 """
@@ -48,7 +48,8 @@ def planning_projection(model: WorldModel, space: str = "auto") -> tuple[str, nn
     """
     resolved = model.resolve_cost_space(space)
     probe_goal = torch.zeros(model.latent_shape, device=model.device)  # [N, D]: any latent frame will do
-    cost = model.cost(probe_goal, space=resolved, reduction="final", action_weight=0.0, latent_weight=0.0)
+    cost = model.cost(probe_goal, space=resolved, reduction="final", action_weight=0.0, latent_weight=0.0,
+                      displacement_weight=0.0)  # fmt: skip
     return resolved, getattr(cost, "project", None)
 
 
