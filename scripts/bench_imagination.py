@@ -8,7 +8,10 @@ compared with the encoded true frames, in the latent space and in every space th
 in (the metric head, the state readout). Per band of mean action size (env units): the median norm of
 the true H-step displacement, of the imagined one, and of the error between them. An imagination that
 plans the last centimetre has errors well below the displacement of the smallest actions (the labelled
-readout's are ~0.5-0.7x of it, docs/benchmarks.md). Ends with one JSON line.
+readout's are ~0.4x of it, docs/benchmarks.md). For a model with a trained displacement head, the
+``displacement`` entry is in actions: what the head reads from the first frame to the true end frame
+("true"), and from the imagined end frame to the true one ("error": 0 for a perfect imagination).
+Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -72,12 +75,23 @@ def main() -> None:
         spaces["metric"] = model.metric
     if model.readout is not None:
         spaces["readout"] = model.readout
-    out: dict[str, dict] = {}
+    norms: dict[str, tuple] = {}
     for name, f in spaces.items():
         f_now, f_true, f_pred = f(now), f(true), f(pred)
-        moved = (f_true - f_now).norm(dim=-1).numpy()
-        imagined = (f_pred - f_now).norm(dim=-1).numpy()
-        error = (f_pred - f_true).norm(dim=-1).numpy()
+        norms[name] = (
+            (f_true - f_now).norm(dim=-1),
+            (f_pred - f_now).norm(dim=-1),
+            (f_pred - f_true).norm(dim=-1),
+        )
+    if (
+        model.displacement_trained
+    ):  # in actions: what the head reads from the start / imagined end to the true end
+        d = model.displacement
+        norms["displacement"] = (d(now, true).norm(dim=-1), (d(now, true) - d(pred, true)).norm(dim=-1),
+                                 d(pred, true).norm(dim=-1))  # fmt: skip
+    out: dict[str, dict] = {}
+    for name, (moved, imagined, error) in norms.items():
+        moved, imagined, error = moved.numpy(), imagined.numpy(), error.numpy()
         rows = {}
         for lo, hi in BANDS:
             k = (size >= lo) & (size < hi)
