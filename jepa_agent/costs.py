@@ -319,6 +319,7 @@ class DisplacementCost(Cost):
             raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
         self.head, self.reduction, self.discount = head, reduction, float(discount)
         self.goal_embedding: Tensor | None = None
+        self._towards: Callable[[Tensor], Tensor] | None = None
         if goal is not None:
             self.set_goal(goal)
 
@@ -328,12 +329,17 @@ class DisplacementCost(Cost):
             raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
         with torch.no_grad():
             self.goal_embedding = self.head.embed(goal.detach().reshape(1, *goal.shape[-2:]))  # [1, hidden]
+            towards = getattr(self.head, "towards", None)
+            self._towards = towards(self.goal_embedding) if towards is not None else None
 
     def from_embeddings(self, h: Tensor) -> Tensor:
         """Per-frame embeddings ``[S, H', hidden]`` (cut to the last step for ``final``) -> ``[S]``."""
         if self.goal_embedding is None:
             raise ValueError("DisplacementCost has no goal: call set_goal(latent) before planning")
-        sums = self.head.from_embeddings(h, self.goal_embedding.to(h))  # [S, H', A]
+        if self._towards is not None and h.dtype == self.goal_embedding.dtype:
+            sums = self._towards(h)  # [S, H', A]: the goal's share of the first layer computed once
+        else:
+            sums = self.head.from_embeddings(h, self.goal_embedding.to(h))
         return reduce_steps(sums.square().sum(-1), self.reduction, self.discount)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:

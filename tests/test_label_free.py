@@ -318,3 +318,16 @@ def test_displacement_head_learns_the_summed_actions_and_plans_in_the_metric_cos
     loaded.meta["metric_steps"] = 1  # as after the head's stage: the metric cost carries the term, fused
     cost = loaded.cost(goal)
     assert cost.terms[0].displacement is not None and cost.terms[0].displacement_weight == 0.3
+
+
+def test_displacement_towards_a_goal_equals_the_pair_network():
+    """``DisplacementHead.towards`` (the goal's share of the first pair layer computed once, as planning
+    uses it) gives what the pair network gives on [h, g, g - h]."""
+    from jepa_agent.models.latent import DisplacementHead
+
+    torch.manual_seed(0)
+    head = DisplacementHead(12, 3, hidden=8)
+    h, h_goal = torch.randn(5, 4, 8), torch.randn(1, 8)
+    torch.testing.assert_close(head.towards(h_goal)(h), head.from_embeddings(h, h_goal), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="displacement action_dim=0"):
+        DisplacementHead(12, 0)

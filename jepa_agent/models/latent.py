@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +211,17 @@ class DisplacementHead(nn.Module):
         """Embeddings of frames ``[..., hidden]`` and of their goals (broadcast) -> ``[..., A]``."""
         h, h_goal = torch.broadcast_tensors(h, h_goal)
         return self.pair(torch.cat([h, h_goal, h_goal - h], -1))
+
+    def towards(self, h_goal: Tensor) -> Callable[[Tensor], Tensor]:
+        """For one goal embedding ``[1, hidden]``: ``h [..., hidden] -> [..., A]``, equal to
+        ``from_embeddings(h, h_goal)`` but with the goal's share of the first pair layer computed once
+        (``W [h, g, g - h] = (W_h - W_d) h + (W_g + W_d) g``): a third of that layer's work per frame."""
+        first = self.pair[0]
+        w_h, w_g, w_d = first.weight.split(self.hidden, dim=1)
+        weight = w_h - w_d  # [hidden, hidden]
+        bias = (h_goal.reshape(-1, self.hidden)[:1] @ (w_g + w_d).T + first.bias)[0]  # [hidden]
+        rest = self.pair[1:]
+        return lambda h: rest(F.linear(h, weight, bias))
 
     def forward(self, z: Tensor, goal: Tensor) -> Tensor:
         """Latents ``[..., N, D]`` and goal latents (broadcast) -> summed actions ``[..., A]`` (capped)."""

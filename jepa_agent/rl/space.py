@@ -14,9 +14,9 @@ space to SB3:
 
 The cost's extra terms are not part of the reward: the action penalty (``action_weight``) is not a
 function of the goal, and the metric space's latent term (``latent_weight``) and displacement term
-(``displacement_weight``) would need the full latent as the goal. Features and distances are float32 and the distance of a row never depends on the other rows
-of its batch, so a reward recomputed from stored features (HER's ``compute_reward``) equals the step
-reward bit for bit.
+(``displacement_weight``) would need the full latent as the goal. Features and distances are float32 and
+the distance of a row never depends on the other rows of its batch, so a reward recomputed from stored
+features (HER's ``compute_reward``) equals the step reward bit for bit.
 """
 
 from __future__ import annotations
