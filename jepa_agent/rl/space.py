@@ -180,10 +180,8 @@ class FastFeatures:
     there against the eager path: features more than ``tolerance`` (relative, in norm) away raise, rather
     than feed a policy garbage.
 
-    Measured on the 2-core dev VM (one thread, one 64 px frame, the flat reach's encoder): eager 2.7-3.2 ms,
-    traced 2.2 ms. Not kept: int8 dynamic quantisation of the encoder's linear layers (1.3 ms, but its
-    standardised latents were 13-17% off the eager ones on recorded frames, up to 0.9x a frame-to-frame
-    change), and ``torch.compile`` (2.1 ms, after 40 s of compiling).
+    On the 2-core dev VM, one 64 px frame: eager 2.7-3.2 ms, traced 2.2 ms (docs/benchmarks.md, which also
+    says why int8 quantisation and ``torch.compile`` were dropped).
     """
 
     def __init__(self, space: PlanningSpace, path: str = "traced", tolerance: float = 1e-3) -> None:
