@@ -331,3 +331,23 @@ def test_displacement_towards_a_goal_equals_the_pair_network():
     torch.testing.assert_close(head.towards(h_goal)(h), head.from_embeddings(h, h_goal), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="displacement action_dim=0"):
         DisplacementHead(12, 0)
+
+
+def test_resuming_a_run_without_the_displacement_head_names_the_fix(tmp_path):
+    """A run saved before the displacement head was the default, resumed with it on: one line naming the
+    option that resumes it, not a missing-module traceback."""
+    import yaml
+
+    from jepa_agent.training.train_world_model import train_world_model
+    from tests.test_world_model import Episodes, cfg
+
+    train_world_model(
+        tiny_world_model(), Episodes(range(2)), None, cfg(stop_after=2), tmp_path, progress=False
+    )
+    saved = tmp_path / "checkpoint" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["world_model"]["displacement"]  # as written before the key existed
+    saved.write_text(yaml.safe_dump(config))
+    model = tiny_world_model(displacement={"hidden": 8})
+    with pytest.raises(ValueError, match=r"no displacement head .*world_model\.displacement\.hidden=0"):
+        train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, resume=True, progress=False)

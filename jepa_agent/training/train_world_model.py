@@ -465,6 +465,16 @@ def train_world_model(
                 f"resume=true: the checkpoint in {ckpt} was trained with train.context={saved}, this run "
                 f"asks for train.context={cfg.context}; pass train.context={saved} or start a new out dir"
             )
+        saved_modules = load_meta(ckpt).get("modules")
+        if (
+            saved_modules is not None
+            and model.displacement is not None
+            and "displacement" not in saved_modules
+        ):
+            raise ValueError(
+                f"resume=true: the checkpoint in {ckpt} has no displacement head (trained before it was the "
+                "default); pass world_model.displacement.hidden=0 to resume it, or start a new out dir"
+            )
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
