@@ -30,6 +30,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from jepa_agent.costs import METRICS, CostConfig, latent_distance
+from jepa_agent.models.vit import pixels_to_images
 from jepa_agent.world_model import WorldModel
 
 REWARDS = ("dense", "sparse")
@@ -159,13 +160,14 @@ class _PixelsToFeatures(nn.Module):
     """uint8 frames ``[B, H, W, 3]`` -> features ``[B, F]``: the world model's encoder, pooler and
     normaliser, then the cost's projection (what :meth:`PlanningSpace.features` computes), as one module."""
 
-    def __init__(self, space: PlanningSpace, encoder: nn.Module) -> None:
+    def __init__(self, space: PlanningSpace) -> None:
         super().__init__()
-        self.encoder, self.pooler, self.normalizer = encoder, space.model.pooler, space.model.normalizer
+        m = space.model
+        self.encoder, self.pooler, self.normalizer = m.encoder, m.pooler, m.normalizer
         self.project, self.dim = space.project, space.dim
 
     def forward(self, pixels: Tensor) -> Tensor:
-        images = pixels.permute(0, 3, 1, 2).float().div(255.0)  # as vit.pixels_to_images
+        images = pixels_to_images(pixels, pixels.device)
         z = self.normalizer.latent(self.pooler(self.encoder.encode_images(images)))  # [B, N, D]
         feats = z if self.project is None else self.project(z)
         return feats.reshape(z.shape[0], self.dim)
@@ -175,7 +177,7 @@ class FastFeatures:
     """:meth:`PlanningSpace.features` for a policy's per-decision frames, at inference-graph speed.
 
     ``path="traced"``: the whole pixels-to-features computation as one frozen TorchScript graph (no Python
-    between the encoder's ops; a copy of the encoder, so the world model is untouched); ``"eager"``:
+    between the encoder's ops; a copy, so the world model is untouched); ``"eager"``:
     :meth:`PlanningSpace.features` itself. A graph is traced per batch size at its first use and checked
     there against the eager path: features more than ``tolerance`` (relative, in norm) away raise, rather
     than feed a policy garbage.
@@ -190,11 +192,10 @@ class FastFeatures:
         self.space, self.path, self.tolerance = space, path, float(tolerance)
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._module: nn.Module | None = None
-        if path != "eager":
+        if path != "eager":  # a copy in eval mode: the world model's modules and modes stay as they are
             import copy
 
-            encoder = copy.deepcopy(space.model.encoder).eval()
-            self._module = _PixelsToFeatures(space, encoder).eval()
+            self._module = copy.deepcopy(_PixelsToFeatures(space)).eval()
 
     def _graph(self, x: Tensor) -> Any:
         key = tuple(x.shape)
