@@ -12,6 +12,7 @@ fails here however good the world model is; a space that scores high leaves plan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,15 +52,18 @@ def render_pose_grid(
     return q, np.stack(images)
 
 
+Space = Tensor | Callable[[int], Tensor]  # features [M, F], or goal index -> every pose's cost [M]
+
+
 def greedy_success(
-    feats: Tensor, q: np.ndarray, goals: np.ndarray, starts: np.ndarray, window: float, wrap: bool
+    feats: Space, q: np.ndarray, goals: np.ndarray, starts: np.ndarray, window: float, wrap: bool
 ) -> float:
     """Fraction of (start, goal) pairs where jumping to the cheapest pose in the window ends on the goal
-    (cost: mean squared difference of ``feats [M, F]``)."""
+    (cost: mean squared difference of ``feats [M, F]``, or ``feats(goal)`` when it is a cost function)."""
     qs = torch.as_tensor(q, dtype=torch.float32)
     hits = 0
     for g, cur in zip(goals, starts, strict=True):
-        cost = (feats - feats[g]).square().mean(1)  # [M]
+        cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
         for _ in range(50):
             d = qs - qs[cur]
             if wrap:
@@ -74,16 +78,25 @@ def greedy_success(
 
 
 @torch.inference_mode()
-def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Tensor]:
-    """Each cost space the model offers, as features ``[M, F]`` of ``images``: ``pixels``, ``latent``,
-    ``metric`` (a trained temporal-distance head) and ``readout`` (a state readout)."""
+def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
+    """Each cost space the model offers, over ``images``: ``pixels``, ``latent`` and ``readout`` (a state
+    readout) as features ``[M, F]``; ``metric`` (a trained temporal-distance head) as the label-free cost
+    ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term: the head, its latent
+    term and, when trained, the displacement head), a function of the goal's index."""
     z = model.encode_pixels(images)  # [M, N, D] standardised latents
-    spaces = {
+    spaces: dict[str, Space] = {
         "pixels": torch.as_tensor(images).flatten(1).float() / 255.0,
         "latent": z.flatten(1).float().cpu(),
     }
     if model.metric_trained:
-        spaces["metric"] = model.metric(z).float().cpu()
+        still = torch.zeros(len(z), 1, model.action_dim, device=z.device)  # the action term is left out
+
+        @torch.inference_mode()
+        def metric_cost(g: int) -> Tensor:
+            cost = model.cost(z[g], space="metric", action_weight=0.0)
+            return cost(z[:, None], still).float().cpu()  # every pose as a one-step imagined future
+
+        spaces["metric"] = metric_cost
     if model.readout is not None:
         spaces["readout"] = model.readout(z).float().cpu()
     return spaces

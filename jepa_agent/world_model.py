@@ -112,6 +112,7 @@ class DisplacementConfig:
     """The displacement head (summed actions between a frame and a goal frame; label-free; 0: none)."""
 
     hidden: int = 256
+    inputs: str = "pair"  # "pair" | "diff": how the two frames meet (DisplacementHead)
 
 
 @dataclass
@@ -608,8 +609,9 @@ def build_world_model(cfg: Any) -> WorldModel:
     displacement = None
     if int(dc.get("hidden", 0) or 0) > 0:
         displacement = DisplacementHead(
-            pooler.num_tokens * pooler.out_dim, int(cfg["action_dim"]), hidden=int(dc["hidden"])
-        )
+            pooler.num_tokens * pooler.out_dim, int(cfg["action_dim"]), hidden=int(dc["hidden"]),
+            inputs=str(dc.get("inputs", "pair")),
+        )  # fmt: skip
     return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement)
 
 
@@ -639,7 +641,10 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "dim": model.metric.dim if model.metric else 0,
                 "hidden": model.metric.hidden if model.metric else 256,
             },
-            "displacement": {"hidden": model.displacement.hidden if model.displacement else 0},
+            "displacement": {
+                "hidden": model.displacement.hidden if model.displacement else 0,
+                "inputs": model.displacement.inputs if model.displacement else "pair",
+            },
         },
         "action_dim": model.action_dim,
         "proprio_dim": model.predictor.proprio_dim,

@@ -13,7 +13,7 @@ from jepa_agent.models.latent import TemporalDistanceHead
 from jepa_agent.training.latent_cache import LatentEpisodes
 from jepa_agent.training.temporal_distance import MetricTrainConfig, sample_goals, train_metric_head
 from tests.conftest import REPO
-from tests.test_world_model import tiny_world_model
+from tests.test_world_model import A, tiny_world_model
 
 
 def chain_episodes(n_eps: int = 120, length: int = 30, positions: int = 40, seed: int = 0) -> LatentEpisodes:
@@ -170,7 +170,7 @@ def test_metric_head_with_a_learned_pooling_is_refused(tmp_path):
         train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("displacement", [False, True])
+@pytest.mark.parametrize("displacement", [False, "pair", "diff"])
 @pytest.mark.parametrize("reduction", ["final", "all"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displacement):
@@ -180,11 +180,12 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
     same; with and without grad."""
     from jepa_agent.agent import planning_rollout
     from jepa_agent.costs import MetricLatentCost
-    from tests.test_world_model import A, obs
+    from tests.test_world_model import obs
 
     torch.manual_seed(0)
     predictor = {"dim": 8, "depth": 2, "num_heads": 2, "max_steps": 8}  # latents move in 9 of 32 dimensions
-    heads = {"metric": {"dim": 4, "hidden": 8}, "displacement": {"hidden": 6 if displacement else 0}}
+    disp = {"hidden": 6 if displacement else 0, "inputs": displacement or "pair"}
+    heads = {"metric": {"dim": 4, "hidden": 8}, "displacement": disp}
     model = tiny_world_model(predictor=predictor, **heads)
     model.meta.update(metric_steps=1, displacement_weight=1.0)
     model.predictor.residual = residual
@@ -196,7 +197,7 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
         goal, reduction=reduction, latent_weight=0.7, action_weight=0.1, displacement_weight=2.0
     )
     assert isinstance(cost.terms[0], MetricLatentCost) and cost.rollout_projection is not None
-    assert (cost.terms[0].displacement is not None) is displacement
+    assert (cost.terms[0].displacement is not None) is bool(displacement)
     fused = planning_rollout(model, cost)
     with torch.inference_mode():
         out = fused(state, actions)
@@ -326,11 +327,37 @@ def test_displacement_towards_a_goal_equals_the_pair_network():
     from jepa_agent.models.latent import DisplacementHead
 
     torch.manual_seed(0)
-    head = DisplacementHead(12, 3, hidden=8)
-    h, h_goal = torch.randn(5, 4, 8), torch.randn(1, 8)
-    torch.testing.assert_close(head.towards(h_goal)(h), head.from_embeddings(h, h_goal), atol=1e-5, rtol=1e-5)
+    for inputs in DisplacementHead.INPUTS:
+        head = DisplacementHead(12, 3, hidden=8, inputs=inputs)
+        h, h_goal = torch.randn(5, 4, 8), torch.randn(1, 8)
+        want = head.from_embeddings(h, h_goal)
+        torch.testing.assert_close(head.towards(h_goal)(h), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="displacement action_dim=0"):
         DisplacementHead(12, 0)
+    with pytest.raises(ValueError, match=r"world_model\.displacement\.inputs='sum'; expected one of"):
+        DisplacementHead(12, 2, inputs="sum")
+
+
+def test_displacement_on_differences_cancels_what_two_frames_share(tmp_path):
+    """``inputs=diff``: the head reads only ``z_goal - z`` (through one linear layer), so adding the same
+    scene to both latents changes nothing, and a frame read against itself is the same constant whatever
+    it shows (the pair head guarantees neither). The config round-trips through a checkpoint."""
+    from jepa_agent.models.latent import DisplacementHead
+    from jepa_agent.world_model import WorldModel, save_world_model
+
+    torch.manual_seed(0)
+    diff, pair = DisplacementHead(12, 2, hidden=8, inputs="diff"), DisplacementHead(12, 2, hidden=8)
+    z, goal, scene = torch.randn(6, 3, 4), torch.randn(6, 3, 4), 3 * torch.randn(1, 3, 4)
+    torch.testing.assert_close(diff(z + scene, goal + scene), diff(z, goal), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pair(z + scene, goal + scene), pair(z, goal), atol=1e-3)
+    same = diff(z, z)
+    torch.testing.assert_close(same, same[:1].expand_as(same))
+    model = tiny_world_model(displacement={"hidden": 6, "inputs": "diff"})
+    save_world_model(tmp_path / "wm", model)
+    loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
+    assert loaded.displacement.inputs == "diff"
+    a, b = torch.randn(2, 5, *model.latent_shape)
+    torch.testing.assert_close(loaded.displacement(a, b), model.displacement(a, b))
 
 
 def test_resuming_a_run_without_the_displacement_head_names_the_fix(tmp_path):
@@ -351,3 +378,31 @@ def test_resuming_a_run_without_the_displacement_head_names_the_fix(tmp_path):
     model = tiny_world_model(displacement={"hidden": 8})
     with pytest.raises(ValueError, match=r"no displacement head .*world_model\.displacement\.hidden=0"):
         train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, resume=True, progress=False)
+
+
+def test_score_scores_the_metric_space_with_the_cost_plan_py_plans_with():
+    """``scoring.cost_space_features``: the label-free space is the planning cost itself (head + latent term +
+    displacement head, plan.py's defaults, no action term), not the head's features alone; greedy search
+    gives the same verdicts from features or from the equivalent cost function."""
+    from jepa_agent.scoring import cost_space_features, greedy_success
+
+    torch.manual_seed(0)
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8}, displacement={"hidden": 6})
+    model.meta.update(metric_steps=1, displacement_weight=1.0)
+    images = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    spaces = cost_space_features(model, images)
+    assert set(spaces) == {"pixels", "latent", "metric"} and callable(spaces["metric"])
+    z = model.encode_pixels(images)
+    with torch.inference_mode():
+        want = model.cost(z[3], space="metric", action_weight=0.0)(z[:, None], torch.zeros(12, 1, A))
+        head_only = model.cost(z[3], space="metric", action_weight=0.0, latent_weight=0.0,
+                               displacement_weight=0.0)(z[:, None], torch.zeros(12, 1, A))  # fmt: skip
+    torch.testing.assert_close(spaces["metric"](3), want)
+    assert float((want - head_only).abs().max()) > 1e-4  # the latent and displacement terms are in it
+    q = np.stack(np.meshgrid(np.linspace(0, 1, 4), np.linspace(0, 1, 3)), -1).reshape(-1, 2)
+    feats = spaces["latent"]
+    as_cost = lambda g: (feats - feats[g]).square().mean(1)  # noqa: E731
+    goals, starts = np.arange(12), np.arange(12)[::-1].copy()
+    assert greedy_success(feats, q, goals, starts, 0.4, False) == greedy_success(
+        as_cost, q, goals, starts, 0.4, False
+    )

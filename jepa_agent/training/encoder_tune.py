@@ -11,6 +11,12 @@ no state, no reward), so that what the actions move is kept:
   actions, open loop over the clip, and is scored against the encoded frames (no stop-gradient).
 - **variance / covariance** anti-collapse (VICReg, as EB-JEPA: ``16 x`` variance hinge, ``8 x``
   off-diagonal covariance), over every frame of the batch.
+- **multi-step inverse dynamics** (``displacement_weight``; ACRO's multi-step inverse, and the world
+  model's own :class:`~jepa_agent.models.latent.DisplacementHead` target): an MLP reads the embeddings of a
+  clip frame and of a goal frame up to ``goal_steps`` later (or ``back_steps`` earlier) in the same episode,
+  and regresses the summed env-unit actions between them, capped at ``cap`` per component. One step moves
+  the arm by a pixel or less; twenty move it across the frame, so this term still pays where the one-step
+  inverse model sees nothing (the distracting reach).
 - **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
 
 The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
@@ -32,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_agent.models.latent import LatentPooler
+from jepa_agent.models.latent import LatentPooler, capped_action_sums
 from jepa_agent.models.vit import VideoViT, pixels_to_images
 from jepa_agent.training.latent_cache import window_starts
 from jepa_agent.training.schedules import warmup_cosine
@@ -58,6 +64,10 @@ class EncoderTuneConfig:
         prediction_weight: weight of the action-conditioned prediction term.
         variance_weight: weight of the variance hinge (VICReg).
         covariance_weight: weight of the off-diagonal covariance term (VICReg).
+        displacement_weight: weight of the multi-step inverse term (0: off, and no goal frames are encoded).
+        goal_steps: the goal frame lies up to this many frames after the clip's first frame...
+        back_steps: ... or up to this many before it (clamped to the episode).
+        cap: the summed actions are rescaled so their largest component is at most this.
         shift: random-shift augmentation in pixels (0: none).
         clip_grad: max gradient norm (0: none).
     """
@@ -75,11 +85,15 @@ class EncoderTuneConfig:
     prediction_weight: float = 1.0
     variance_weight: float = 16.0
     covariance_weight: float = 8.0
+    displacement_weight: float = 0.0
+    goal_steps: int = 20
+    back_steps: int = 4
+    cap: float = 2.0
     shift: int = 3
     clip_grad: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "shift", "warmup"):
+        for name in ("steps", "shift", "warmup", "goal_steps", "back_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected an integer >= 0")
         for name in ("batch_size", "proj_dim", "hidden"):
@@ -88,15 +102,18 @@ class EncoderTuneConfig:
         if int(self.window) < 2:
             raise ValueError(f"train.encoder.window={self.window}; expected >= 2 frames (one action)")
         for name in ("lr", "head_lr", "weight_decay", "inverse_weight", "prediction_weight",
-                     "variance_weight", "covariance_weight", "clip_grad"):  # fmt: skip
+                     "variance_weight", "covariance_weight", "clip_grad", "displacement_weight"):  # fmt: skip
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number >= 0")
+        if not (math.isfinite(float(self.cap)) and float(self.cap) > 0):
+            raise ValueError(f"train.encoder.cap={self.cap}; expected a number > 0")
 
 
 class ActionTuneHeads(nn.Module):
     """The stage's throwaway heads: projector (latent -> embedding), residual action-conditioned
-    predictor, and inverse model ``(e_t, e_{t+1}) -> a_t``."""
+    predictor, inverse model ``(e_t, e_{t+1}) -> a_t`` and multi-step inverse model
+    ``(e_t, e_goal) -> capped sum of the actions between them``."""
 
     def __init__(self, latent_dim: int, action_dim: int, proj_dim: int = 64, hidden: int = 256) -> None:
         super().__init__()
@@ -109,6 +126,10 @@ class ActionTuneHeads(nn.Module):
             nn.Linear(hidden, proj_dim),
         )  # fmt: skip
         self.inverse = nn.Sequential(
+            nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, action_dim),
+        )  # fmt: skip
+        self.displacement = nn.Sequential(
             nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
             nn.Linear(hidden, action_dim),
         )  # fmt: skip
@@ -156,13 +177,23 @@ def action_tune_loss(
     actions: Tensor,
     cfg: EncoderTuneConfig,
     gen: torch.Generator | None = None,
+    goals: Tensor | None = None,
+    sums: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The stage's loss on ``clips`` (float ``[B, T, 3, H, W]`` in [0, 1]) and standardised
-    ``actions [B, T-1, A]``; returns ``(loss, parts)``."""
+    ``actions [B, T-1, A]``; returns ``(loss, parts)``. With ``goals [B, 3, H, W]`` (a frame of each clip's
+    episode) and ``sums [B, T, A]`` (the capped env-unit actions from each clip frame to it), the multi-step
+    inverse term is added; the goal frame gets its clip's shift."""
     B, T = clips.shape[:2]
+    if goals is not None:
+        clips = torch.cat([clips, goals[:, None]], dim=1)
     x = random_shift(clips, cfg.shift, gen)
-    z = pooler(encoder.encode_images(x.flatten(0, 1)))  # [B*T, N, D]
-    e = heads.projector(z.reshape(B * T, -1)).view(B, T, -1)  # [B, T, P]
+    z = pooler(encoder.encode_images(x.flatten(0, 1)))  # [B*T(+1), N, D]
+    e = heads.projector(z.reshape(x.shape[0] * x.shape[1], -1)).view(B, x.shape[1], -1)  # [B, T(+1), P]
+    if goals is not None:
+        if sums is None:
+            raise ValueError("goal frames need the summed actions to them (sums)")
+        e, e_goal = e[:, :T], e[:, T:]
     parts = {
         "inverse": F.mse_loss(heads.inverse(torch.cat([e[:, :-1], e[:, 1:]], dim=-1)), actions),
         "prediction": F.mse_loss(heads.rollout(e[:, 0], actions), e[:, 1:]),
@@ -172,6 +203,10 @@ def action_tune_loss(
         cfg.inverse_weight * parts["inverse"] + cfg.prediction_weight * parts["prediction"]
         + cfg.variance_weight * parts["variance"] + cfg.covariance_weight * parts["covariance"]
     )  # fmt: skip
+    if goals is not None:
+        pairs = torch.cat([e, e_goal.expand(-1, T, -1)], dim=-1)  # [B, T, 2P]
+        parts["displacement"] = F.mse_loss(heads.displacement(pairs), sums)
+        loss = loss + cfg.displacement_weight * parts["displacement"]
     return loss, parts
 
 
@@ -199,6 +234,29 @@ class FrameEpisodes:
             ]
         self.actions = torch.cat(acts)  # row t: the action after frame t (last row of an episode: padding)
         self.lengths = lengths
+        raw = torch.cat(
+            [torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32) for ep in self.episodes]
+        )  # env units, [F - episodes, A]: episode i's actions, without the padding row
+        first = torch.repeat_interleave(torch.tensor(self.starts), torch.tensor(lengths))  # [F]
+        self.first = first  # each frame's episode start ...
+        self.last = (
+            first + torch.repeat_interleave(torch.tensor(lengths), torch.tensor(lengths)) - 1
+        )  # ... end
+        padded = torch.zeros(len(frames), raw.shape[-1])
+        padded[torch.arange(len(frames)) != self.last] = raw  # the action after each frame (0 after the last)
+        before = padded.cumsum(0) - padded
+        self.cum = before - before[first]  # [F, A]: env-unit actions summed from the episode start to frame f
+
+    def goal_sums(
+        self, starts: Tensor, window: int, cfg: EncoderTuneConfig, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Clips starting at frames ``starts [B]`` -> a goal frame index each ``[B]`` (``-back_steps ..
+        goal_steps`` frames from the start, inside the episode) and the capped sums ``[B, T, A]`` of the
+        env-unit actions from each clip frame to it (negative for a goal before the frame)."""
+        off = torch.randint(-int(cfg.back_steps), int(cfg.goal_steps) + 1, (len(starts),), generator=gen)
+        goal = torch.minimum(torch.maximum(starts + off, self.first[starts]), self.last[starts])
+        frames = starts[:, None] + torch.arange(window)
+        return goal, capped_action_sums(self.cum[goal][:, None] - self.cum[frames], float(cfg.cap))
 
     @property
     def num_episodes(self) -> int:
@@ -264,10 +322,15 @@ def tune_encoder(
                 cfg.batch_size, cfg.window, 3, *data.frames.shape[1:3]
             )  # [B, T, 3, H, W]
             actions = data.actions[idx[:, :-1]].to(device)  # [B, T-1, A]
+            goals = sums = None
+            if cfg.displacement_weight > 0:
+                goal, sums = data.goal_sums(idx[:, 0], cfg.window, cfg, gen)
+                goals = pixels_to_images(data.frames[goal], device)  # [B, 3, H, W]
+                sums = sums.to(device)
             for g in optimizer.param_groups:
                 base = g["base"]
                 g["lr"] = warmup_cosine(step, cfg.steps, min(cfg.warmup, cfg.steps), base, base / 100)
-            loss, parts = action_tune_loss(encoder, pooler, heads, clips, actions, cfg, gen)
+            loss, parts = action_tune_loss(encoder, pooler, heads, clips, actions, cfg, gen, goals, sums)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad > 0:
