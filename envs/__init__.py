@@ -62,6 +62,7 @@ class TaskConfig:
         MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
     )
     context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
+    displacement_inputs: str = MISSING  # the displacement head: pair | diff (diff: a new scene per episode)
 
 
 @dataclass
@@ -122,6 +123,7 @@ META_KEYS = (
     "continuous_joints",
     "data_policy",
     "context_frames",
+    "displacement_inputs",
 )  # env config keys that are not env arguments
 
 

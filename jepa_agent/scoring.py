@@ -80,15 +80,16 @@ def greedy_success(
 @torch.inference_mode()
 def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
     """Each cost space the model offers, over ``images``: ``pixels``, ``latent`` and ``readout`` (a state
-    readout) as features ``[M, F]``; ``metric`` (a trained temporal-distance head) as the label-free cost
-    ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term: the head, its latent
-    term and, when trained, the displacement head), a function of the goal's index."""
+    readout) and ``metric_head`` (a trained temporal-distance head alone) as features ``[M, F]``; ``metric``
+    as the label-free cost ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term:
+    the head, its latent term and, when trained, the displacement head), a function of the goal's index."""
     z = model.encode_pixels(images)  # [M, N, D] standardised latents
     spaces: dict[str, Space] = {
         "pixels": torch.as_tensor(images).flatten(1).float() / 255.0,
         "latent": z.flatten(1).float().cpu(),
     }
     if model.metric_trained:
+        spaces["metric_head"] = model.metric(z).float().cpu()  # the temporal-distance head alone
         still = torch.zeros(len(z), 1, model.action_dim, device=z.device)  # the action term is left out
 
         @torch.inference_mode()

@@ -5,7 +5,8 @@
 
 Renders the arm on a ``shoulder_steps x elbow_steps`` grid of joint angles (in ``scenes`` scenes of the
 env), encodes every image with the world model's frozen encoder, and for each cost space it offers
-(``pixels``, ``latent``, ``metric``: the label-free cost as ``plan.py`` plans with it, i.e. the
+(``pixels``, ``latent``, ``metric_head``: the temporal-distance head alone, ``metric``: the label-free
+cost as ``plan.py`` plans with it, i.e. the
 temporal-distance head, its latent term and the displacement head when trained; ``readout``: the labelled
 baseline) runs an idealised MPC from random starts to random grid goals (``jepa_agent/scoring.py``).
 Takes well under 3 minutes on 2 CPU cores. Ends with one JSON line: ``"score"`` (the success of the

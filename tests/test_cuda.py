@@ -98,7 +98,7 @@ def test_shipped_world_model_rolls_out_the_same_on_cuda(shipped):
         for name, m in (("cpu", cpu), ("gpu", gpu)):
             state = m.encode(obs)
             pred = m.rollout(state, actions.to(m.device))  # 64 candidate plans, batched
-            costs = m.cost(m.encode_goal(goal), metric="mse", space="readout")(pred, actions.to(m.device))
+            costs = m.cost(m.encode_goal(goal))(pred, actions.to(m.device))  # the default: label-free
             out[name] = (state.z.cpu(), pred.cpu(), costs.cpu())
     for a, b in zip(out["gpu"], out["cpu"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

@@ -391,7 +391,7 @@ def test_score_scores_the_metric_space_with_the_cost_plan_py_plans_with():
     model.meta.update(metric_steps=1, displacement_weight=1.0)
     images = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
     spaces = cost_space_features(model, images)
-    assert set(spaces) == {"pixels", "latent", "metric"} and callable(spaces["metric"])
+    assert set(spaces) == {"pixels", "latent", "metric_head", "metric"} and callable(spaces["metric"])
     z = model.encode_pixels(images)
     with torch.inference_mode():
         want = model.cost(z[3], space="metric", action_weight=0.0)(z[:, None], torch.zeros(12, 1, A))

@@ -178,3 +178,26 @@ def test_bench_imagination_compares_imagined_and_true_futures(tmp_path):
         [*cmd[:-2], "--horizon", "40"], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert bad.returncode != 0 and "has 41 frames" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_displacement_fits_a_head_per_input_variant(tmp_path):
+    """scripts/bench_displacement.py on a tiny model and recorded episodes: one JSON line with each variant's
+    held-out error ratio; an unknown variant is one clear line."""
+    from tests.test_rl import tiny_episodes
+
+    ckpt = tmp_path / "wm"
+    save_world_model(ckpt, tiny_model(readout=False), encoder_name="vit_micro")
+    eps = tiny_episodes(tmp_path / "eps", steps=8, episodes=10)
+    script = str(ROOT / "scripts" / "bench_displacement.py")
+    cmd = [sys.executable, script, "--checkpoint", str(ckpt), "--episodes", eps, "--threads", "1",
+           "--val-fraction", "0.3", "--steps", "20", "--hidden", "16"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(line["inputs"]) == {"pair", "diff"} and line["state_labels"] is False
+    assert line["train_episodes"] == 7 and line["val_episodes"] == 3 and line["val_pairs"] == 3 * 9
+    assert all(v["val_ratio"] > 0 and v["train_loss"] >= 0 for v in line["inputs"].values())
+    bad = subprocess.run(
+        [*cmd, "--inputs", "pair,sum"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert bad.returncode != 0 and "--inputs='pair,sum'" in bad.stderr and "Traceback" not in bad.stderr

@@ -441,10 +441,10 @@ def test_bad_input_gets_one_clear_error(checkpoint):
 
 
 def test_the_shipped_checkpoint_gives_a_usable_goal_env():
-    """The shipped readout model: check_env passes; the goal frame is at distance 0, the start is not."""
+    """The shipped label-free model: check_env passes; the goal frame is at distance 0, the start is not."""
     model = WorldModel.from_checkpoint(REPO_CHECKPOINT, device="cpu")
     env = LatentGoalEnv(envs.make_env("reach", max_episode_steps=5), model)
-    assert env.planning.name == "readout"
+    assert env.planning.name == "metric"
     check_env(env, warn=True)
     obs, info = env.reset(seed=1_000_000)
     assert not info["is_success"] and info["planning_distance"] > 0.01
