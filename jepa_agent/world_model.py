@@ -111,7 +111,7 @@ class MetricConfig:
 class DisplacementConfig:
     """The displacement head (summed actions between a frame and a goal frame; label-free; 0: none)."""
 
-    hidden: int = 192  # 256 plans the same figures but puts the flat checkpoint over 10 MB
+    hidden: int = 192  # 256 puts the flat reach's checkpoint over 10 MB (docs/benchmarks.md)
     inputs: str = "pair"  # "pair" | "diff": how the two frames meet (DisplacementHead)
 
 

@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--val-episodes", type=int, default=150)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument(
+        "--hidden", type=int, default=192, help="the head's width (world_model.displacement.hidden)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -187,8 +187,9 @@ class DisplacementHead(nn.Module):
     - ``"pair"``: each frame is embedded by an MLP, and a second MLP reads ``[h, g, g - h]``.
     - ``"diff"``: the only per-frame part is one linear layer, and the MLP reads ``W (z_goal - z)``: what the
       two frames share (the scene, whatever does not move) cancels exactly before any non-linearity, and
-      the reading is exactly 0 at the goal. On the distracting reach, where a new background is drawn every
-      episode, a head on frozen latents generalises twice as well this way (docs/benchmarks.md).
+      a frame read against itself gives one learned constant (trained towards 0) whatever the scene. On the
+      distracting reach, where a new background is drawn every episode, this halves a head's held-out
+      error on frozen latents, and plans 7/20 goals against 2/20 (docs/benchmarks.md).
 
     Args:
         in_dim: ``N * D`` (one frame's latent, flattened).
@@ -199,7 +200,7 @@ class DisplacementHead(nn.Module):
 
     INPUTS = ("pair", "diff")
 
-    def __init__(self, in_dim: int, action_dim: int, hidden: int = 256, inputs: str = "pair") -> None:
+    def __init__(self, in_dim: int, action_dim: int, hidden: int = 192, inputs: str = "pair") -> None:
         super().__init__()
         if action_dim < 1 or hidden < 1:
             raise ValueError(
