@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from jepa_agent.data import EpisodeDataset
 from jepa_agent.models.latent import DisplacementHead
-from jepa_agent.training.latent_cache import encode_episodes
-from jepa_agent.training.train_world_model import ActionSums, DisplacementTrainConfig
+from jepa_agent.training.latent_cache import ActionSums, encode_episodes
+from jepa_agent.training.train_world_model import DisplacementTrainConfig
 from jepa_agent.world_model import WorldModel
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     train, val = caches["train"], caches["val"]
     mean, std = model.normalizer.action_mean, model.normalizer.action_std
     targets = DisplacementTrainConfig()
-    sums_tr, sums_va = ActionSums(train, mean, std), ActionSums(val, mean, std)
+    sums_tr, sums_va = ActionSums.from_latents(train, mean, std), ActionSums.from_latents(val, mean, std)
     first_tr, first_va = train.window_starts(1), val.window_starts(1)
     goal_va, want = sums_va.sample(first_va, 1, targets, torch.Generator().manual_seed(args.seed + 1))
     want = want[:, 0]  # [W, A]

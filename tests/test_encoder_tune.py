@@ -131,7 +131,7 @@ def test_goal_sums_are_the_actions_between_the_frames():
     tune = EncoderTuneConfig(goal_steps=6, back_steps=3, cap=1e9)
     gen = torch.Generator().manual_seed(0)
     starts = data.clip_starts(3)
-    goal, sums = data.goal_sums(starts, 3, tune, gen)
+    goal, sums = data.sums.sample(starts, 3, tune, gen)
     assert sums.shape == (len(starts), 3, A)
     for s, g, row in zip(starts.tolist(), goal.tolist(), sums, strict=True):
         e = int(np.searchsorted(data.starts, s, side="right") - 1)
@@ -142,7 +142,7 @@ def test_goal_sums_are_the_actions_between_the_frames():
             i, j = s + t - first, g - first
             want = acts[i:j].sum(0) if j >= i else -acts[j:i].sum(0)
             np.testing.assert_allclose(row[t].numpy(), want, atol=1e-5)
-    _, capped = data.goal_sums(starts, 3, EncoderTuneConfig(goal_steps=6, back_steps=3, cap=0.5), gen)
+    _, capped = data.sums.sample(starts, 3, EncoderTuneConfig(goal_steps=6, back_steps=3, cap=0.5), gen)
     assert capped.abs().max() <= 0.5 + 1e-6
     with pytest.raises(ValueError, match=r"train\.encoder\.cap=0"):
         EncoderTuneConfig(cap=0)
@@ -158,7 +158,7 @@ def test_fine_tune_with_the_multi_step_inverse_term_learns_it():
                              proj_dim=16, hidden=64, shift=0, variance_weight=1.0, covariance_weight=0.5,
                              displacement_weight=1.0, goal_steps=6, back_steps=2, cap=2.0)  # fmt: skip
     gen = torch.Generator().manual_seed(5)
-    _, sums = data.goal_sums(data.clip_starts(2), 2, tune, gen)
+    _, sums = data.sums.sample(data.clip_starts(2), 2, tune, gen)
     out = tune_encoder(model.encoder, model.pooler, data, tune, torch.device("cpu"), progress=False)
     assert np.isfinite(out["encoder_tune_displacement"])
     assert out["encoder_tune_displacement"] < 0.5 * float(sums.var(dim=(0, 1)).mean()), out

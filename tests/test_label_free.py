@@ -261,7 +261,8 @@ def test_action_sums_give_the_actions_between_two_frames_of_an_episode():
     (never across episodes, never the padding row); sampled goals stay in the window's episode and the
     targets are capped per component with their direction kept."""
     from jepa_agent.models.latent import capped_action_sums
-    from jepa_agent.training.train_world_model import ActionSums, DisplacementTrainConfig
+    from jepa_agent.training.latent_cache import ActionSums
+    from jepa_agent.training.train_world_model import DisplacementTrainConfig
 
     g = torch.Generator().manual_seed(0)
     lengths = [5, 7, 6]
@@ -270,7 +271,7 @@ def test_action_sums_give_the_actions_between_two_frames_of_an_episode():
     acts = torch.cat([torch.cat([(r - mean) / std, torch.zeros(1, 2)]) for r in raw])  # normalised + padding
     starts = [0, 5, 12]
     data = LatentEpisodes(torch.zeros(18, 1, 4), acts, None, starts, lengths)
-    sums = ActionSums(data, mean, std)
+    sums = ActionSums.from_latents(data, mean, std)
     for e, (s0, n) in enumerate(zip(starts, lengths, strict=True)):
         for i in range(n):
             for j in range(n):
@@ -290,7 +291,8 @@ def test_displacement_head_learns_the_summed_actions_and_plans_in_the_metric_cos
     """On latents of a point that the actions move (pos += 0.25 a), a world model with a displacement head
     learns, from frames and actions only, the summed actions between two held-out frames far better than
     guessing none; the checkpoint keeps the head, and the metric cost then includes its term."""
-    from jepa_agent.training.train_world_model import ActionSums, WorldModelTrainConfig, train_on_latents
+    from jepa_agent.training.latent_cache import ActionSums
+    from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_on_latents
     from jepa_agent.world_model import WorldModel
     from tests.test_world_model import latent_dynamics
 
@@ -301,7 +303,7 @@ def test_displacement_head_learns_the_summed_actions_and_plans_in_the_metric_cos
                                 displacement={"goal_steps": 6, "back_steps": 2, "cap": 3.0})  # fmt: skip
     res = train_on_latents(model, train, val, cfg, tmp_path, progress=False)
     assert np.isfinite(res.losses).all() and model.meta["displacement_weight"] == 2.0
-    sums = ActionSums(val, model.normalizer.action_mean, model.normalizer.action_std)
+    sums = ActionSums.from_latents(val, model.normalizer.action_mean, model.normalizer.action_std)
     first = val.window_starts(4)
     goal, targets = sums.sample(first, 4, cfg.displacement, torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_agent.models.latent import LatentPooler, capped_action_sums
+from jepa_agent.models.latent import LatentPooler
 from jepa_agent.models.vit import VideoViT, pixels_to_images
-from jepa_agent.training.latent_cache import window_starts
+from jepa_agent.training.latent_cache import ActionSums, window_starts
 from jepa_agent.training.schedules import warmup_cosine
 
 __all__ = ["ActionTuneHeads", "EncoderTuneConfig", "FrameEpisodes", "action_tune_loss", "tune_encoder"]
@@ -235,28 +235,13 @@ class FrameEpisodes:
         self.actions = torch.cat(acts)  # row t: the action after frame t (last row of an episode: padding)
         self.lengths = lengths
         raw = torch.cat(
-            [torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32) for ep in self.episodes]
-        )  # env units, [F - episodes, A]: episode i's actions, without the padding row
-        first = torch.repeat_interleave(torch.tensor(self.starts), torch.tensor(lengths))  # [F]
-        self.first = first  # each frame's episode start ...
-        self.last = (
-            first + torch.repeat_interleave(torch.tensor(lengths), torch.tensor(lengths)) - 1
-        )  # ... end
-        padded = torch.zeros(len(frames), raw.shape[-1])
-        padded[torch.arange(len(frames)) != self.last] = raw  # the action after each frame (0 after the last)
-        before = padded.cumsum(0) - padded
-        self.cum = before - before[first]  # [F, A]: env-unit actions summed from the episode start to frame f
-
-    def goal_sums(
-        self, starts: Tensor, window: int, cfg: EncoderTuneConfig, gen: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """Clips starting at frames ``starts [B]`` -> a goal frame index each ``[B]`` (``-back_steps ..
-        goal_steps`` frames from the start, inside the episode) and the capped sums ``[B, T, A]`` of the
-        env-unit actions from each clip frame to it (negative for a goal before the frame)."""
-        off = torch.randint(-int(cfg.back_steps), int(cfg.goal_steps) + 1, (len(starts),), generator=gen)
-        goal = torch.minimum(torch.maximum(starts + off, self.first[starts]), self.last[starts])
-        frames = starts[:, None] + torch.arange(window)
-        return goal, capped_action_sums(self.cum[goal][:, None] - self.cum[frames], float(cfg.cap))
+            [
+                torch.cat([torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32),
+                           torch.zeros(1, np.asarray(ep["action"]).shape[-1])])
+                for ep in self.episodes
+            ]
+        )  # fmt: skip
+        self.sums = ActionSums(raw, self.starts, lengths)  # env units: the multi-step inverse term's targets
 
     @property
     def num_episodes(self) -> int:
@@ -324,7 +309,7 @@ def tune_encoder(
             actions = data.actions[idx[:, :-1]].to(device)  # [B, T-1, A]
             goals = sums = None
             if cfg.displacement_weight > 0:
-                goal, sums = data.goal_sums(idx[:, 0], cfg.window, cfg, gen)
+                goal, sums = data.sums.sample(idx[:, 0], cfg.window, cfg, gen)
                 goals = pixels_to_images(data.frames[goal], device)  # [B, 3, H, W]
                 sums = sums.to(device)
             for g in optimizer.param_groups:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jepa_agent.models.latent import capped_action_sums
 from jepa_agent.models.vit import pixels_to_images
 from jepa_agent.world_model import WorldModel
 
@@ -149,3 +150,43 @@ def fit_normalizer(model: WorldModel, source: EpisodeSource) -> None:
         if model.predictor.proprio_dim:
             props.append(torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32))
     model.normalizer.set_stats(torch.cat(acts), torch.cat(props) if props else None)
+
+
+# -- the displacement head's targets ------------------------------------------------------------------
+class ActionSums:
+    """Cumulative env-unit actions of recorded episodes, for the displacement head's targets.
+
+    ``cum[f]`` is the sum of the actions taken before frame ``f`` in its episode, so the actions that lead
+    from frame ``i`` to frame ``j`` of one episode sum to ``cum[j] - cum[i]`` (negative when ``j < i``).
+    Reads actions only (no proprio, no state). Used by the world model's displacement term
+    (:meth:`from_latents`) and by the encoder fine-tune's multi-step inverse term.
+
+    Args:
+        raw: env-unit actions ``[F, A]``, row ``t`` the action after frame ``t`` of the concatenated
+            episodes (the last row of each episode is padding, ignored).
+        starts, lengths: each episode's first frame and length.
+    """
+
+    def __init__(self, raw: Tensor, starts: list[int], lengths: list[int]) -> None:
+        first = torch.tensor(starts, device=raw.device)
+        n = torch.tensor(lengths, device=raw.device)
+        self.first = torch.repeat_interleave(first, n)  # [F]: each frame's episode start
+        self.last = self.first + torch.repeat_interleave(n, n) - 1  # [F]: ... and end
+        raw = torch.where((torch.arange(len(raw), device=raw.device) == self.last)[:, None], 0.0, raw)
+        before = raw.cumsum(0) - raw  # [F]: actions before each frame, over all the episodes
+        self.cum = before - before[self.first]
+
+    @classmethod
+    def from_latents(cls, data: LatentEpisodes, action_mean: Tensor, action_std: Tensor) -> ActionSums:
+        """From a latent cache, whose actions are normalised (``action_mean`` / ``action_std`` undo it)."""
+        raw = data.actions * action_std.to(data.actions) + action_mean.to(data.actions)  # env units
+        return cls(raw, data.starts, data.lengths)
+
+    def sample(self, first: Tensor, window: int, cfg: Any, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Windows starting at ``first [B]`` -> a goal frame per window ``[B]`` (``-cfg.back_steps ..
+        cfg.goal_steps`` frames from its start, inside the episode) and the sums ``[B, T, A]`` from each of
+        the window's frames to it, capped at ``cfg.cap``."""
+        off = torch.randint(-int(cfg.back_steps), int(cfg.goal_steps) + 1, (len(first),), generator=gen)
+        goal = torch.minimum(torch.maximum(first + off.to(first.device), self.first[first]), self.last[first])
+        frames = first[:, None] + torch.arange(window, device=first.device)  # [B, T]
+        return goal, capped_action_sums(self.cum[goal][:, None] - self.cum[frames], float(cfg.cap))

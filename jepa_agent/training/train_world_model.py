@@ -43,10 +43,10 @@ from jepa_agent.checkpoint import (
     saved_loss,
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
-from jepa_agent.models.latent import capped_action_sums
 from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.encoder_tune import EncoderTuneConfig, FrameEpisodes, tune_encoder
 from jepa_agent.training.latent_cache import (
+    ActionSums,
     EpisodeSource,
     LatentEpisodes,
     encode_episodes,
@@ -372,37 +372,6 @@ def evaluate_world_model(
     return {**res, "horizon": horizon, "windows": len(first)}
 
 
-# -- the displacement head's data -------------------------------------------------------------------
-class ActionSums:
-    """Cumulative env-unit actions of a latent cache, for the displacement head's targets.
-
-    ``cum[f]`` is the sum of the actions taken before frame ``f`` in its episode, so the actions that lead
-    from frame ``i`` to frame ``j`` of one episode sum to ``cum[j] - cum[i]`` (negative when ``j < i``).
-    Reads the cache's actions only (no proprio, no state).
-    """
-
-    def __init__(self, data: LatentEpisodes, action_mean: Tensor, action_std: Tensor) -> None:
-        raw = data.actions * action_std.to(data.actions) + action_mean.to(data.actions)  # env units
-        starts = torch.tensor(data.starts, device=raw.device)
-        lengths = torch.tensor(data.lengths, device=raw.device)
-        self.first = torch.repeat_interleave(starts, lengths)  # [F]: each frame's episode start
-        self.last = self.first + torch.repeat_interleave(lengths, lengths) - 1  # [F]: ... and end
-        raw = torch.where((torch.arange(len(raw), device=raw.device) == self.last)[:, None], 0.0, raw)
-        before = raw.cumsum(0) - raw  # [F]: actions before each frame, over the whole cache
-        self.cum = before - before[self.first]
-
-    def sample(
-        self, first: Tensor, window: int, cfg: DisplacementTrainConfig, gen: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """Windows starting at ``first [B]`` -> a goal frame per window ``[B]`` (``-back_steps ..
-        goal_steps`` frames from its start, inside the episode) and the capped sums ``[B, T, A]`` from
-        each of the window's frames to it."""
-        off = torch.randint(-int(cfg.back_steps), int(cfg.goal_steps) + 1, (len(first),), generator=gen)
-        goal = torch.minimum(torch.maximum(first + off.to(first.device), self.first[first]), self.last[first])
-        frames = first[:, None] + torch.arange(window, device=first.device)  # [B, T]
-        return goal, capped_action_sums(self.cum[goal][:, None] - self.cum[frames], cfg.cap)
-
-
 # -- the loop --------------------------------------------------------------------------------------
 def _trainable(model: WorldModel, joint_metric: bool = False) -> list[nn.Module]:
     return (
@@ -594,7 +563,7 @@ def train_on_latents(
             )
         model.meta["displacement_weight"] = float(cfg.displacement.weight)
         if cfg.displacement.weight > 0:
-            sums = ActionSums(train, model.normalizer.action_mean, model.normalizer.action_std)
+            sums = ActionSums.from_latents(train, model.normalizer.action_mean, model.normalizer.action_std)
     optimizer = make_optimizer(_trainable(model, joint), cfg)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     start = 0
