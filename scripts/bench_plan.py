@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(
             overrides=[
+                "+env=reach",  # the world-model group reads the env's choices (e.g. its displacement head)
                 f"+world_model={args.world_model}",
                 f"+encoder={args.encoder}",
                 f"+planner={args.planner}",
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
         source = str(args.checkpoint)
     else:
-        wm_cfg = OmegaConf.to_container(cfg.world_model)
+        wm_cfg = OmegaConf.to_container(cfg.world_model, resolve=True)
         wm_cfg["readout"] = {"angles": 2, "wrap": [0], "hidden": 256}  # the reach readout (timing only)
         run_cfg = {
             "encoder": OmegaConf.to_container(cfg.encoder),
