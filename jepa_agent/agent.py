@@ -187,6 +187,9 @@ class MPCAgent:
             raise RuntimeError("MPCAgent.plan() before any observation: call act(obs)")
         init = self._prev_mean if self.warm_start else None
         with self._no_grad():  # gradient planners enable grad inside their own optimisation loop
+            start = getattr(self._cost_fn, "set_start", None)
+            if start is not None:  # a cost that reads the current frame itself (costs.AnchorCost)
+                start(states[-1])
             context = self.model.context(states, actions)
             return self.planner.plan(self._rollout_fn, self._cost_fn, context, init_mean=init)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,9 @@ class CostConfig:
         displacement_weight: with ``space=metric`` and a model with a trained displacement head, ``+
             displacement_weight x`` the squared summed actions it reads from each imagined frame to the goal
             (0: none): the actions still needed, as sharp at the goal as a state readout, label-free.
+        anchor_weight: with ``space=metric`` and a model with a trained anchor head, ``+ anchor_weight x``
+            the squared summed actions still needed after each planned step: the head's reading at the
+            current (real) frame less the actions planned so far (:class:`AnchorCost`; 0: none).
     """
 
     space: str = "auto"
@@ -60,6 +64,7 @@ class CostConfig:
     action_weight: float = 0.03
     latent_weight: float = 0.5
     displacement_weight: float = 0.3
+    anchor_weight: float = 1.0
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -75,6 +80,8 @@ class CostConfig:
             raise ValueError(
                 f"cost.displacement_weight={self.displacement_weight:g}; expected >= 0 (0: no such term)"
             )
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"cost.anchor_weight={self.anchor_weight:g}; expected >= 0 (0: no such term)")
         if not self.action_weight >= 0:  # a negative weight would reward large actions
             raise ValueError(
                 f"cost.action_weight={self.action_weight:g}; expected >= 0 (0: no action penalty)"
@@ -117,6 +124,12 @@ def reduce_steps(d: Tensor, reduction: str = "final", discount: float = 1.0) -> 
     raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
 
 
+def goal_latent(goal: Any) -> Any:
+    """A goal latent from :meth:`WorldModel.encode_goal`'s ``LatentState`` (its ``z``) or a bare tensor."""
+    z = getattr(goal, "z", None)
+    return z if isinstance(z, Tensor) else goal
+
+
 class Cost:
     """Base class: ``cost(pred [S, H, ...], actions [S, H, A]) -> [S]``; supports ``+`` and ``*`` (scalar).
 
@@ -157,6 +170,12 @@ class SumCost(Cost):
             if hasattr(t, "set_goal"):
                 t.set_goal(goal)
 
+    def set_start(self, state: Any) -> None:
+        """Forward the current observation's encoded state to every term that reads it."""
+        for t in self.terms:
+            if hasattr(t, "set_start"):
+                t.set_start(state)
+
     @property
     def rollout_projection(self) -> nn.Linear | None:  # type: ignore[override]
         """The projection every prediction-reading term accepts (None unless they share one)."""
@@ -194,6 +213,11 @@ class ScaledCost(Cost):
         if hasattr(self.cost, "set_goal"):
             self.cost.set_goal(goal)
 
+    def set_start(self, state: Any) -> None:
+        """Forward the current observation's encoded state to the wrapped cost."""
+        if hasattr(self.cost, "set_start"):
+            self.cost.set_start(state)
+
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         return self.weight * self.cost(pred, actions)
 
@@ -228,6 +252,7 @@ class LatentGoalCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Replace the goal latent (detached)."""
+        goal = goal_latent(goal)
         if not isinstance(goal, Tensor):
             raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
         self.goal = goal.detach()
@@ -283,6 +308,7 @@ class ProjectedGoalCost(LatentGoalCost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Project the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
+        goal = goal_latent(goal)
         if not isinstance(goal, Tensor):
             raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
         with torch.no_grad():
@@ -325,6 +351,7 @@ class DisplacementCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Embed the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
+        goal = goal_latent(goal)
         if not isinstance(goal, Tensor):
             raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
         with torch.no_grad():
@@ -421,6 +448,7 @@ class MetricLatentCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Set the goal latent ``[N, D]`` (or ``[1, N, D]``) of both terms."""
+        goal = goal_latent(goal)
         self.metric.set_goal(goal)
         self.latent.set_goal(goal)
         if self.displacement is not None:
@@ -458,6 +486,73 @@ class MetricLatentCost(Cost):
             f"MetricLatentCost(latent_weight={self.latent_weight}, displacement_weight="
             f"{self.displacement_weight}, reduction={self.reduction!r}, {fused})"
         )
+
+
+class AnchorCost(Cost):
+    """``||d_0 - (a_1 + .. + a_h)||^2`` per planned step ``h``, reduced over steps as the goal costs are.
+
+    ``d_0`` is the :class:`~jepa_agent.models.latent.AnchorHead`'s reading of the summed actions from the
+    current (real) frame to the goal; the actions still needed after the first ``h`` planned ones are
+    ``d_0`` less their sum, exactly, by what the head's targets are (the summed recorded actions between
+    two frames). So the term reads no imagined frame: the agent gives it each replan's frame
+    (:meth:`set_start`, the state :meth:`WorldModel.encode` returned), and it costs one head call per replan.
+
+    Args:
+        head: the anchor head (``from_embeddings``).
+        goal: the goal's anchor embedding ``[hidden]``, or its ``LatentState`` (``anchor`` field).
+        reduction, discount: as :class:`LatentGoalCost`.
+    """
+
+    reads_predictions = False
+
+    def __init__(
+        self, head: nn.Module, goal: Any = None, reduction: str = "final", discount: float = 1.0
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        self.head, self.reduction, self.discount = head, reduction, float(discount)
+        self.goal_embedding: Tensor | None = None
+        self.start: Tensor | None = None  # [A]: the reading at the current frame
+        if goal is not None:
+            self.set_goal(goal)
+
+    @staticmethod
+    def _embedding(x: Any, what: str) -> Tensor:
+        h = getattr(x, "anchor", x)
+        if not isinstance(h, Tensor):
+            raise TypeError(
+                f"AnchorCost: the {what} needs the anchor head's embedding: pass the LatentState that "
+                f"WorldModel.encode / encode_goal returned for a model with a trained anchor head; got "
+                f"{type(x).__name__} without one"
+            )
+        return h.detach().reshape(1, -1)
+
+    def set_goal(self, goal: Any) -> None:
+        """The goal's anchor embedding (``[hidden]`` or a ``LatentState`` with ``anchor``)."""
+        self.goal_embedding = self._embedding(goal, "goal")
+        self.start = None
+
+    def set_start(self, state: Any) -> None:
+        """Read the summed actions from the current frame (its ``LatentState`` or embedding) to the goal."""
+        if self.goal_embedding is None:
+            raise ValueError("AnchorCost has no goal: call set_goal(goal state) before set_start")
+        h = self._embedding(state, "current frame")
+        with torch.no_grad():
+            self.start = self.head.from_embeddings(h.to(self.goal_embedding), self.goal_embedding)[0]
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if self.start is None:
+            raise ValueError(
+                "AnchorCost has no current frame: call set_start(state) before planning (MPCAgent does, "
+                "every replan)"
+            )
+        if actions.dim() != 3:
+            raise ValueError(f"actions must be [S, H, A]; got shape {tuple(actions.shape)}")
+        left = self.start.to(actions) - actions.cumsum(1)  # [S, H, A]: still needed after each step
+        return reduce_steps(left.square().sum(-1), self.reduction, self.discount)
+
+    def __repr__(self) -> str:
+        return f"AnchorCost(reduction={self.reduction!r})"
 
 
 class ActionMagnitudeCost(Cost):

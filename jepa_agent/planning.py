@@ -88,8 +88,11 @@ def energy_landscape(
     actions = torch.zeros(grid * grid, horizon, action_dim)
     actions[:, 0, dims[0]] = a0.reshape(-1)
     actions[:, 0, dims[1]] = a1.reshape(-1)
-    context = model.context([model.encode(obs)], [])
+    state = model.encode(obs)
+    context = model.context([state], [])
     cost_fn = model.cost(model.encode_goal(goal), **(cost_options or {}))
+    if hasattr(cost_fn, "set_start"):  # a cost that reads the current frame itself (costs.AnchorCost)
+        cost_fn.set_start(state)
     costs = cost_fn(planning_rollout(model, cost_fn)(context, actions), actions)  # [grid*grid]
     return values.numpy(), costs.reshape(grid, grid).float().cpu().numpy()
 

@@ -6,7 +6,7 @@
 * ``context(states, actions)`` / ``rollout(context, actions [S, H, A]) -> z [S, H, N, D]``: imagination,
   batched over samples with the predictor's key/value cache, under ``torch.inference_mode()`` (or with
   gradients when the actions require them, for the gradient planner);
-* ``encode_goal(goal)`` and ``cost(goal)``: a goal image -> goal latent -> :class:`LatentGoalCost`.
+* ``encode_goal(goal)`` and ``cost(goal)``: a goal image -> goal :class:`LatentState` -> the planning cost.
 
 The latent is compact by default: :class:`~jepa_agent.models.latent.LatentPooler` pools the encoder's
 patch tokens; :class:`~jepa_agent.models.latent.Normalizer` standardises latents, actions and proprio;
@@ -37,6 +37,7 @@ from jepa_agent.config import signature_schema
 from jepa_agent.costs import (
     SPACES,
     ActionMagnitudeCost,
+    AnchorCost,
     Cost,
     CostConfig,
     DisplacementCost,
@@ -48,6 +49,7 @@ from jepa_agent.costs import (
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import (
     POOLINGS,
+    AnchorHead,
     DisplacementHead,
     LatentPooler,
     Normalizer,
@@ -116,6 +118,14 @@ class DisplacementConfig:
 
 
 @dataclass
+class AnchorConfig:
+    """The anchor head (summed actions from a real frame's patch tokens to the goal's; label-free)."""
+
+    hidden: int = 0  # the env config turns it on where the scene changes every episode (reach_distracting)
+    channels: int = 16  # per-token projection width
+
+
+@dataclass
 class WorldModelConfig:
     """How frozen patch tokens become the latent state, and the predictor over it (see compact.yaml)."""
 
@@ -129,15 +139,19 @@ class WorldModelConfig:
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
     displacement: DisplacementConfig = field(default_factory=DisplacementConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)  # type: ignore[valid-type]
 
 
 # -- state containers ------------------------------------------------------------------------------
 class LatentState(NamedTuple):
-    """One (or a batch of) encoded observation(s): ``z [.., N, D]`` and normalised proprio ``[.., P]``."""
+    """One (or a batch of) encoded observation(s): ``z [.., N, D]``, normalised proprio ``[.., P]``, and
+    the :class:`AnchorHead`'s embedding of the frame's patch tokens ``[.., hidden]`` (models with a trained
+    one)."""
 
     z: Tensor
     proprio: Tensor | None = None
+    anchor: Tensor | None = None
 
 
 @dataclass
@@ -166,6 +180,8 @@ class WorldModel(nn.Module):
         metric: optional :class:`TemporalDistanceHead` (the label-free space, ``cost(space="metric")``).
         displacement: optional :class:`DisplacementHead` (summed actions to the goal; a term of the metric
             cost, ``cost.displacement_weight``).
+        anchor: optional :class:`AnchorHead` (the same, read from a real frame's patch tokens once per
+            replan and carried forward by the planned actions; ``cost.anchor_weight``).
     """
 
     def __init__(
@@ -178,6 +194,7 @@ class WorldModel(nn.Module):
         readout: StateReadout | None = None,
         metric: TemporalDistanceHead | None = None,
         displacement: DisplacementHead | None = None,
+        anchor: AnchorHead | None = None,
     ) -> None:
         super().__init__()
         if pooler.embed_dim != encoder.embed_dim or predictor.latent_dim != pooler.out_dim:
@@ -212,6 +229,17 @@ class WorldModel(nn.Module):
                 f"{predictor.action_dim} actions"
             )
         self.displacement = displacement
+        patches = (encoder.img_size // encoder.patch_size) ** 2
+        if anchor is not None and (
+            (anchor.num_tokens, anchor.token_dim) != (patches, encoder.embed_dim)
+            or anchor.action_dim != predictor.action_dim
+        ):
+            raise ValueError(
+                f"anchor head takes {anchor.num_tokens} x {anchor.token_dim} tokens and gives "
+                f"{anchor.action_dim} actions; the encoder gives {patches} x {encoder.embed_dim} per frame, "
+                f"the predictor {predictor.action_dim} actions"
+            )
+        self.anchor = anchor
         self.normalizer = normalizer or Normalizer(predictor.action_dim, predictor.proprio_dim)
         self.meta = dict(meta or {})
         self.encoder.requires_grad_(False)
@@ -236,7 +264,8 @@ class WorldModel(nn.Module):
         names += ("pooler",) if self.pooler.learned else ()
         names += ("readout",) if self.readout else ()
         names += ("metric",) if self.metric else ()
-        return names + (("displacement",) if self.displacement else ())
+        names += ("displacement",) if self.displacement else ()
+        return names + (("anchor",) if self.anchor else ())
 
     @property
     def state_labels(self) -> bool:
@@ -260,12 +289,22 @@ class WorldModel(nn.Module):
         return self.displacement is not None and float(self.meta.get("displacement_weight", 0) or 0) > 0
 
     @property
+    def anchor_trained(self) -> bool:
+        """Whether the anchor head exists and its training stage has run (``train.anchor.steps``)."""
+        return self.anchor is not None and int(self.meta.get("anchor_steps", 0) or 0) > 0
+
+    @property
     def device(self) -> torch.device:
         return next(self.predictor.parameters()).device
 
     # -- perception ------------------------------------------------------------------------------
-    def encode_pixels(self, pixels: Tensor | np.ndarray, batch_size: int = 256) -> Tensor:
-        """uint8 pixels ``[B, H, W, 3]`` (or ``[H, W, 3]``) -> latent tokens ``[B, N, D]`` (or ``[N, D]``)."""
+    def encode_pixels(
+        self, pixels: Tensor | np.ndarray, batch_size: int = 256, with_anchor: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """uint8 pixels ``[B, H, W, 3]`` (or ``[H, W, 3]``) -> latent tokens ``[B, N, D]`` (or ``[N, D]``);
+        with ``with_anchor``, also the anchor head's embeddings ``[B, hidden]`` (models with one)."""
+        if with_anchor and self.anchor is None:
+            raise ValueError("encode_pixels(with_anchor=True): this world model has no anchor head")
         if not isinstance(pixels, Tensor):
             pixels = np.asarray(pixels)
             if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch would warn on a shared view
@@ -281,19 +320,25 @@ class WorldModel(nn.Module):
                 f"pixels are {x.shape[1]}x{x.shape[2]} but the world model was trained on "
                 f"{self.image_size}x{self.image_size} images; make the env with image_size={self.image_size}"
             )
-        out = []
+        out, anchors = [], []
         for i in range(0, x.shape[0], batch_size):
             chunk = pixels_to_images(x[i : i + batch_size], self.device)  # [b, 3, H, W]
-            out.append(self.normalizer.latent(self.pooler(self.encoder.encode_images(chunk))))  # [b, N, D]
+            tokens = self.encoder.encode_images(chunk)  # [b, P, D]
+            out.append(self.normalizer.latent(self.pooler(tokens)))  # [b, N, D]
+            if with_anchor:
+                anchors.append(self.anchor.embed(tokens))  # [b, hidden]
         z = torch.cat(out)
-        return z[0] if single else z
+        if not with_anchor:
+            return z[0] if single else z
+        h = torch.cat(anchors)
+        return (z[0], h[0]) if single else (z, h)
 
     @torch.inference_mode()
     def encode(self, obs: dict[str, Any]) -> LatentState:
         """Observation (``pixels`` uint8 ``[B, H, W, 3]`` or ``[H, W, 3]``, ``proprio``) -> latent state."""
         if "pixels" not in obs:
             raise ValueError(f"observation has keys {sorted(obs)}; the world model needs 'pixels'")
-        z = self.encode_pixels(obs["pixels"])
+        z, h = self._encode_frames(obs["pixels"])
         p = None
         if self.predictor.proprio_dim:
             if obs.get("proprio") is None:
@@ -301,21 +346,29 @@ class WorldModel(nn.Module):
             p = self.normalizer.proprio(
                 torch.as_tensor(np.asarray(obs["proprio"]), dtype=torch.float32, device=self.device)
             )
-        return LatentState(z, p)
+        return LatentState(z, p, h)
+
+    def _encode_frames(self, pixels: Any) -> tuple[Tensor, Tensor | None]:
+        """Latents, and the anchor head's embeddings when it is trained (else None)."""
+        if self.anchor_trained:
+            return self.encode_pixels(pixels, with_anchor=True)
+        return self.encode_pixels(pixels), None
 
     @torch.inference_mode()
-    def encode_goal(self, goal: dict[str, Any]) -> Tensor:
-        """Goal dict with ``image`` (uint8 ``[H, W, 3]``) -> goal latent ``[N, D]``."""
+    def encode_goal(self, goal: dict[str, Any]) -> LatentState:
+        """Goal dict with ``image`` (uint8 ``[H, W, 3]``) -> the goal's :class:`LatentState` (latent
+        ``[N, D]``, no proprio, and the anchor head's embedding when the model has a trained one)."""
         if goal.get("image") is None:
             raise ValueError(
                 f"goal has keys {sorted(goal)}; the world model needs a goal 'image' (use goal=image or an "
                 "image file; goal=state is the true-state oracle's)"
             )
-        return self.encode_pixels(goal["image"])
+        z, h = self._encode_frames(goal["image"])
+        return LatentState(z, None, h)
 
     def cost(
         self,
-        goal: Tensor,
+        goal: Tensor | LatentState,
         space: str = CostConfig.space,
         metric: str = CostConfig.metric,
         reduction: str = CostConfig.reduction,
@@ -323,6 +376,7 @@ class WorldModel(nn.Module):
         action_weight: float = CostConfig.action_weight,
         latent_weight: float = CostConfig.latent_weight,
         displacement_weight: float = CostConfig.displacement_weight,
+        anchor_weight: float = CostConfig.anchor_weight,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
@@ -331,9 +385,16 @@ class WorldModel(nn.Module):
         themselves (``"latent"``) or on the labelled :class:`StateReadout` (``"readout"``); ``"auto"``
         picks the first the model has of metric, readout, latent. Plus ``latent_weight x`` the latent
         MSE in the metric space, ``displacement_weight x`` the squared summed actions to the goal that the
-        model's :class:`DisplacementHead` reads (metric space, trained head), and ``action_weight * mean
-        ||a||^2`` (each when > 0).
+        model's :class:`DisplacementHead` reads (metric space, trained head), ``anchor_weight x`` those its
+        :class:`AnchorHead` reads at the current frame less the planned actions (:class:`AnchorCost`; trained
+        head, metric space; the agent gives it each replan's frame), and ``action_weight * mean ||a||^2``
+        (each when > 0).
+
+        ``goal`` is :meth:`encode_goal`'s :class:`LatentState` or a bare goal latent ``[N, D]`` (which has no
+        anchor reading: the anchor term is then left out).
         """
+        goal_anchor = goal.anchor if isinstance(goal, LatentState) else None
+        goal = goal.z if isinstance(goal, LatentState) else goal
         space = self.resolve_cost_space(space)
         if space == "latent":
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
@@ -361,6 +422,9 @@ class WorldModel(nn.Module):
                     goal_cost = goal_cost + ScaledCost(
                         DisplacementCost(disp, goal, reduction, discount), displacement_weight
                     )
+        if anchor_weight and space == "metric" and self.anchor_trained and goal_anchor is not None:
+            anchored = AnchorCost(self.anchor, goal_anchor, reduction, discount)
+            goal_cost = goal_cost + ScaledCost(anchored, anchor_weight)
         return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
 
     def resolve_cost_space(self, space: str) -> str:
@@ -553,6 +617,7 @@ class WorldModel(nn.Module):
             context_frames=int(meta.get("context_frames", 1) or 1),
             metric_steps=int(meta.get("metric_steps", 0) or 0),
             displacement_weight=float(meta.get("displacement_weight", 0) or 0),
+            anchor_steps=int(meta.get("anchor_steps", 0) or 0),
             encoder_tune_steps=int(meta.get("encoder_tune_steps", 0) or 0),
         )
         try:
@@ -612,7 +677,14 @@ def build_world_model(cfg: Any) -> WorldModel:
             pooler.num_tokens * pooler.out_dim, int(cfg["action_dim"]), hidden=int(dc["hidden"]),
             inputs=str(dc.get("inputs", "pair")),
         )  # fmt: skip
-    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement)
+    ac = wm.get("anchor") or {}
+    anchor = None
+    if int(ac.get("hidden", 0) or 0) > 0:
+        anchor = AnchorHead(
+            hp * hp, encoder.embed_dim, int(cfg["action_dim"]), hidden=int(ac["hidden"]),
+            channels=int(ac.get("channels", 16)),
+        )  # fmt: skip
+    return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement, anchor)
 
 
 def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dict[str, Any]:
@@ -645,6 +717,10 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "hidden": model.displacement.hidden if model.displacement else 0,
                 "inputs": model.displacement.inputs if model.displacement else "pair",
             },
+            "anchor": {
+                "hidden": model.anchor.hidden if model.anchor else 0,
+                "channels": model.anchor.channels if model.anchor else 16,
+            },
         },
         "action_dim": model.action_dim,
         "proprio_dim": model.predictor.proprio_dim,
@@ -671,6 +747,7 @@ def save_world_model(
             "action_dim": model.action_dim, "state_labels": model.state_labels,
             "metric_steps": int(model.meta.get("metric_steps", 0) or 0),
             "displacement_weight": float(model.meta.get("displacement_weight", 0) or 0),
+            "anchor_steps": int(model.meta.get("anchor_steps", 0) or 0),
             "context_frames": model.context_frames,
             "encoder_tune_steps": int(model.meta.get("encoder_tune_steps", 0) or 0),
             **(meta or {})}  # fmt: skip

@@ -122,7 +122,7 @@ def test_rollout_is_inference_only_unless_actions_need_grad():
 def test_planners_through_world_model(planner):
     model = tiny_model()
     goal = model.encode_goal({"image": obs(seed=5)["pixels"]})
-    assert goal.shape == (1, D)
+    assert goal.z.shape == (1, D) and goal.proprio is None and goal.anchor is None  # a LatentState
     ctx = model.context([model.encode(obs())])
     with torch.no_grad() if planner.requires_grad else torch.inference_mode():
         res = planner.plan(model.rollout, model.cost(goal), ctx, action_dim=A)

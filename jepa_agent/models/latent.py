@@ -10,6 +10,8 @@
   (``cost.space=metric``).
 * :class:`DisplacementHead` maps a frame and a goal frame to the summed actions between them (label-free:
   hindsight inverse dynamics on recorded actions); the metric cost adds its squared norm, sharp at the goal.
+* :class:`AnchorHead` reads the same from a real frame's unpooled patch tokens, once per replan; the plan's
+  actions carry it forward (where pooling mixes the arm with a changing scene).
 * :class:`StateReadout` regresses the recorded joint angles from one frame's latent; the planning
   cost compares readouts (``cost.space=readout``, a labelled baseline).
 
@@ -267,6 +269,83 @@ class DisplacementHead(nn.Module):
     def from_input_layer(self, x: Tensor) -> Tensor:
         """The rest of the embedding: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., hidden]``."""
         return self.embed_net[1:](x)
+
+
+class AnchorHead(nn.Module):
+    """(a real frame's patch tokens, a goal frame's) -> the summed actions between them, read once per replan.
+
+    The :class:`DisplacementHead` reads pooled latents, so it can read imagined frames; where the scene
+    changes every episode (the distracting reach) pooling mixes the arm with the background and the head
+    reads the way to the goal badly (held-out error 0.36 of the targets' variance). This head reads the
+    encoder's unpooled patch tokens (``P`` tokens of width ``D``), standardised, through a factorised linear
+    map (one ``D -> channels`` projection shared by every token, then ``P * channels -> hidden``) and an MLP
+    on the *difference* of the two embeddings: the map is linear, so what both frames show cancels before
+    any non-linearity, as in ``DisplacementHead(inputs="diff")``. On the distracting reach it halves the
+    held-out error (0.19), and its greedy reading alone reaches 15/20 goals, against 9/20
+    (docs/benchmarks.md).
+
+    It reads real frames only (the predictor imagines pooled latents): the planner reads it once per replan,
+    at the current frame, and carries it forward with the planned actions, since the summed actions still
+    needed after ``a_1..a_h`` are the reading minus ``a_1 + .. + a_h``
+    (:class:`~jepa_agent.costs.AnchorCost`).
+    Targets as the displacement head's: capped sums of the recorded actions (frames and actions only).
+
+    Args:
+        num_tokens, token_dim: ``P`` and ``D`` of the encoder's patch tokens.
+        action_dim: ``A``.
+        hidden: MLP width.
+        channels: per-token projection width.
+    """
+
+    def __init__(
+        self, num_tokens: int, token_dim: int, action_dim: int, hidden: int = 192, channels: int = 16
+    ) -> None:
+        super().__init__()
+        if min(num_tokens, token_dim, action_dim, hidden, channels) < 1:
+            raise ValueError(
+                f"anchor head num_tokens={num_tokens}, token_dim={token_dim}, action_dim={action_dim}, "
+                f"hidden={hidden}, channels={channels}; expected positive sizes"
+            )
+        self.num_tokens, self.token_dim, self.action_dim = int(num_tokens), int(token_dim), int(action_dim)
+        self.hidden, self.channels = int(hidden), int(channels)
+        self.register_buffer("token_mean", torch.zeros(num_tokens, token_dim))
+        self.register_buffer("token_std", torch.ones(num_tokens, token_dim))
+        self.project = nn.Linear(token_dim, channels, bias=False)  # shared by every token
+        self.embed_net = nn.Linear(num_tokens * channels, hidden)
+        self.pair = nn.Sequential(
+            _Offset(hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, action_dim)
+        )
+
+    @torch.no_grad()
+    def set_token_stats(self, tokens: Tensor, chunk: int = 4096) -> None:
+        """Standardisation statistics from training tokens ``[F, P, D]`` (in chunks: no float64 copy)."""
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (self.num_tokens, self.token_dim):
+            raise ValueError(
+                f"tokens {tuple(tokens.shape)}; expected [F, {self.num_tokens}, {self.token_dim}]"
+            )
+        total = torch.zeros(self.num_tokens, self.token_dim, dtype=torch.float64, device=tokens.device)
+        squares = torch.zeros_like(total)
+        for i in range(0, len(tokens), chunk):
+            x = tokens[i : i + chunk].double()
+            total += x.sum(0)
+            squares += x.square().sum(0)
+        mean = total / len(tokens)
+        var = (squares / len(tokens) - mean.square()).clamp_min(0.0)
+        self.token_mean.copy_(mean.to(self.token_mean))
+        self.token_std.copy_(var.sqrt().add(1e-3).to(self.token_std))
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Raw patch tokens ``[..., P, D]`` -> per-frame embeddings ``[..., hidden]`` (linear)."""
+        x = (tokens - self.token_mean) / self.token_std
+        return self.embed_net(self.project(x).flatten(-2))
+
+    def from_embeddings(self, h: Tensor, h_goal: Tensor) -> Tensor:
+        """Embeddings of frames ``[..., hidden]`` and of their goals (broadcast) -> ``[..., A]``."""
+        return self.pair(h_goal - h)
+
+    def forward(self, tokens: Tensor, goal: Tensor) -> Tensor:
+        """Patch tokens ``[..., P, D]`` and goal tokens (broadcast) -> summed actions ``[..., A]``."""
+        return self.from_embeddings(self.embed(tokens), self.embed(goal))
 
 
 class _Offset(nn.Module):

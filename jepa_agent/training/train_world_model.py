@@ -43,6 +43,7 @@ from jepa_agent.checkpoint import (
     saved_loss,
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
+from jepa_agent.training.anchor import AnchorTrainConfig, train_anchor_head
 from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.encoder_tune import EncoderTuneConfig, FrameEpisodes, tune_encoder
 from jepa_agent.training.latent_cache import (
@@ -134,6 +135,8 @@ class WorldModelTrainConfig:
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         metric: the temporal-distance head, trained before the predictor (models with a metric head).
         displacement: the displacement head's term, trained with the predictor (models with that head).
+        anchor: the anchor head, trained on the encoded frames' patch tokens before the predictor (models
+            with that head; goals and targets as ``displacement``'s).
         encoder: the action-conditioned encoder fine-tune, run first (``steps=0``: the encoder stays as
             pretrained); see :mod:`jepa_agent.training.encoder_tune`.
     """
@@ -164,6 +167,7 @@ class WorldModelTrainConfig:
     device: str = "auto"
     metric: MetricTrainConfig = field(default_factory=MetricTrainConfig)
     displacement: DisplacementTrainConfig = field(default_factory=DisplacementTrainConfig)
+    anchor: AnchorTrainConfig = field(default_factory=AnchorTrainConfig)
     encoder: EncoderTuneConfig = field(default_factory=EncoderTuneConfig)
 
     @property
@@ -178,6 +182,8 @@ class WorldModelTrainConfig:
             self.encoder = EncoderTuneConfig(**self.encoder)
         if isinstance(self.displacement, dict):
             self.displacement = DisplacementTrainConfig(**self.displacement)
+        if isinstance(self.anchor, dict):
+            self.anchor = AnchorTrainConfig(**self.anchor)
         for name in ("steps", "batch_size", "log_every", "encode_batch", "eval_horizon", "eval_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected a positive integer")
@@ -444,6 +450,11 @@ def train_world_model(
                 f"resume=true: the checkpoint in {ckpt} has no displacement head (trained before it was the "
                 "default); pass world_model.displacement.hidden=0 to resume it, or start a new out dir"
             )
+        if saved_modules is not None and model.anchor is not None and "anchor" not in saved_modules:
+            raise ValueError(
+                f"resume=true: the checkpoint in {ckpt} has no anchor head (trained before this env turned "
+                "it on); pass world_model.anchor.hidden=0 to resume it, or start a new out dir"
+            )
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
@@ -469,10 +480,27 @@ def train_world_model(
         )
         model.meta["encoder_tune_steps"] = cfg.encoder.steps
     pooled = not model.pooler.learned
-    train = encode_episodes(model, train_source, cfg.encode_batch, pooled, show)
+    if (
+        state is not None
+    ):  # resumed: the anchor head was trained (and saved) before the predictor's first step
+        model.meta["anchor_steps"] = int(load_meta(ckpt).get("anchor_steps", 0) or 0)
+    anchor = model.anchor is not None and cfg.anchor.steps > 0 and not model.anchor_trained
+    if anchor and not pooled:
+        raise ValueError(
+            "the anchor head is trained on fixed patch tokens before the predictor, but this world model's "
+            "pooling is learned (world_model.pooling=attentive): set world_model.anchor.hidden=0"
+        )
+    # with an anchor head to train, the cache keeps the patch tokens (the head reads them) and pools them here
+    train = encode_episodes(model, train_source, cfg.encode_batch, pooled and not anchor, show)
     val = None
     if val_source is not None:
-        val = encode_episodes(model, val_source, cfg.encode_batch, pooled, show)
+        val = encode_episodes(model, val_source, cfg.encode_batch, pooled and not anchor, show)
+    tokens = None
+    if anchor:
+        tokens = {
+            "train": _pool_cache(model, train),
+            "val": _pool_cache(model, val) if val is not None else None,
+        }
     if (
         pooled
     ):  # standardise the cached latents as WorldModel.encode does (stats from train, or the checkpoint)
@@ -493,6 +521,19 @@ def train_world_model(
         # first, from encoded frames alone (every rank alike: same data, same seed)
         head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
+    if tokens is not None:  # frames and actions only, as the displacement head's targets
+        mean, std = model.normalizer.action_mean, model.normalizer.action_std
+        held = None
+        if val is not None:
+            held = (tokens["val"], ActionSums.from_latents(val, mean, std), val.window_starts(1))
+        head_stats.update(
+            train_anchor_head(
+                model.anchor, tokens["train"], ActionSums.from_latents(train, mean, std),
+                train.window_starts(1), cfg.anchor, cfg.displacement, held, seed=cfg.seed, progress=show,
+            )
+        )  # fmt: skip
+        model.meta["anchor_steps"] = cfg.anchor.steps
+        del tokens
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
@@ -503,10 +544,22 @@ def train_world_model(
         - t0
         - result.train_seconds
         - head_stats.get("metric_seconds", 0.0)
+        - head_stats.get("anchor_seconds", 0.0)
         - tune_stats.get("encoder_tune_seconds", 0.0)
     )
     result.frames_encoded = len(train.z) + (len(val.z) if val is not None else 0)
     return result
+
+
+def _pool_cache(model: WorldModel, cache: LatentEpisodes, chunk: int = 4096) -> Tensor:
+    """Pool a cache of patch tokens in place (``cache.z`` becomes the pooled latents); return the tokens
+    (half precision: the anchor head standardises them, and they are read in batches)."""
+    tokens = cache.z
+    with torch.no_grad():
+        cache.z = torch.cat(
+            [model.pooler(tokens[i : i + chunk].to(model.device)).cpu() for i in range(0, len(tokens), chunk)]
+        )
+    return tokens.half()
 
 
 def train_on_latents(

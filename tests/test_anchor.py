@@ -1,0 +1,178 @@
+"""The anchor head: summed actions read from a real frame's patch tokens, carried forward by the plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_agent.costs import AnchorCost
+from jepa_agent.models.latent import AnchorHead
+from jepa_agent.training.anchor import AnchorTrainConfig, train_anchor_head
+from jepa_agent.training.latent_cache import ActionSums, window_starts
+from jepa_agent.training.train_world_model import DisplacementTrainConfig
+from tests.test_world_model import IMG, A, Episodes, cfg, obs, tiny_world_model
+
+PATCHES = (IMG // 4) ** 2  # the tiny encoder: patch 4
+
+
+def scene_episodes(n_eps: int, seed: int, length: int = 16, tokens: int = 4, dim: int = 8):
+    """Tokens = a large random scene per episode + a code of a 2-D position that the actions move
+    (``pos += 0.25 a``): the arm on a new background in every episode, additive as in pixels."""
+    g = torch.Generator().manual_seed(seed)
+    code = torch.randn(4, tokens * dim, generator=torch.Generator().manual_seed(7))
+    zs, acts = [], []
+    for _ in range(n_eps):
+        a = torch.rand(length - 1, A, generator=g) * 2 - 1
+        pos = torch.cat([torch.rand(1, A, generator=g) * 2 - 1, 0.25 * a]).cumsum(0)  # [T, A]
+        scene = 3 * torch.randn(1, tokens * dim, generator=g)
+        zs.append((torch.cat([pos.sin(), pos.cos()], 1) @ code + scene).view(length, tokens, dim))
+        acts.append(torch.cat([a, torch.zeros(1, A)]))
+    starts, lengths = [i * length for i in range(n_eps)], [length] * n_eps
+    return torch.cat(zs), ActionSums(torch.cat(acts), starts, lengths), window_starts(starts, lengths, 1)
+
+
+def test_anchor_head_cancels_the_scene_and_reads_a_frame_against_itself_as_one_constant():
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=16, channels=3)
+    head.set_token_stats(torch.randn(50, 4, 8) * 2 + 1)
+    x, goal, scene = torch.randn(5, 4, 8), torch.randn(5, 4, 8), 5 * torch.randn(1, 4, 8)
+    torch.testing.assert_close(head(x + scene, goal + scene), head(x, goal), atol=1e-4, rtol=1e-4)
+    same = head(x, x)
+    torch.testing.assert_close(same, same[:1].expand_as(same))
+    with pytest.raises(ValueError, match=r"tokens \(50, 4, 7\); expected \[F, 4, 8\]"):
+        head.set_token_stats(torch.zeros(50, 4, 7))
+    with pytest.raises(ValueError, match="anchor head .*channels=0; expected positive sizes"):
+        AnchorHead(4, 8, A, channels=0)
+
+
+def test_anchor_token_stats_are_the_training_tokens_mean_and_std():
+    head = AnchorHead(3, 5, A, hidden=8)
+    tokens = torch.randn(1000, 3, 5) * torch.linspace(0.5, 3, 5) + torch.arange(3.0)[:, None]
+    head.set_token_stats(tokens.half(), chunk=128)
+    torch.testing.assert_close(head.token_mean, tokens.half().float().mean(0), atol=2e-3, rtol=0)
+    torch.testing.assert_close(head.token_std, tokens.half().float().std(0) + 1e-3, atol=5e-3, rtol=5e-3)
+
+
+def test_anchor_head_learns_the_summed_actions_on_a_new_scene_every_episode():
+    """Trained from tokens and actions only, on held-out episodes (new scenes) it reads the capped summed
+    actions between two frames far better than the targets' variance, and best near the goal."""
+    tokens, sums, frames = scene_episodes(150, 0)
+    val = scene_episodes(30, 1)
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=64, channels=8)
+    targets = DisplacementTrainConfig(goal_steps=6, back_steps=2, cap=2.0)
+    stats = train_anchor_head(head, tokens.half(), sums, frames, AnchorTrainConfig(steps=800, batch_size=128),
+                              targets, val, progress=False)  # fmt: skip
+    assert np.isfinite(stats["anchor_loss"]) and stats["anchor_seconds"] > 0
+    assert stats["anchor_val_ratio"] < 0.2, stats
+
+
+def test_anchor_cost_is_the_reading_less_the_planned_actions():
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=8)
+    goal_h, start_h = torch.randn(8), torch.randn(8)
+    cost = AnchorCost(head, goal_h, reduction="final")
+    with pytest.raises(ValueError, match="no current frame: call set_start"):
+        cost(None, torch.zeros(3, 2, A))
+    cost.set_start(start_h)
+    d0 = head.from_embeddings(start_h[None], goal_h[None])[0].detach()
+    exact = torch.stack([d0 / 2, d0 / 2])[None]  # [1, H=2, A]: two steps that sum to the reading
+    assert float(cost(None, exact)[0]) < 1e-10
+    off = exact + torch.tensor([0.3, -0.1])
+    torch.testing.assert_close(cost(None, off), torch.tensor([0.6**2 + 0.2**2]), atol=1e-5, rtol=1e-5)
+    every = AnchorCost(head, goal_h, reduction="all")
+    every.set_start(start_h)
+    torch.testing.assert_close(every(None, exact), (d0 / 2).square().sum()[None] / 2, atol=1e-5, rtol=1e-5)
+    assert not AnchorCost.reads_predictions
+    with pytest.raises(TypeError, match="the goal needs the anchor head's embedding"):
+        AnchorCost(head, None).set_goal(object())
+    with pytest.raises(ValueError, match="no goal: call set_goal"):
+        AnchorCost(head).set_start(start_h)
+
+
+def _anchored_model():
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8}, anchor={"hidden": 8, "channels": 2})
+    model.meta.update(metric_steps=1, anchor_steps=1)  # as after both heads' stages
+    return model
+
+
+def test_world_model_with_an_anchor_encodes_it_plans_with_it_and_round_trips(tmp_path):
+    from jepa_agent.agent import MPCAgent
+    from jepa_agent.world_model import LatentState, WorldModel, save_world_model
+    from planners.cem import CEMPlanner
+
+    model = _anchored_model()
+    assert model.anchor.num_tokens == PATCHES and "anchor" in model.module_names()
+    state = model.encode(obs())
+    goal = model.encode_goal({"image": obs(seed=5)["pixels"]})
+    assert isinstance(goal, LatentState) and state.anchor.shape == goal.anchor.shape == (8,)
+    cost = model.cost(goal)
+    anchored = [t.cost for t in cost.terms if isinstance(getattr(t, "cost", None), AnchorCost)]
+    assert len(anchored) == 1 and cost.reads_predictions
+    assert cost.rollout_projection is not None  # the other terms still fuse into the rollout
+    assert not any(isinstance(getattr(t, "cost", None), AnchorCost) for t in model.cost(goal.z).terms)
+    assert not any(isinstance(getattr(t, "cost", None), AnchorCost)
+                   for t in model.cost(goal, anchor_weight=0).terms)  # fmt: skip
+
+    agent = MPCAgent(model, CEMPlanner(horizon=3, population=16, elites=4, iterations=2, action_dim=A))
+    agent.reset({"image": obs(seed=5)["pixels"]})
+    action = agent.act(obs())
+    assert action.shape == (A,) and np.isfinite(action).all()
+    term = next(t.cost for t in agent._cost_fn.terms if isinstance(getattr(t, "cost", None), AnchorCost))
+    torch.testing.assert_close(
+        term.start, model.anchor.from_embeddings(state.anchor[None], goal.anchor[None])[0]
+    )
+
+    save_world_model(tmp_path / "wm", model)
+    loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
+    assert loaded.anchor_trained and loaded.anchor.channels == 2
+    torch.testing.assert_close(loaded.encode(obs()).anchor, state.anchor)
+
+    untrained = tiny_world_model(metric={"dim": 4, "hidden": 8}, anchor={"hidden": 8})
+    untrained.meta["metric_steps"] = 1
+    assert untrained.encode(obs()).anchor is None  # never trained: not read, not planned with
+
+
+def test_world_model_training_trains_the_anchor_head_on_patch_tokens(tmp_path):
+    from jepa_agent.training.train_world_model import train_world_model
+    from jepa_agent.world_model import WorldModel
+
+    model = tiny_world_model(anchor={"hidden": 8, "channels": 2})
+    res = train_world_model(model, Episodes(range(6)), Episodes(range(6, 8)), cfg(anchor={"steps": 20}),
+                            tmp_path, progress=False)  # fmt: skip
+    assert model.anchor_trained and model.meta["anchor_steps"] == 20
+    assert np.isfinite(res.val["anchor_loss"]) and np.isfinite(res.val["anchor_val_ratio"])
+    assert float(model.anchor.token_std.min()) > 0 and not torch.equal(model.anchor.token_std, torch.ones(1))
+    loaded = WorldModel.from_checkpoint(tmp_path, device="cpu")
+    assert loaded.anchor_trained
+    torch.testing.assert_close(loaded.anchor.token_mean, model.anchor.token_mean)
+
+    learned = tiny_world_model(pooling="attentive", metric={"dim": 0}, anchor={"hidden": 8})
+    with pytest.raises(ValueError, match="pooling is learned.*world_model.anchor.hidden=0"):
+        train_world_model(learned, Episodes(range(2)), None, cfg(), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match=r"train\.anchor\.steps=-1"):
+        AnchorTrainConfig(steps=-1)
+
+
+def test_env_configs_turn_the_anchor_head_on_where_the_scene_changes():
+    from jepa_agent.config import compose_config
+
+    for env, hidden in (("reach", 0), ("reach_distracting", 192), ("push", 0)):
+        c = compose_config("train_world_model", [f"env={env}", "encoder_checkpoint=x", "data.path=y"])
+        assert c.world_model.anchor.hidden == hidden and c.env.anchor_hidden == hidden
+
+
+def test_resuming_a_run_without_the_anchor_head_names_the_fix(tmp_path):
+    from jepa_agent.training.train_world_model import train_world_model
+
+    import yaml
+
+    train_world_model(tiny_world_model(), Episodes(range(2)), None, cfg(steps=2), tmp_path, progress=False)
+    saved = tmp_path / "checkpoint" / "config.yaml"  # as written before the anchor head existed
+    config = yaml.safe_load(saved.read_text())
+    del config["world_model"]["anchor"]
+    saved.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="has no anchor head.*world_model.anchor.hidden=0"):
+        train_world_model(tiny_world_model(anchor={"hidden": 8}), Episodes(range(2)), None, cfg(steps=2),
+                          tmp_path, resume=True, progress=False)  # fmt: skip
