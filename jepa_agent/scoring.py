@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
+from jepa_agent.costs import CostConfig
 
 __all__ = ["cost_space_features", "greedy_success", "planning_score", "render_pose_grid"]
 
@@ -82,8 +83,14 @@ def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
     """Each cost space the model offers, over ``images``: ``pixels``, ``latent`` and ``readout`` (a state
     readout) and ``metric_head`` (a trained temporal-distance head alone) as features ``[M, F]``; ``metric``
     as the label-free cost ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term:
-    the head, its latent term and, when trained, the displacement head), a function of the goal's index."""
-    z = model.encode_pixels(images)  # [M, N, D] standardised latents
+    the head, its latent term and, when trained, the displacement head and the anchor head), a function of
+    the goal's index. With perfect dynamics the anchor head reads each pose's own frame (the planner reads
+    the current frame and subtracts the planned actions); ``anchor`` scores it alone."""
+    anchored = bool(getattr(model, "anchor_trained", False))
+    if anchored:  # [M, N, D] standardised latents, and the anchor head's embeddings [M, hidden]
+        z, h = model.encode_pixels(images, with_anchor=True)
+    else:
+        z, h = model.encode_pixels(images), None
     spaces: dict[str, Space] = {
         "pixels": torch.as_tensor(images).flatten(1).float() / 255.0,
         "latent": z.flatten(1).float().cpu(),
@@ -92,12 +99,21 @@ def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
         spaces["metric_head"] = model.metric(z).float().cpu()  # the temporal-distance head alone
         still = torch.zeros(len(z), 1, model.action_dim, device=z.device)  # the action term is left out
 
+        weight = CostConfig.anchor_weight
+
+        @torch.inference_mode()
+        def anchor_cost(g: int) -> Tensor:  # with perfect dynamics its reading is at each pose's own frame
+            return model.anchor.from_embeddings(h, h[g : g + 1]).square().sum(-1).float().cpu()
+
         @torch.inference_mode()
         def metric_cost(g: int) -> Tensor:
             cost = model.cost(z[g], space="metric", action_weight=0.0)
-            return cost(z[:, None], still).float().cpu()  # every pose as a one-step imagined future
+            out = cost(z[:, None], still).float().cpu()  # every pose as a one-step imagined future
+            return out + weight * anchor_cost(g) if anchored else out
 
         spaces["metric"] = metric_cost
+        if anchored:
+            spaces["anchor"] = anchor_cost  # the anchor head alone
     if model.readout is not None:
         spaces["readout"] = model.readout(z).float().cpu()
     return spaces

@@ -748,6 +748,7 @@ def save_world_model(
             "metric_steps": int(model.meta.get("metric_steps", 0) or 0),
             "displacement_weight": float(model.meta.get("displacement_weight", 0) or 0),
             "anchor_steps": int(model.meta.get("anchor_steps", 0) or 0),
+            **{k: model.meta[k] for k in ("anchor_val_ratio",) if k in model.meta},
             "context_frames": model.context_frames,
             "encoder_tune_steps": int(model.meta.get("encoder_tune_steps", 0) or 0),
             **(meta or {})}  # fmt: skip

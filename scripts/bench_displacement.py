@@ -9,6 +9,9 @@ with the encoder and the world model frozen, then scores it on held-out episodes
 ``val_ratio`` is its mean squared error over the targets' variance (1.0 = predicting the mean), and
 ``small_mse`` its error on goals less than half a step away against ``small_zero_mse``, the error of
 reading 0 there (what the cost needs near the goal). Reads frames and actions only. Ends with one JSON line.
+
+``--inputs anchor`` scores the checkpoint's own trained :class:`~jepa_agent.models.latent.AnchorHead` (it
+reads the unpooled patch tokens) on the same held-out pairs, without fitting anything.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     variants = [v for v in args.inputs.split(",") if v]
-    bad = [v for v in variants if v not in DisplacementHead.INPUTS]
+    bad = [v for v in variants if v not in (*DisplacementHead.INPUTS, "anchor")]
     if bad or not variants:
         raise SystemExit(
             f"bench_displacement.py: error: --inputs={args.inputs!r}; expected a comma-separated list of "
-            f"{list(DisplacementHead.INPUTS)}"
+            f"{[*DisplacementHead.INPUTS, 'anchor']}"
         )
     if min(args.train_episodes, args.val_episodes, args.steps) < 1:
         raise SystemExit(
@@ -66,27 +69,55 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
+    if "anchor" in variants and not model.anchor_trained:
+        raise SystemExit(
+            f"bench_displacement.py: error: --inputs anchor: the checkpoint {args.checkpoint!r} has no "
+            "trained anchor head (world_model.anchor.hidden > 0 and train.anchor.steps > 0 train one)"
+        )
+    fitted = [v for v in variants if v != "anchor"]
     caches = {}
+    tokens = None
     for split, n in (("train", args.train_episodes), ("val", args.val_episodes)):
+        if split == "train" and not fitted:
+            continue
         data = EpisodeDataset(
             args.episodes, window=1, split=split, val_fraction=args.val_fraction,
             expect_env_id=model.meta.get("env_id"), expect_image_size=model.image_size,
         )  # fmt: skip
-        lat = encode_episodes(model, _Episodes(data, n), progress=False)  # frozen encoder, no grad
+        pooled = split == "train" or "anchor" not in variants
+        lat = encode_episodes(model, _Episodes(data, n), pooled=pooled, progress=False)  # frozen, no grad
         with torch.no_grad():
+            if not pooled:  # the anchor head reads the patch tokens; the fitted heads the pooled latents
+                tokens = lat.z
+                lat.z = torch.cat([model.pooler(t) for t in tokens.split(4096)])
             lat.z = model.normalizer.latent(lat.z)
         caches[split] = lat
     encode_s = time.perf_counter() - t0
-    train, val = caches["train"], caches["val"]
+    train, val = caches.get("train"), caches["val"]
     mean, std = model.normalizer.action_mean, model.normalizer.action_std
     targets = DisplacementTrainConfig()
-    sums_tr, sums_va = ActionSums.from_latents(train, mean, std), ActionSums.from_latents(val, mean, std)
-    first_tr, first_va = train.window_starts(1), val.window_starts(1)
+    sums_va = ActionSums.from_latents(val, mean, std)
+    first_va = val.window_starts(1)
     goal_va, want = sums_va.sample(first_va, 1, targets, torch.Generator().manual_seed(args.seed + 1))
     want = want[:, 0]  # [W, A]
     small = want.abs().amax(-1) < 0.5
     out = {}
-    for inputs in variants:
+
+    def scores(pred: torch.Tensor) -> dict:
+        return {
+            "val_ratio": round(float(F.mse_loss(pred, want) / want.var(0).mean()), 4),
+            "small_mse": round(float(F.mse_loss(pred[small], want[small])), 4) if small.any() else None,
+            "small_zero_mse": round(float(want[small].square().mean()), 4) if small.any() else None,
+        }
+
+    if "anchor" in variants:
+        with torch.no_grad():
+            pairs = zip(first_va.split(1024), goal_va.split(1024), strict=True)
+            pred = torch.cat([model.anchor(tokens[f], tokens[g]) for f, g in pairs])
+        out["anchor"] = {"trained_steps": int(model.meta.get("anchor_steps", 0)), **scores(pred)}
+    if fitted:
+        sums_tr, first_tr = ActionSums.from_latents(train, mean, std), train.window_starts(1)
+    for inputs in fitted:
         torch.manual_seed(args.seed)
         head = DisplacementHead(train.z[0].numel(), want.shape[-1], args.hidden, inputs)
         opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
@@ -100,14 +131,9 @@ def main() -> None:
             opt.step()
         with torch.no_grad():
             pred = head(val.z[first_va], val.z[goal_va])
-        out[inputs] = {
-            "train_loss": round(float(loss), 4),
-            "val_ratio": round(float(F.mse_loss(pred, want) / want.var(0).mean()), 4),
-            "small_mse": round(float(F.mse_loss(pred[small], want[small])), 4) if small.any() else None,
-            "small_zero_mse": round(float(want[small].square().mean()), 4) if small.any() else None,
-        }
+        out[inputs] = {"train_loss": round(float(loss.detach()), 4), **scores(pred)}
     print(json.dumps({"checkpoint": args.checkpoint, "state_labels": model.state_labels,
-                      "train_episodes": len(train.starts), "val_episodes": len(val.starts),
+                      "train_episodes": len(train.starts) if train else 0, "val_episodes": len(val.starts),
                       "val_pairs": len(first_va), "steps": args.steps, "inputs": out,
                       "encode_seconds": round(encode_s, 1),
                       "seconds": round(time.perf_counter() - t0, 1)}))  # fmt: skip

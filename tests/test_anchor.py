@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,11 +144,13 @@ def test_world_model_training_trains_the_anchor_head_on_patch_tokens(tmp_path):
     res = train_world_model(model, Episodes(range(6)), Episodes(range(6, 8)), cfg(anchor={"steps": 20}),
                             tmp_path, progress=False)  # fmt: skip
     assert model.anchor_trained and model.meta["anchor_steps"] == 20
+    assert model.meta["anchor_val_ratio"] == res.val["anchor_val_ratio"]
     assert np.isfinite(res.val["anchor_loss"]) and np.isfinite(res.val["anchor_val_ratio"])
     assert float(model.anchor.token_std.min()) > 0 and not torch.equal(model.anchor.token_std, torch.ones(1))
     loaded = WorldModel.from_checkpoint(tmp_path, device="cpu")
     assert loaded.anchor_trained
     torch.testing.assert_close(loaded.anchor.token_mean, model.anchor.token_mean)
+    assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text())["anchor_val_ratio"] > 0
 
     learned = tiny_world_model(pooling="attentive", metric={"dim": 0}, anchor={"hidden": 8})
     with pytest.raises(ValueError, match="pooling is learned.*world_model.anchor.hidden=0"):
@@ -164,9 +168,9 @@ def test_env_configs_turn_the_anchor_head_on_where_the_scene_changes():
 
 
 def test_resuming_a_run_without_the_anchor_head_names_the_fix(tmp_path):
-    from jepa_agent.training.train_world_model import train_world_model
-
     import yaml
+
+    from jepa_agent.training.train_world_model import train_world_model
 
     train_world_model(tiny_world_model(), Episodes(range(2)), None, cfg(steps=2), tmp_path, progress=False)
     saved = tmp_path / "checkpoint" / "config.yaml"  # as written before the anchor head existed

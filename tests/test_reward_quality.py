@@ -201,3 +201,21 @@ def test_bench_displacement_fits_a_head_per_input_variant(tmp_path):
         [*cmd, "--inputs", "pair,sum"], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert bad.returncode != 0 and "--inputs='pair,sum'" in bad.stderr and "Traceback" not in bad.stderr
+    no_anchor = subprocess.run(
+        [*cmd, "--inputs", "anchor"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert no_anchor.returncode != 0 and "has no trained anchor head" in no_anchor.stderr
+    assert "Traceback" not in no_anchor.stderr
+    from jepa_agent.models.latent import AnchorHead
+
+    model = tiny_model(readout=False)
+    model.anchor = AnchorHead(16, 32, 2, hidden=8, channels=2)  # the tiny encoder: 4 x 4 patches of width 32
+    model.meta["anchor_steps"] = 1
+    save_world_model(ckpt, model, encoder_name="vit_micro")
+    scored = subprocess.run(
+        [*cmd, "--inputs", "anchor"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    line = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert set(line["inputs"]) == {"anchor"} and line["inputs"]["anchor"]["trained_steps"] == 1
+    assert line["inputs"]["anchor"]["val_ratio"] > 0 and line["val_pairs"] == 3 * 9

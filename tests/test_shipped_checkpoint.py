@@ -39,7 +39,7 @@ def test_shipped_checkpoint_loads_is_small_and_plans_a_step(env_name):
     assert model.resolve_cost_space("auto") == SPACE[env_name]
     assert model.state_labels is False  # trained on frames and actions only
     size = sum(f.stat().st_size for f in SHIPPED[env_name].iterdir())
-    assert size <= 10 * 2**20, f"{size / 2**20:.1f} MB"
+    assert size <= 10_000_000, f"{size / 1e6:.2f} MB"  # the issue's bar: 10 MB
     env = envs.make_env(env_name)
     obs, _ = env.reset(seed=10_000)
     agent = MPCAgent(model, CEMPlanner(action_dim=2, population=32, iterations=2, elites=4))
@@ -76,6 +76,35 @@ def test_shipped_checkpoint_reads_the_way_to_a_goal_image():
     # 0-0.3 rad from the goal the arm needs 0-1.2 actions per joint; the head reads them to ~0.1 (a quarter
     # of the median move, measured), and reads ~0 at the goal itself
     assert np.median(at_goal) < 0.05 and np.median(errors) < 0.5 * np.median(sizes), (at_goal, errors)
+
+
+def test_shipped_distracting_checkpoint_reads_the_way_to_a_goal_on_a_new_scene():
+    """Label-free, the distracting model's anchor head reads, from the unpooled patch tokens of two images
+    of a scene it never saw (new tiles, colours, decoys and camera shift), the actions between the poses:
+    ``(q_goal - q) / max_delta``, near the goal where planning relies on it."""
+    model = load("reach_distracting")
+    assert model.anchor_trained and model.resolve_cost_space("auto") == "metric"
+    env = envs.make_env("reach_distracting")
+    u, rng = env.unwrapped, np.random.default_rng(0)
+    errors, sizes, at_goal = [], [], []  # per joint, in actions
+    for seed in range(12):
+        env.reset(seed=10_000 + seed)
+        goal = u.goal_qpos.copy()
+        _, goal_h = model.encode_pixels(u.render_goal(), with_anchor=True)
+        for radius in (0.0, 0.3):
+            start = np.clip(goal + rng.uniform(-radius, radius, 2), u.joint_low, u.joint_high)
+            obs, _ = env.reset(seed=10_000 + seed, options={"qpos": start, "goal_qpos": goal})
+            dq = goal - u.data.qpos[:2]
+            dq[0] = (dq[0] + np.pi) % (2 * np.pi) - np.pi  # the shoulder is continuous
+            with torch.inference_mode():
+                _, h = model.encode_pixels(obs["pixels"], with_anchor=True)
+                got = model.anchor.from_embeddings(h, goal_h).reshape(-1).numpy()
+            (at_goal if radius == 0 else errors).extend(np.abs(got - dq / u.max_delta))
+            if radius:
+                sizes.extend(np.abs(dq / u.max_delta))
+    env.close()
+    assert np.median(at_goal) < AT_GOAL and np.median(errors) < NEAR * np.median(sizes), (
+        np.median(at_goal), np.median(errors), np.median(sizes))
 
 
 def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):

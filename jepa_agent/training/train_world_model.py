@@ -533,6 +533,8 @@ def train_world_model(
             )
         )  # fmt: skip
         model.meta["anchor_steps"] = cfg.anchor.steps
+        if "anchor_val_ratio" in head_stats:  # recorded in the checkpoint (meta.json)
+            model.meta["anchor_val_ratio"] = head_stats["anchor_val_ratio"]
         del tokens
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
