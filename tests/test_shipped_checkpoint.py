@@ -103,8 +103,12 @@ def test_shipped_distracting_checkpoint_reads_the_way_to_a_goal_on_a_new_scene()
             if radius:
                 sizes.extend(np.abs(dq / u.max_delta))
     env.close()
-    assert np.median(at_goal) < AT_GOAL and np.median(errors) < NEAR * np.median(sizes), (
-        np.median(at_goal), np.median(errors), np.median(sizes))
+    # measured: 0.004 at the goal, and 0.22 for a median move of 0.47 actions (reading nothing: ~0.47)
+    assert np.median(at_goal) < 0.05 and np.median(errors) < 0.6 * np.median(sizes), (
+        np.median(at_goal),
+        np.median(errors),
+        np.median(sizes),
+    )
 
 
 def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
@@ -129,7 +133,8 @@ def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
 
 
 def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
-    """score.py on the shipped label-free model: its metric space is scored and reported beside the others."""
+    """score.py on the shipped label-free model: its metric space (with the anchor head, read at each pose's
+    own frame) is scored and reported beside the others, the anchor head alone too."""
     proc = subprocess.run(
         [python, str(REPO / "scripts" / "score.py"), f"checkpoint={SHIPPED['reach_distracting']}",
          "env=reach_distracting", "shoulder_steps=12", "elbow_steps=10", "goals=10", "threads=1",
@@ -139,4 +144,5 @@ def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["space"] == "metric" and out["state_labels"] is False
-    assert set(out["spaces"]) == {"pixels", "latent", "metric_head", "metric"} and 0.0 <= out["score"] <= 1.0
+    assert set(out["spaces"]) == {"pixels", "latent", "metric_head", "metric", "anchor"}  # + the anchor head
+    assert 0.0 <= out["score"] <= 1.0
