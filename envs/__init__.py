@@ -63,6 +63,7 @@ class TaskConfig:
     )
     context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
     displacement_inputs: str = MISSING  # the displacement head: pair | diff (diff: a new scene per episode)
+    displacement_hidden: int = MISSING  # world_model.displacement.hidden (0: none)
     anchor_hidden: int = MISSING  # the anchor head's width (world_model.anchor.hidden; 0: none)
 
 
@@ -125,6 +126,7 @@ META_KEYS = (
     "data_policy",
     "context_frames",
     "displacement_inputs",
+    "displacement_hidden",
     "anchor_hidden",
 )  # env config keys that are not env arguments
 

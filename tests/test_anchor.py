@@ -162,9 +162,10 @@ def test_world_model_training_trains_the_anchor_head_on_patch_tokens(tmp_path):
 def test_env_configs_turn_the_anchor_head_on_where_the_scene_changes():
     from jepa_agent.config import compose_config
 
-    for env, hidden in (("reach", 0), ("reach_distracting", 192), ("push", 0)):
+    for env, hidden, pooled in (("reach", 0, 192), ("reach_distracting", 192, 0), ("push", 0, 192)):
         c = compose_config("train_world_model", [f"env={env}", "encoder_checkpoint=x", "data.path=y"])
         assert c.world_model.anchor.hidden == hidden and c.env.anchor_hidden == hidden
+        assert c.world_model.displacement.hidden == pooled  # the anchor head replaces the pooled one
 
 
 def test_resuming_a_run_without_the_anchor_head_names_the_fix(tmp_path):
