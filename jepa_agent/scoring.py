@@ -53,22 +53,28 @@ def render_pose_grid(
     return q, np.stack(images)
 
 
-Space = Tensor | Callable[[int], Tensor]  # features [M, F], or goal index -> every pose's cost [M]
+Space = Tensor | Callable[..., Tensor]  # features [M, F], or goal index (+ current pose, moves) -> costs [M]
 
 
 def greedy_success(
     feats: Space, q: np.ndarray, goals: np.ndarray, starts: np.ndarray, window: float, wrap: bool
 ) -> float:
     """Fraction of (start, goal) pairs where jumping to the cheapest pose in the window ends on the goal
-    (cost: mean squared difference of ``feats [M, F]``, or ``feats(goal)`` when it is a cost function)."""
+    (cost: mean squared difference of ``feats [M, F]``, or ``feats(goal)`` when it is a cost function, or
+    ``feats(goal, current, dq)`` when that function reads the current pose (``feats.reads_current``; ``dq
+    [M, J]`` the joint moves from the current pose to every pose, wrapped))."""
     qs = torch.as_tensor(q, dtype=torch.float32)
     hits = 0
     for g, cur in zip(goals, starts, strict=True):
-        cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
+        current = callable(feats) and getattr(feats, "reads_current", False)
+        if not current:
+            cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
         for _ in range(50):
             d = qs - qs[cur]
             if wrap:
                 d[:, 0] = torch.remainder(d[:, 0] + np.pi, 2 * np.pi) - np.pi
+            if current:
+                cost = feats(int(g), int(cur), d)
             c = torch.where((d.abs() <= window).all(1), cost, torch.full_like(cost, float("inf")))
             nxt = int(c.argmin())
             if nxt == cur:
@@ -79,13 +85,14 @@ def greedy_success(
 
 
 @torch.inference_mode()
-def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
+def cost_space_features(model: Any, images: np.ndarray, max_delta: float | None = None) -> dict[str, Space]:
     """Each cost space the model offers, over ``images``: ``pixels``, ``latent`` and ``readout`` (a state
     readout) and ``metric_head`` (a trained temporal-distance head alone) as features ``[M, F]``; ``metric``
     as the label-free cost ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term:
-    the head, its latent term and, when trained, the displacement head and the anchor head), a function of
-    the goal's index. With perfect dynamics the anchor head reads each pose's own frame (the planner reads
-    the current frame and subtracts the planned actions); ``anchor`` scores it alone."""
+    the head, its latent term and, when trained, the displacement head), a function of the goal's index.
+    With a trained anchor head and ``max_delta`` (joint move per unit action), ``metric`` adds its term as
+    the planner reads it: the head's reading at the *current* pose less the actions a jump takes (``dq /
+    max_delta``, perfect dynamics), and ``anchor`` scores that term alone."""
     anchored = bool(getattr(model, "anchor_trained", False))
     if anchored:  # [M, N, D] standardised latents, and the anchor head's embeddings [M, hidden]
         z, h = model.encode_pixels(images, with_anchor=True)
@@ -99,21 +106,29 @@ def cost_space_features(model: Any, images: np.ndarray) -> dict[str, Space]:
         spaces["metric_head"] = model.metric(z).float().cpu()  # the temporal-distance head alone
         still = torch.zeros(len(z), 1, model.action_dim, device=z.device)  # the action term is left out
 
-        weight = CostConfig.anchor_weight
-
-        @torch.inference_mode()
-        def anchor_cost(g: int) -> Tensor:  # with perfect dynamics its reading is at each pose's own frame
-            return model.anchor.from_embeddings(h, h[g : g + 1]).square().sum(-1).float().cpu()
-
         @torch.inference_mode()
         def metric_cost(g: int) -> Tensor:
             cost = model.cost(z[g], space="metric", action_weight=0.0)
-            out = cost(z[:, None], still).float().cpu()  # every pose as a one-step imagined future
-            return out + weight * anchor_cost(g) if anchored else out
+            return cost(z[:, None], still).float().cpu()  # every pose as a one-step imagined future
 
         spaces["metric"] = metric_cost
-        if anchored:
-            spaces["anchor"] = anchor_cost  # the anchor head alone
+        if anchored and max_delta:
+            weight, cache = CostConfig.anchor_weight, {}
+
+            @torch.inference_mode()
+            def anchor_cost(g: int, cur: int, dq: Tensor) -> Tensor:
+                """The head's reading at the current pose, less each jump's summed actions."""
+                reading = model.anchor.from_embeddings(h[cur : cur + 1], h[g : g + 1]).float().cpu()  # [1, A]
+                return (reading - dq / max_delta).square().sum(-1)  # [M]
+
+            def anchored_metric(g: int, cur: int, dq: Tensor) -> Tensor:
+                if g not in cache:
+                    cache.clear()
+                    cache[g] = metric_cost(g)
+                return cache[g] + weight * anchor_cost(g, cur, dq)
+
+            anchor_cost.reads_current = anchored_metric.reads_current = True
+            spaces["metric"], spaces["anchor"] = anchored_metric, anchor_cost
     if model.readout is not None:
         spaces["readout"] = model.readout(z).float().cpu()
     return spaces
@@ -133,10 +148,13 @@ def planning_score(
     """Greedy success per cost space, averaged over ``scenes`` scenes (``goals`` pairs each)."""
     totals: dict[str, float] = {}
     rng = np.random.default_rng(seed)
+    probe = envs.make_env(env_name, image_size=model.image_size)
+    max_delta = getattr(probe.unwrapped, "max_delta", None)  # joint move per unit action (servoed arms)
+    probe.close()
     for scene in range(scenes):
         q, images = render_pose_grid(env_name, model.image_size, shoulder_steps, elbow_steps, seed + scene)
         g = rng.choice(len(q), goals, replace=False)
         s = rng.integers(len(q), size=goals)
-        for name, f in cost_space_features(model, images).items():
+        for name, f in cost_space_features(model, images, max_delta).items():
             totals[name] = totals.get(name, 0.0) + greedy_success(f, q, g, s, window, wrap) / scenes
     return totals

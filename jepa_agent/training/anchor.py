@@ -7,8 +7,8 @@ and a goal frame of the same episode, up to ``train.displacement.goal_steps`` la
 earlier, and regresses the summed env-unit actions between them, capped at ``train.displacement.cap``
 (the displacement head's targets, :meth:`~jepa_agent.training.latent_cache.ActionSums.sample`).
 
-Measured on the distracting reach (docs/benchmarks.md): held-out error 0.19 of the targets' variance,
-against 0.36 for the same head on pooled latents.
+Measured on the distracting reach (docs/benchmarks.md, ``scripts/bench_displacement.py --inputs anchor``):
+the held-out error of the shipped model's head, against a difference head fitted on its pooled latents.
 """
 
 from __future__ import annotations
