@@ -281,7 +281,7 @@ class AnchorHead(nn.Module):
     map (one ``D -> channels`` projection shared by every token, then ``P * channels -> hidden``) and an MLP
     on the *difference* of the two embeddings: the map is linear, so what both frames show cancels before
     any non-linearity, as in ``DisplacementHead(inputs="diff")``. On the distracting reach the planner with
-    it reaches 43/50 goals (86%), against 7/20 with the pooled head (docs/benchmarks.md).
+    it reaches 45/50 goals (90%), against 7/20 with the pooled head (docs/benchmarks.md).
 
     It reads real frames only (the predictor imagines pooled latents): the planner reads it once per replan,
     at the current frame, and carries it forward with the planned actions, since the summed actions still
