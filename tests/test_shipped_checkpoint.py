@@ -49,30 +49,38 @@ def test_shipped_checkpoint_loads_is_small_and_plans_a_step(env_name):
     assert action.shape == (2,) and np.all(np.abs(action) <= 1.0)
 
 
-def test_shipped_checkpoint_reads_the_way_to_a_goal_image():
-    """Label-free, the flat model's displacement head reads from two images the actions that lead from the
-    one pose to the other: ``(q_goal - q) / max_delta`` (a position-controlled reach), near the goal where
-    the cost relies on it. It never saw a joint angle."""
-    model = load("reach")
-    assert model.displacement_trained
-    env = envs.make_env("reach")
+def read_the_way_to_goals(env_name: str, read) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``read(pixels, goal image) -> summed actions [A]`` on 12 held-out goals, from the goal itself and from
+    starts 0-0.3 rad from it: per-joint errors at the goal, errors near it, and the moves needed there (in
+    actions: ``(q_goal - q) / max_delta``, a position-controlled reach)."""
+    env = envs.make_env(env_name)
     u, rng = env.unwrapped, np.random.default_rng(0)
     errors, sizes, at_goal = [], [], []  # per joint, in actions
     for seed in range(12):
         env.reset(seed=10_000 + seed)
-        goal = u.goal_qpos.copy()
-        goal_latent = model.encode_pixels(u.render_goal())
+        goal, goal_image = u.goal_qpos.copy(), u.render_goal()
         for radius in (0.0, 0.3):
             start = np.clip(goal + rng.uniform(-radius, radius, 2), u.joint_low, u.joint_high)
             obs, _ = env.reset(seed=10_000 + seed, options={"qpos": start, "goal_qpos": goal})
             dq = goal - u.data.qpos[:2]
             dq[0] = (dq[0] + np.pi) % (2 * np.pi) - np.pi  # the shoulder is continuous
             with torch.inference_mode():
-                got = model.displacement(model.encode_pixels(obs["pixels"]), goal_latent).reshape(-1).numpy()
+                got = read(obs["pixels"], goal_image).reshape(-1).numpy()
             (at_goal if radius == 0 else errors).extend(np.abs(got - dq / u.max_delta))
             if radius:
                 sizes.extend(np.abs(dq / u.max_delta))
     env.close()
+    return np.array(at_goal), np.array(errors), np.array(sizes)
+
+
+def test_shipped_checkpoint_reads_the_way_to_a_goal_image():
+    """Label-free, the flat model's displacement head reads from two images the actions that lead from the
+    one pose to the other, near the goal where the cost relies on it. It never saw a joint angle."""
+    model = load("reach")
+    assert model.displacement_trained
+    at_goal, errors, sizes = read_the_way_to_goals(
+        "reach", lambda x, g: model.displacement(model.encode_pixels(x), model.encode_pixels(g))
+    )
     # 0-0.3 rad from the goal the arm needs 0-1.2 actions per joint; the head reads them to ~0.1 (a quarter
     # of the median move, measured), and reads ~0 at the goal itself
     assert np.median(at_goal) < 0.05 and np.median(errors) < 0.5 * np.median(sizes), (at_goal, errors)
@@ -80,29 +88,17 @@ def test_shipped_checkpoint_reads_the_way_to_a_goal_image():
 
 def test_shipped_distracting_checkpoint_reads_the_way_to_a_goal_on_a_new_scene():
     """Label-free, the distracting model's anchor head reads, from the unpooled patch tokens of two images
-    of a scene it never saw (new tiles, colours, decoys and camera shift), the actions between the poses:
-    ``(q_goal - q) / max_delta``, near the goal where planning relies on it."""
+    of a scene it never saw (new tiles, colours, decoys and camera shift), the actions between the poses,
+    near the goal where planning relies on it."""
     model = load("reach_distracting")
     assert model.anchor_trained and model.resolve_cost_space("auto") == "metric"
-    env = envs.make_env("reach_distracting")
-    u, rng = env.unwrapped, np.random.default_rng(0)
-    errors, sizes, at_goal = [], [], []  # per joint, in actions
-    for seed in range(12):
-        env.reset(seed=10_000 + seed)
-        goal = u.goal_qpos.copy()
-        _, goal_h = model.encode_pixels(u.render_goal(), with_anchor=True)
-        for radius in (0.0, 0.3):
-            start = np.clip(goal + rng.uniform(-radius, radius, 2), u.joint_low, u.joint_high)
-            obs, _ = env.reset(seed=10_000 + seed, options={"qpos": start, "goal_qpos": goal})
-            dq = goal - u.data.qpos[:2]
-            dq[0] = (dq[0] + np.pi) % (2 * np.pi) - np.pi  # the shoulder is continuous
-            with torch.inference_mode():
-                _, h = model.encode_pixels(obs["pixels"], with_anchor=True)
-                got = model.anchor.from_embeddings(h, goal_h).reshape(-1).numpy()
-            (at_goal if radius == 0 else errors).extend(np.abs(got - dq / u.max_delta))
-            if radius:
-                sizes.extend(np.abs(dq / u.max_delta))
-    env.close()
+
+    def read(x, g):
+        return model.anchor.from_embeddings(
+            model.encode_pixels(x, with_anchor=True)[1], model.encode_pixels(g, with_anchor=True)[1]
+        )
+
+    at_goal, errors, sizes = read_the_way_to_goals("reach_distracting", read)
     # measured: 0.004 at the goal, and 0.22 for a median move of 0.47 actions (reading nothing: ~0.47)
     assert np.median(at_goal) < 0.05 and np.median(errors) < 0.6 * np.median(sizes), (
         np.median(at_goal),
