@@ -65,8 +65,8 @@ def greedy_success(
     [M, J]`` the joint moves from the current pose to every pose, wrapped))."""
     qs = torch.as_tensor(q, dtype=torch.float32)
     hits = 0
+    current = callable(feats) and getattr(feats, "reads_current", False)
     for g, cur in zip(goals, starts, strict=True):
-        current = callable(feats) and getattr(feats, "reads_current", False)
         if not current:
             cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
         for _ in range(50):

@@ -458,6 +458,8 @@ def train_world_model(
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
+        # the anchor head was trained (and saved) before the predictor's first step
+        model.meta["anchor_steps"] = int(load_meta(ckpt).get("anchor_steps", 0) or 0)
     else:
         if resume and rank == 0:
             warnings.warn(f"resume=true but no checkpoint in {ckpt}; starting from step 0", stacklevel=2)
@@ -480,10 +482,6 @@ def train_world_model(
         )
         model.meta["encoder_tune_steps"] = cfg.encoder.steps
     pooled = not model.pooler.learned
-    if (
-        state is not None
-    ):  # resumed: the anchor head was trained (and saved) before the predictor's first step
-        model.meta["anchor_steps"] = int(load_meta(ckpt).get("anchor_steps", 0) or 0)
     anchor = model.anchor is not None and cfg.anchor.steps > 0 and not model.anchor_trained
     if anchor and not pooled:
         raise ValueError(
@@ -495,12 +493,8 @@ def train_world_model(
     val = None
     if val_source is not None:
         val = encode_episodes(model, val_source, cfg.encode_batch, pooled and not anchor, show)
-    tokens = None
-    if anchor:
-        tokens = {
-            "train": _pool_cache(model, train),
-            "val": _pool_cache(model, val) if val is not None else None,
-        }
+    train_tokens = _pool_cache(model, train) if anchor else None
+    val_tokens = _pool_cache(model, val) if anchor and val is not None else None
     if (
         pooled
     ):  # standardise the cached latents as WorldModel.encode does (stats from train, or the checkpoint)
@@ -521,21 +515,21 @@ def train_world_model(
         # first, from encoded frames alone (every rank alike: same data, same seed)
         head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
-    if tokens is not None:  # frames and actions only, as the displacement head's targets
+    if train_tokens is not None:  # frames and actions only, as the displacement head's targets
         mean, std = model.normalizer.action_mean, model.normalizer.action_std
         held = None
-        if val is not None:
-            held = (tokens["val"], ActionSums.from_latents(val, mean, std), val.window_starts(1))
+        if val_tokens is not None:
+            held = (val_tokens, ActionSums.from_latents(val, mean, std), val.window_starts(1))
         head_stats.update(
             train_anchor_head(
-                model.anchor, tokens["train"], ActionSums.from_latents(train, mean, std),
+                model.anchor, train_tokens, ActionSums.from_latents(train, mean, std),
                 train.window_starts(1), cfg.anchor, cfg.displacement, held, seed=cfg.seed, progress=show,
             )
         )  # fmt: skip
         model.meta["anchor_steps"] = cfg.anchor.steps
         if "anchor_val_ratio" in head_stats:  # recorded in the checkpoint (meta.json)
             model.meta["anchor_val_ratio"] = head_stats["anchor_val_ratio"]
-        del tokens
+        del train_tokens, val_tokens, held  # the patch tokens are not needed by the predictor's stage
     result = train_on_latents(
         model, train, val, cfg, out_dir, state, run_config, encoder_name, tensorboard, progress
     )
