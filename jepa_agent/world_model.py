@@ -45,6 +45,7 @@ from jepa_agent.costs import (
     MetricLatentCost,
     ProjectedGoalCost,
     ScaledCost,
+    goal_latent,
 )
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import (
@@ -394,7 +395,7 @@ class WorldModel(nn.Module):
         anchor reading: the anchor term is then left out).
         """
         goal_anchor = goal.anchor if isinstance(goal, LatentState) else None
-        goal = goal.z if isinstance(goal, LatentState) else goal
+        goal = goal_latent(goal)
         space = self.resolve_cost_space(space)
         if space == "latent":
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)

@@ -108,7 +108,7 @@ def train_anchor_head(
         optimizer.step()
         schedule.step()
     head.eval()
-    stats = {"anchor_loss": float(loss.detach()), "anchor_seconds": time.perf_counter() - t0}
+    stats = {"anchor_loss": float(loss.detach())}
     if val is not None and len(val[2]):
         v_tokens, v_sums, v_frames = val
         goal, want = _pairs(v_sums, v_frames, targets, torch.Generator().manual_seed(seed + 1))
