@@ -55,6 +55,14 @@ def planning_rollout(model: PlanningModel, cost_fn: Any) -> Callable[[Any, Tenso
     return model.rollout if project is None else functools.partial(model.rollout, project=project)
 
 
+def encode_options(model: Any, cost_options: dict[str, Any]) -> dict[str, Any]:
+    """How the agent asks ``model`` to encode frames for these cost settings: ``anchor_shift`` for a model
+    whose cost reads an anchor head (:class:`~jepa_agent.costs.AnchorCost`), nothing for any other."""
+    if not getattr(model, "anchor_trained", False):
+        return {}
+    return {"anchor_shift": int(cost_options.get("anchor_shift", CostConfig.anchor_shift))}
+
+
 class ShortTermMemory:
     """The last ``capacity`` encoded observations, each with the action taken after it (once known)."""
 
@@ -155,6 +163,7 @@ class MPCAgent:
                                  f"{[f.name for f in fields(CostConfig)]}")  # fmt: skip
             cost = CostConfig(**cost)  # checks the values, naming the key
         self.cost_options: dict[str, Any] = asdict(cost) if cost is not None else {}
+        self.encode_options = encode_options(model, self.cost_options)
         self._queue: deque[Tensor] = deque()
         self._prev_mean: Tensor | None = None
         self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
@@ -174,7 +183,7 @@ class MPCAgent:
         self._queue.clear()
         self._prev_mean = None
         with self._no_grad():
-            self.goal_encoded = self.model.encode_goal(goal)
+            self.goal_encoded = self.model.encode_goal(goal, **self.encode_options)
             self._cost_fn = self.model.cost(self.goal_encoded, **self.cost_options)
             self._rollout_fn = planning_rollout(self.model, self._cost_fn)
 
@@ -196,7 +205,7 @@ class MPCAgent:
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Observe, replan when the queue is empty, and return the next action (numpy ``[A]``)."""
         with self._no_grad():
-            self.memory.observe(self.model.encode(obs))
+            self.memory.observe(self.model.encode(obs, **self.encode_options))
         self.last_plan_seconds = None
         if not self._queue:
             t0 = time.perf_counter()

@@ -56,6 +56,10 @@ class CostConfig:
             the squared summed actions still needed after each planned step: the head's reading at the
             current (real) frame less the actions planned so far (:class:`AnchorCost`; 0: none). 3 was
             measured against 1 and 10 (docs/benchmarks.md, the anchor head).
+        anchor_shift: the anchor head reads the current frame and the goal image each through five views,
+            themselves and translated by this many pixels both ways along each axis, and averages its
+            readings (``WorldModel.encode(..., anchor_shift)``; 0: the frames alone). Measured against 0,
+            1 and 3 (docs/benchmarks.md, eighth session).
     """
 
     space: str = "auto"
@@ -66,6 +70,7 @@ class CostConfig:
     latent_weight: float = 0.5
     displacement_weight: float = 0.3
     anchor_weight: float = 3.0  # distracting reach, 50 goals: 90% reached, 68% held (1.0: 86%, 60%)
+    anchor_shift: int = 2  # px; 0: one view (docs/benchmarks.md, eighth session)
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -83,6 +88,9 @@ class CostConfig:
             )
         if not self.anchor_weight >= 0:
             raise ValueError(f"cost.anchor_weight={self.anchor_weight:g}; expected >= 0 (0: no such term)")
+        shift = self.anchor_shift
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+            raise ValueError(f"cost.anchor_shift={shift!r}; expected an int number of pixels >= 0 (0: none)")
         if not self.action_weight >= 0:  # a negative weight would reward large actions
             raise ValueError(
                 f"cost.action_weight={self.action_weight:g}; expected >= 0 (0: no action penalty)"
@@ -526,20 +534,27 @@ class AnchorCost(Cost):
                 f"WorldModel.encode / encode_goal returned for a model with a trained anchor head; got "
                 f"{type(x).__name__} without one"
             )
-        return h.detach().reshape(1, -1)
+        return h.detach().reshape(-1, h.shape[-1])  # [V, hidden]: one row per view of the frame
 
     def set_goal(self, goal: Any) -> None:
-        """The goal's anchor embedding (``[hidden]`` or a ``LatentState`` with ``anchor``)."""
+        """The goal's anchor embedding (``[hidden]``, ``[V, hidden]`` of V views, or a ``LatentState``
+        with ``anchor``)."""
         self.goal_embedding = self._embedding(goal, "goal")
         self.start = None
 
     def set_start(self, state: Any) -> None:
-        """Read the summed actions from the current frame (its ``LatentState`` or embedding) to the goal."""
+        """Read the summed actions from the current frame (its ``LatentState`` or embedding) to the goal:
+        the mean of the readings of each view of the frame against the same view of the goal."""
         if self.goal_embedding is None:
             raise ValueError("AnchorCost has no goal: call set_goal(goal state) before set_start")
         h = self._embedding(state, "current frame")
+        if h.shape != self.goal_embedding.shape:
+            raise ValueError(
+                f"AnchorCost: the current frame has {h.shape[0]} anchor view(s) and the goal "
+                f"{self.goal_embedding.shape[0]}: encode both with the same anchor_shift (cost.anchor_shift)"
+            )
         with torch.no_grad():
-            self.start = self.head.from_embeddings(h.to(self.goal_embedding), self.goal_embedding)[0]
+            self.start = self.head.from_embeddings(h.to(self.goal_embedding), self.goal_embedding).mean(0)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         if self.start is None:

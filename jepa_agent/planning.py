@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from jepa_agent.agent import MPCAgent, PlanningModel, planning_rollout  # noqa: E402
+from jepa_agent.agent import MPCAgent, PlanningModel, encode_options, planning_rollout  # noqa: E402
 from jepa_agent.world_model import WorldModel  # noqa: E402
 from planners.base import PlanResult  # noqa: E402
 
@@ -88,9 +88,10 @@ def energy_landscape(
     actions = torch.zeros(grid * grid, horizon, action_dim)
     actions[:, 0, dims[0]] = a0.reshape(-1)
     actions[:, 0, dims[1]] = a1.reshape(-1)
-    state = model.encode(obs)
+    encoding = encode_options(model, cost_options or {})
+    state = model.encode(obs, **encoding)
     context = model.context([state], [])
-    cost_fn = model.cost(model.encode_goal(goal), **(cost_options or {}))
+    cost_fn = model.cost(model.encode_goal(goal, **encoding), **(cost_options or {}))
     if hasattr(cost_fn, "set_start"):  # a cost that reads the current frame itself (costs.AnchorCost)
         cost_fn.set_start(state)
     costs = cost_fn(planning_rollout(model, cost_fn)(context, actions), actions)  # [grid*grid]

@@ -91,11 +91,13 @@ def cost_space_features(model: Any, images: np.ndarray, max_delta: float | None 
     as the label-free cost ``plan.py`` plans with (``WorldModel.cost``'s defaults, without the action term:
     the head, its latent term and, when trained, the displacement head), a function of the goal's index.
     With a trained anchor head and ``max_delta`` (joint move per unit action), ``metric`` adds its term as
-    the planner reads it: the head's reading at the *current* pose less the actions a jump takes (``dq /
-    max_delta``, perfect dynamics), and ``anchor`` scores that term alone."""
+    the planner reads it: the head's reading at the *current* pose (through ``cost.anchor_shift``'s views)
+    less the actions a jump takes (``dq / max_delta``, perfect dynamics), and ``anchor`` scores that term
+    alone."""
     anchored = bool(getattr(model, "anchor_trained", False))
-    if anchored:  # [M, N, D] standardised latents, and the anchor head's embeddings [M, hidden]
-        z, h = model.encode_pixels(images, with_anchor=True)
+    if anchored:  # [M, N, D] standardised latents, and the anchor head's embeddings [M, V, hidden] of V views
+        z, h = model.encode_pixels(images, with_anchor=True, anchor_shift=CostConfig.anchor_shift)
+        h = h.reshape(len(z), -1, h.shape[-1])
     else:
         z, h = model.encode_pixels(images), None
     spaces: dict[str, Space] = {
@@ -117,8 +119,10 @@ def cost_space_features(model: Any, images: np.ndarray, max_delta: float | None 
 
             @torch.inference_mode()
             def anchor_cost(g: int, cur: int, dq: Tensor) -> Tensor:
-                """The head's reading at the current pose, less each jump's summed actions."""
-                reading = model.anchor.from_embeddings(h[cur : cur + 1], h[g : g + 1]).float().cpu()  # [1, A]
+                """The head's reading at the current pose (its views' mean, as the agent reads it), less each
+                jump's summed actions."""
+                reading = model.anchor.from_embeddings(h[cur], h[g]).mean(0, keepdim=True)  # [1, A]
+                reading = reading.float().cpu()
                 return (reading - dq / max_delta).square().sum(-1)  # [M]
 
             def anchored_metric(g: int, cur: int, dq: Tensor) -> Tensor:

@@ -144,11 +144,39 @@ class WorldModelConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)  # type: ignore[valid-type]
 
 
+# -- test-time views of a frame for the anchor head ---------------------------------------------------
+ANCHOR_VIEW_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (dy, dx) in units of the shift
+
+
+def check_anchor_shift(shift: Any, image_size: int) -> None:
+    """``cost.anchor_shift`` must be an int in ``[0, image_size / 8]``, naming the bad value."""
+    whole = isinstance(shift, (int, np.integer)) and not isinstance(shift, bool)
+    if not whole or not 0 <= shift <= image_size // 8:
+        raise ValueError(
+            f"cost.anchor_shift={shift!r}; expected an int number of pixels in [0, {image_size // 8}] for "
+            f"{image_size}-px frames (0: read the anchor head from the frame alone)"
+        )
+
+
+def anchor_views(images: Tensor, shift: int) -> Tensor:
+    """Float images ``[B, 3, H, W]`` -> ``[B, V, 3, H, W]``: each image itself, then translated by ``shift``
+    pixels both ways along each axis (:data:`ANCHOR_VIEW_OFFSETS`), edges replicated.
+
+    The anchor head reads a frame and the goal image through the same views and averages its readings
+    (:class:`~jepa_agent.costs.AnchorCost`): its error near the goal is partly how the patch grid happens
+    to cut the arm, which a few-pixel translation redraws (docs/benchmarks.md, eighth session)."""
+    _, _, height, width = images.shape
+    padded = nn.functional.pad(images, (shift, shift, shift, shift), mode="replicate")
+    tops_lefts = [(shift * (1 + dy), shift * (1 + dx)) for dy, dx in ANCHOR_VIEW_OFFSETS]
+    crops = [padded[:, :, top : top + height, left : left + width] for top, left in tops_lefts]
+    return torch.stack(crops, dim=1)
+
+
 # -- state containers ------------------------------------------------------------------------------
 class LatentState(NamedTuple):
     """One (or a batch of) encoded observation(s): ``z [.., N, D]``, normalised proprio ``[.., P]``, and
     the :class:`AnchorHead`'s embedding of the frame's patch tokens ``[.., hidden]`` (models with a trained
-    one)."""
+    one; ``[.., V, hidden]`` of :func:`anchor_views` when encoded with ``anchor_shift``)."""
 
     z: Tensor
     proprio: Tensor | None = None
@@ -300,12 +328,21 @@ class WorldModel(nn.Module):
 
     # -- perception ------------------------------------------------------------------------------
     def encode_pixels(
-        self, pixels: Tensor | np.ndarray, batch_size: int = 256, with_anchor: bool = False
+        self,
+        pixels: Tensor | np.ndarray,
+        batch_size: int = 256,
+        with_anchor: bool = False,
+        anchor_shift: int = 0,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """uint8 pixels ``[B, H, W, 3]`` (or ``[H, W, 3]``) -> latent tokens ``[B, N, D]`` (or ``[N, D]``);
-        with ``with_anchor``, also the anchor head's embeddings ``[B, hidden]`` (models with one)."""
+        with ``with_anchor``, also the anchor head's embeddings ``[B, hidden]`` (models with one).
+
+        ``anchor_shift > 0``: the anchor embeddings are of :func:`anchor_views` of each frame (itself and
+        four copies translated by that many pixels), ``[B, V, hidden]``; the latents stay the frame's own.
+        """
         if with_anchor and self.anchor is None:
             raise ValueError("encode_pixels(with_anchor=True): this world model has no anchor head")
+        check_anchor_shift(anchor_shift, self.image_size)
         if not isinstance(pixels, Tensor):
             pixels = np.asarray(pixels)
             if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch would warn on a shared view
@@ -322,12 +359,18 @@ class WorldModel(nn.Module):
                 f"{self.image_size}x{self.image_size} images; make the env with image_size={self.image_size}"
             )
         out, anchors = [], []
-        for i in range(0, x.shape[0], batch_size):
-            chunk = pixels_to_images(x[i : i + batch_size], self.device)  # [b, 3, H, W]
-            tokens = self.encoder.encode_images(chunk)  # [b, P, D]
-            out.append(self.normalizer.latent(self.pooler(tokens)))  # [b, N, D]
+        views = len(ANCHOR_VIEW_OFFSETS) if with_anchor and anchor_shift else 1
+        step = max(1, batch_size // views)
+        for i in range(0, x.shape[0], step):
+            chunk = pixels_to_images(x[i : i + step], self.device)  # [b, 3, H, W]
+            if views > 1:
+                chunk = anchor_views(chunk, anchor_shift).flatten(0, 1)  # [b * V, 3, H, W], own frame first
+            tokens = self.encoder.encode_images(chunk)  # [b * V, P, D]
+            own = tokens[::views]  # [b, P, D]: the frames as they are
+            out.append(self.normalizer.latent(self.pooler(own)))  # [b, N, D]
             if with_anchor:
-                anchors.append(self.anchor.embed(tokens))  # [b, hidden]
+                h = self.anchor.embed(tokens)  # [b * V, hidden]
+                anchors.append(h.unflatten(0, (-1, views)) if views > 1 else h)  # [b, V, hid] | [b, hid]
         z = torch.cat(out)
         if not with_anchor:
             return z[0] if single else z
@@ -335,11 +378,14 @@ class WorldModel(nn.Module):
         return (z[0], h[0]) if single else (z, h)
 
     @torch.inference_mode()
-    def encode(self, obs: dict[str, Any]) -> LatentState:
-        """Observation (``pixels`` uint8 ``[B, H, W, 3]`` or ``[H, W, 3]``, ``proprio``) -> latent state."""
+    def encode(self, obs: dict[str, Any], anchor_shift: int = 0) -> LatentState:
+        """Observation (``pixels`` uint8 ``[B, H, W, 3]`` or ``[H, W, 3]``, ``proprio``) -> latent state.
+
+        ``anchor_shift``: read the anchor head from :func:`anchor_views` of the frame (``cost.anchor_shift``;
+        the goal must be encoded with the same)."""
         if "pixels" not in obs:
             raise ValueError(f"observation has keys {sorted(obs)}; the world model needs 'pixels'")
-        z, h = self._encode_frames(obs["pixels"])
+        z, h = self._encode_frames(obs["pixels"], anchor_shift)
         p = None
         if self.predictor.proprio_dim:
             if obs.get("proprio") is None:
@@ -349,22 +395,24 @@ class WorldModel(nn.Module):
             )
         return LatentState(z, p, h)
 
-    def _encode_frames(self, pixels: Any) -> tuple[Tensor, Tensor | None]:
+    def _encode_frames(self, pixels: Any, anchor_shift: int = 0) -> tuple[Tensor, Tensor | None]:
         """Latents, and the anchor head's embeddings when it is trained (else None)."""
         if self.anchor_trained:
-            return self.encode_pixels(pixels, with_anchor=True)
+            return self.encode_pixels(pixels, with_anchor=True, anchor_shift=anchor_shift)
+        check_anchor_shift(anchor_shift, self.image_size)
         return self.encode_pixels(pixels), None
 
     @torch.inference_mode()
-    def encode_goal(self, goal: dict[str, Any]) -> LatentState:
+    def encode_goal(self, goal: dict[str, Any], anchor_shift: int = 0) -> LatentState:
         """Goal dict with ``image`` (uint8 ``[H, W, 3]``) -> the goal's :class:`LatentState` (latent
-        ``[N, D]``, no proprio, and the anchor head's embedding when the model has a trained one)."""
+        ``[N, D]``, no proprio, and the anchor head's embedding when the model has a trained one:
+        ``[hidden]``, or ``[V, hidden]`` of :func:`anchor_views` with ``anchor_shift``)."""
         if goal.get("image") is None:
             raise ValueError(
                 f"goal has keys {sorted(goal)}; the world model needs a goal 'image' (use goal=image or an "
                 "image file; goal=state is the true-state oracle's)"
             )
-        z, h = self._encode_frames(goal["image"])
+        z, h = self._encode_frames(goal["image"], anchor_shift)
         return LatentState(z, None, h)
 
     def cost(
@@ -378,6 +426,7 @@ class WorldModel(nn.Module):
         latent_weight: float = CostConfig.latent_weight,
         displacement_weight: float = CostConfig.displacement_weight,
         anchor_weight: float = CostConfig.anchor_weight,
+        anchor_shift: int = CostConfig.anchor_shift,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
@@ -392,8 +441,10 @@ class WorldModel(nn.Module):
         (each when > 0).
 
         ``goal`` is :meth:`encode_goal`'s :class:`LatentState` or a bare goal latent ``[N, D]`` (which has no
-        anchor reading: the anchor term is then left out).
+        anchor reading: the anchor term is then left out). ``anchor_shift`` is how the states were encoded
+        (:meth:`encode`'s; the agent encodes with ``cost.anchor_shift``): checked here, read by the states.
         """
+        check_anchor_shift(anchor_shift, self.image_size)
         goal_anchor = goal.anchor if isinstance(goal, LatentState) else None
         goal = goal_latent(goal)
         space = self.resolve_cost_space(space)

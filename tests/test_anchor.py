@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jepa_agent.costs import AnchorCost
+from jepa_agent.costs import AnchorCost, CostConfig
 from jepa_agent.models.latent import AnchorHead
 from jepa_agent.training.anchor import AnchorTrainConfig, train_anchor_head
 from jepa_agent.training.latent_cache import ActionSums, window_starts
@@ -117,14 +117,30 @@ def test_world_model_with_an_anchor_encodes_it_plans_with_it_and_round_trips(tmp
     assert not any(isinstance(getattr(t, "cost", None), AnchorCost)
                    for t in model.cost(goal, anchor_weight=0).terms)  # fmt: skip
 
-    agent = MPCAgent(model, CEMPlanner(horizon=3, population=16, elites=4, iterations=2, action_dim=A))
-    agent.reset({"image": obs(seed=5)["pixels"]})
-    action = agent.act(obs())
-    assert action.shape == (A,) and np.isfinite(action).all()
-    term = next(t.cost for t in agent._cost_fn.terms if isinstance(getattr(t, "cost", None), AnchorCost))
-    torch.testing.assert_close(
-        term.start, model.anchor.from_embeddings(state.anchor[None], goal.anchor[None])[0]
+    def agent_reading(**cost):
+        agent = MPCAgent(model, CEMPlanner(horizon=3, population=16, elites=4, iterations=2, action_dim=A),
+                         cost=cost or None)  # fmt: skip
+        agent.reset({"image": obs(seed=5)["pixels"]})
+        action = agent.act(obs())
+        assert action.shape == (A,) and np.isfinite(action).all()
+        terms = [t.cost for t in agent._cost_fn.terms if isinstance(getattr(t, "cost", None), AnchorCost)]
+        return terms[0].start
+
+    shift = CostConfig.anchor_shift  # the agent reads five views of each frame by default (cost.anchor_shift)
+    views, goal_views = (
+        model.encode(obs(), anchor_shift=shift),
+        model.encode_goal({"image": obs(seed=5)["pixels"]}, anchor_shift=shift),
     )
+    assert views.anchor.shape == goal_views.anchor.shape == (5, 8)
+    torch.testing.assert_close(views.anchor[0], state.anchor)  # the first view is the frame itself
+    torch.testing.assert_close(views.z, state.z)  # the latent is the frame's own
+    expected = model.anchor.from_embeddings(views.anchor, goal_views.anchor).mean(0)
+    torch.testing.assert_close(agent_reading(), expected)
+    torch.testing.assert_close(
+        agent_reading(anchor_shift=0), model.anchor.from_embeddings(state.anchor[None], goal.anchor[None])[0]
+    )
+    with pytest.raises(ValueError, match="same anchor_shift"):  # views of the frame, one of the goal
+        AnchorCost(model.anchor, goal).set_start(views)
 
     save_world_model(tmp_path / "wm", model)
     loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
@@ -181,3 +197,26 @@ def test_resuming_a_run_without_the_anchor_head_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="has no anchor head.*world_model.anchor.hidden=0"):
         train_world_model(tiny_world_model(anchor={"hidden": 8}), Episodes(range(2)), None, cfg(steps=2),
                           tmp_path, resume=True, progress=False)  # fmt: skip
+
+
+def test_anchor_views_translate_each_frame_and_bad_shifts_are_refused():
+    from jepa_agent.agent import MPCAgent
+    from jepa_agent.world_model import ANCHOR_VIEW_OFFSETS, anchor_views
+    from planners.cem import CEMPlanner
+
+    x = torch.rand(2, 3, 16, 16)
+    v = anchor_views(x, 2)
+    assert v.shape == (2, len(ANCHOR_VIEW_OFFSETS), 3, 16, 16) and torch.equal(v[:, 0], x)
+    for i, (dy, dx) in enumerate(ANCHOR_VIEW_OFFSETS):  # view i is the frame read 2 px further along (dy, dx)
+        inner = v[:, i, :, 2:-2, 2:-2]
+        torch.testing.assert_close(inner, x[:, :, 2 + 2 * dy : 14 + 2 * dy, 2 + 2 * dx : 14 + 2 * dx])
+    assert torch.equal(v[:, 1, :, -2:], x[:, :, -1:].expand(-1, -1, 2, -1))  # edges replicated, not wrapped
+
+    model = _anchored_model()
+    for bad in (-1, 1.5, True, IMG):  # IMG px would shift the frame out of itself
+        with pytest.raises(ValueError, match="anchor_shift"):
+            model.encode(obs(), anchor_shift=bad)
+    with pytest.raises(ValueError, match=r"cost.anchor_shift=-1; expected an int"):
+        MPCAgent(model, CEMPlanner(horizon=3, action_dim=A), cost={"anchor_shift": -1})
+    with pytest.raises(ValueError, match=r"cost.anchor_shift=9"):
+        model.cost(model.encode_goal({"image": obs()["pixels"]}), anchor_shift=9)

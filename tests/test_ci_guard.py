@@ -52,6 +52,7 @@ def test_guard_refuses_output_without_a_json_line(run_env):
     assert proc.returncode == 2 and "not plan.py's JSON line" in proc.stderr
 
 
+@pytest.mark.slow  # ~55 s: three planned episodes and baselines; CI runs it (.ci/run: -m slow)
 def test_guard_fails_on_a_broken_world_model(tmp_path, run_env):
     """The shipped model with its action embedding zeroed (actions change nothing it imagines): the
     README's planning command on it must not pass the guard, while the random baseline runs as usual."""

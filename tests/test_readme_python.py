@@ -8,6 +8,8 @@ import io
 import os
 import re
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -17,6 +19,7 @@ def readme_python_block() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow  # ~90 s: five planned episodes; CI runs it (.ci/run: -m slow)
 def test_readme_python_snippet_reaches_goals(monkeypatch):
     monkeypatch.chdir(REPO)  # the snippet names checkpoints/reach relative to the repo, as a user would
     namespace: dict = {}
@@ -29,6 +32,7 @@ def test_readme_python_snippet_reaches_goals(monkeypatch):
     assert os.getcwd() == str(REPO)
 
 
+@pytest.mark.slow  # ~40 s; CI runs it (.ci/run: -m slow)
 def test_readme_stable_baselines3_block_runs_and_plans(monkeypatch):
     """The README's SB3 block runs as written; the planner under SB3's evaluate_policy earns more env
     reward (minus the distance to the goal) than random actions on the same kind of episodes."""
