@@ -47,6 +47,7 @@ from jepa_agent.rl.distill import (
 from jepa_agent.rl.goal_image import GoalImageObservation
 from jepa_agent.rl.planner_policy import PlannerPolicy
 from jepa_agent.rl.space import PlanningSpace
+from jepa_agent.rl.student import StudentEncoder, episode_frames, train_student
 from jepa_agent.utils import (
     check_int,
     cli_errors,
@@ -63,7 +64,11 @@ def encoded(space: PlanningSpace, cfg: DictConfig, split: str) -> HindsightData 
     """The split's features (from ``cache`` when it holds them for this checkpoint, space and data)."""
     if split == "val" and not cfg.val_fraction > 0:
         return None
-    meta = {"checkpoint": space.model.meta.get("checkpoint"), "space": space.name, "split": split,
+    ckpt = space.model.meta.get("checkpoint")
+    weights = Path(str(ckpt)) / "model.safetensors"
+    # a model retrained at the same path must not reuse the features of the one before it
+    stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.is_file() else None
+    meta = {"checkpoint": ckpt, "weights": stamp, "space": space.name, "split": split,
             "episodes": str(Path(cfg.episodes).resolve()),
             "val_fraction": float(cfg.val_fraction)}  # fmt: skip
     path = None if cfg.cache is None else Path(cfg.cache) / f"{split}.safetensors"
@@ -77,6 +82,37 @@ def encoded(space: PlanningSpace, cfg: DictConfig, split: str) -> HindsightData 
         if path is not None:
             data.save(path, meta)
     return data
+
+
+def fit_student(
+    space: PlanningSpace, cfg: DictConfig, train: HindsightData, val: HindsightData | None
+) -> tuple[StudentEncoder, dict]:
+    """A :class:`StudentEncoder` fitted to the features of the training split's frames (label-free)."""
+    check_int("student_steps", cfg.student_steps, 1)
+    check_int("student_width", cfg.student_width, 1)
+    progress, share = bool(cfg.progress), float(cfg.val_fraction)
+    frames = episode_frames(cfg.episodes, "train", share, progress)
+    val_frames = None if val is None else episode_frames(cfg.episodes, "val", share, progress)
+    if len(frames) != train.num_frames or (val is not None and len(val_frames) != val.num_frames):
+        raise RuntimeError(
+            f"{cfg.episodes}: the frames do not line up with the encoded features; clear cache={cfg.cache}"
+        )
+    pooler = space.model.pooler
+    tokens = space.name == "latent" and getattr(pooler, "mode", None) == "grid"  # a grid of tokens
+    grid = int(pooler.grid_size) if tokens else 4
+    student = StudentEncoder(space.dim, space.model.image_size, int(cfg.student_width), grid, tokens)
+    with tqdm(desc="student", total=int(cfg.student_steps), file=sys.stderr, disable=not progress) as b:
+        fit = train_student(
+            student, frames, train.features, val_frames, None if val is None else val.features,
+            steps=int(cfg.student_steps), seed=int(cfg.seed),
+            progress=lambda s, loss: b.update(100) or b.set_postfix(loss=f"{loss:.4f}"),
+        )  # fmt: skip
+    student.meta.update(checkpoint=str(cfg.checkpoint), space=space.name, episodes=str(cfg.episodes), **fit)
+    log.info("student encoder: %.0f s, held-out error %.3f of the features' variance",
+             fit["seconds"], fit.get("val_ratio", float("nan")))  # fmt: skip
+    return student, {"width": int(cfg.student_width), "steps": int(cfg.student_steps),
+                     "parameters": sum(p.numel() for p in student.parameters()),
+                     **{k: round(v, 4) for k, v in fit.items()}}  # fmt: skip
 
 
 @hydra_main("distill")
@@ -119,10 +155,14 @@ def main(cfg: DictConfig) -> None:
                        env_id=cfg.env.id, image_size=int(cfg.env.image_size),
                        episodes=str(cfg.episodes))  # fmt: skip
     out = policy.save(cfg.out)
+    encoder, student_fit = str(cfg.policy_encoder), {}
+    if encoder == "student":  # a small CNN fitted to give the same features, for the policy's decisions
+        encoder, student_fit = fit_student(space, cfg, train, val)
+        encoder.save(out)
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.eval_episodes))]
     with tqdm(desc="evaluate", total=len(seeds), file=sys.stderr, disable=not cfg.progress) as b:
-        front = GoalImagePolicy(space, policy, encoder=str(cfg.policy_encoder))
+        front = GoalImagePolicy(space, policy, encoder=encoder)
         res = run_goal_episodes(front, env, seeds, on_episode=lambda *_: b.update())
     policy_s = float(np.median(res["decision_seconds"]))
     summary = {"policy": "DistilledPolicy", **success_rates(res["reached"], res["ended"]),
@@ -144,7 +184,8 @@ def main(cfg: DictConfig) -> None:
                     "val_loss_initial": fit.get("val_loss_initial"),
                     "val_loss_final": fit.get("val_loss_final"),
                     "train_frames": train.num_frames, "train_episodes": len(train.lengths),
-                    "dagger": rounds, "space": space.name, "state_labels": model.state_labels,
+                    "dagger": rounds, "student": student_fit, "space": space.name,
+                    "state_labels": model.state_labels,
                     "cost_space": model.resolve_cost_space(str(cfg.cost.space)),
                     "planner": OmegaConf.to_container(cfg.planner, resolve=True),
                     "checkpoint": str(cfg.checkpoint), "seeds": [seeds[0], seeds[-1]],

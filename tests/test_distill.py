@@ -42,6 +42,13 @@ from jepa_agent.rl.distill import (
     train_distilled,
 )
 from jepa_agent.rl.space import FastFeatures
+from jepa_agent.rl.student import (
+    StudentEncoder,
+    StudentFeatures,
+    episode_frames,
+    student_error,
+    train_student,
+)
 from jepa_agent.world_model import save_world_model
 from tests.conftest import REPO, script_env
 from tests.test_rl import IMG, TINY_PLAN, reach, tiny_episodes, tiny_model
@@ -182,6 +189,47 @@ def test_evaluate_policy_runs_it_on_a_latent_goal_env(trained, model, space):
     assert len(run_goal_episodes(front, pixels, [1, 2], max_decisions=4)["decision_seconds"]) == 4
 
 
+def test_student_encoder_learns_the_features_round_trips_and_runs_behind_the_policy(
+    trained, model, space, episodes, tmp_path
+):
+    """The student fits the planning space's features of frames it trained on (label-free: the teacher's
+    features are its targets), reloads to the same features, runs traced behind GoalImagePolicy, and bad
+    sizes are refused by name."""
+    policy, _ = trained
+    frames = episode_frames(episodes)  # every frame of the recorded episodes, in HindsightData's order
+    assert frames.shape == (4 * (EPISODE_STEPS + 1), IMG, IMG, 3) and frames.dtype == torch.uint8
+    features = torch.from_numpy(space.features(frames.numpy()))
+    grid = model.pooler.grid_size
+    student = StudentEncoder(space.dim, IMG, width=4, grid=grid, token_head=False)  # 3 readout features
+    latent = PlanningSpace(model, "latent")  # a grid of tokens: one per cell of the pooling grid
+    assert StudentEncoder(latent.dim, IMG, width=4, grid=grid)(frames[:2]).shape == (2, latent.dim)
+    student.set_statistics(features)
+    before = student_error(student, frames, features)
+    fit = train_student(student, frames, features, frames, features, steps=150, batch_size=16)  # fits them
+    assert fit["val_ratio"] < 0.8 * before and np.isfinite(fit["loss_final"]), (fit, before)
+    student.save(tmp_path / "s")
+    loaded = StudentEncoder.load(tmp_path / "s")
+    pixels = frames[:3].numpy()
+    with torch.inference_mode():
+        eager = student(frames[:3]).numpy()
+    np.testing.assert_array_equal(loaded(frames[:3]).detach().numpy(), eager)
+    np.testing.assert_allclose(StudentFeatures(loaded)(pixels), eager, rtol=1e-5, atol=1e-5)
+    front = GoalImagePolicy(space, policy, encoder=loaded)
+    assert front.features.path == "student"
+    action, _ = front.predict({"pixels": pixels, "goal_pixels": pixels[::-1].copy()})
+    assert action.shape == (3, 2) and np.all(np.abs(action) <= 1)
+    linear = StudentEncoder(7, IMG, width=2, grid=grid, token_head=False)  # any feature size: a linear head
+    assert linear(frames[:2]).shape == (2, 7)
+    with pytest.raises(ValueError, match="student encoder gives 7 features but the planning space has"):
+        GoalImagePolicy(space, policy, encoder=linear)
+    with pytest.raises(ValueError, match="image_size=24, grid=4"):
+        StudentEncoder(space.dim, 24, grid=4)
+    with pytest.raises(ValueError, match=rf"takes uint8 \[B, {IMG}, {IMG}, 3\]"):
+        StudentFeatures(loaded)(np.zeros((1, IMG + 4, IMG + 4, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="policy_encoder=student"):
+        StudentEncoder.load(tmp_path / "nothing")
+
+
 def test_fast_encoder_paths_match_the_eager_features(model, space):
     """The traced graph computes the planning space's own features (one graph per batch size), the world
     model itself is left as it was, and a graph that drifts beyond the tolerance is refused by name."""
@@ -259,6 +307,7 @@ def test_the_script_trains_evaluates_and_times_the_planner(checkpoint, episodes,
     proc = script(f"checkpoint={checkpoint}", f"episodes={episodes}", f"env.image_size={IMG}",
                   "env.max_episode_steps=5", "steps=100", "target=mean", "space=latent", "eval_episodes=3",
                   "cem_decisions=2", "dagger_rounds=1", "dagger_episodes=1", "dagger_steps=10",
+                  "policy_encoder=student", "student_steps=100", "student_width=4",
                   f"cache={tmp_path / 'cache'}", *TINY_PLAN, out=tmp_path / "run")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -269,7 +318,9 @@ def test_the_script_trains_evaluates_and_times_the_planner(checkpoint, episodes,
     speedup = res["cem_decision_seconds_median"] / res["paired_decision_seconds_median"]
     assert res["speedup_vs_cem"] == pytest.approx(speedup)  # paired: the policy on CEM's observations
     unpaired = res["cem_decision_seconds_median"] / res["decision_seconds_median"]
-    assert res["speedup_vs_cem_unpaired"] == pytest.approx(unpaired) and res["policy_encoder"] == "traced"
+    assert res["speedup_vs_cem_unpaired"] == pytest.approx(unpaired) and res["policy_encoder"] == "student"
+    assert res["student"]["steps"] == 100 and np.isfinite(res["student"]["val_ratio"]), res["student"]
+    assert StudentEncoder.load(tmp_path / "run").meta["checkpoint"] == checkpoint  # saved beside the policy
     assert 0 < res["mlp_seconds_median"] < res["decision_seconds_median"]  # the rest is the encoder
     assert res["loss_final"] < res["loss_initial"] and res["dagger"][0]["labels"] == 5
     assert (

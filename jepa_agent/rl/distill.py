@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from jepa_agent.rl.goal_image import GOAL_KEY
 from jepa_agent.rl.imagination import LatentStarts
 from jepa_agent.rl.space import FastFeatures, PlanningSpace, check_image_size
+from jepa_agent.rl.student import StudentEncoder, StudentFeatures
 from jepa_agent.utils import atomic_path, atomic_write_json
 
 TARGETS = ("first", "mean")
@@ -344,13 +345,18 @@ class GoalImagePolicy:
     goal image is encoded when its episode starts or its goal image changes. ``mlp_seconds`` records the
     wall time of the MLP alone in each call (the rest is the encoder).
 
-    ``encoder``: how frames are encoded (:class:`~jepa_agent.rl.space.FastFeatures`): ``"eager"`` (the
-    world model's encoder as it is) or ``"traced"`` (one frozen TorchScript graph, checked against the
-    eager features at its first use).
+    ``encoder``: how frames are encoded: ``"eager"`` (the world model's encoder as it is), ``"traced"`` (one
+    frozen TorchScript graph, checked against the eager features at its first use;
+    :class:`~jepa_agent.rl.space.FastFeatures`), or a :class:`~jepa_agent.rl.student.StudentEncoder`
+    trained to give the same features (:class:`~jepa_agent.rl.student.StudentFeatures`).
     """
 
     def __init__(
-        self, space: PlanningSpace, policy: DistilledPolicy, goal_key: str = GOAL_KEY, encoder: str = "traced"
+        self,
+        space: PlanningSpace,
+        policy: DistilledPolicy,
+        goal_key: str = GOAL_KEY,
+        encoder: str | StudentEncoder = "traced",
     ) -> None:
         if space.dim != policy.feature_dim:
             raise ValueError(
@@ -358,7 +364,15 @@ class GoalImagePolicy:
                 f"{policy.feature_dim}; use the checkpoint and space it was trained with"
             )
         self.space, self.policy, self.goal_key = space, policy, goal_key
-        self.features = FastFeatures(space, encoder)
+        if isinstance(encoder, StudentEncoder):
+            if encoder.feature_dim != space.dim:
+                raise ValueError(
+                    f"the student encoder gives {encoder.feature_dim} features but the planning space has "
+                    f"{space.dim} ({space.name}); train the student on this checkpoint and space"
+                )
+            self.features: FastFeatures | StudentFeatures = StudentFeatures(encoder)
+        else:
+            self.features = FastFeatures(space, encoder)
         self._goals: list[np.ndarray | None] = []
         self._goal_features: list[np.ndarray | None] = []
         self.mlp_seconds: list[float] = []
