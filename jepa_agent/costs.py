@@ -69,7 +69,7 @@ class CostConfig:
     action_weight: float = 0.03
     latent_weight: float = 0.5
     displacement_weight: float = 0.3
-    anchor_weight: float = 3.0  # distracting reach, 50 goals: 90% reached, 68% held (1.0: 86%, 60%)
+    anchor_weight: float = 3.0  # distracting reach, 50 goals, one view: 90% / 68% held (1.0: 86% / 60%)
     anchor_shift: int = 2  # px; 0: one view (docs/benchmarks.md, eighth session)
 
     def __post_init__(self) -> None:
