@@ -183,9 +183,9 @@ def train_student(
         opt.step()
         sched.step()
         if progress is not None and (step + 1) % 100 == 0:
-            progress(step + 1, float(loss))
+            progress(step + 1, float(loss.detach()))
     student.eval()
-    out = {"loss_final": float(loss), "seconds": time.perf_counter() - t0}
+    out = {"loss_final": float(loss.detach()), "seconds": time.perf_counter() - t0}
     if val_frames is not None and val_features is not None and len(val_frames):
         out["val_ratio"] = student_error(student, val_frames, val_features)
     return out
