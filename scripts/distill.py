@@ -46,7 +46,7 @@ from jepa_agent.rl.distill import (
 )
 from jepa_agent.rl.goal_image import GoalImageObservation
 from jepa_agent.rl.planner_policy import PlannerPolicy
-from jepa_agent.rl.space import PlanningSpace
+from jepa_agent.rl.space import ENCODER_PATHS, PlanningSpace
 from jepa_agent.rl.student import StudentEncoder, episode_frames, train_student
 from jepa_agent.utils import (
     check_int,
@@ -58,6 +58,7 @@ from jepa_agent.utils import (
 )
 
 log = logging.getLogger("distill")
+POLICY_ENCODERS = (*ENCODER_PATHS, "student")
 
 
 def encoded(space: PlanningSpace, cfg: DictConfig, split: str) -> HindsightData | None:
@@ -88,8 +89,6 @@ def fit_student(
     space: PlanningSpace, cfg: DictConfig, train: HindsightData, val: HindsightData | None
 ) -> tuple[StudentEncoder, dict]:
     """A :class:`StudentEncoder` fitted to the features of the training split's frames (label-free)."""
-    check_int("student_steps", cfg.student_steps, 1)
-    check_int("student_width", cfg.student_width, 1)
     progress, share = bool(cfg.progress), float(cfg.val_fraction)
     frames = episode_frames(cfg.episodes, "train", share, progress)
     val_frames = None if val is None else episode_frames(cfg.episodes, "val", share, progress)
@@ -120,8 +119,11 @@ def fit_student(
 def main(cfg: DictConfig) -> None:
     t0 = time.perf_counter()
     for key, least in (("eval_episodes", 1), ("cem_decisions", 0), ("dagger_rounds", 0),
-                       ("dagger_episodes", 1), ("dagger_steps", 1)):  # fmt: skip
+                       ("dagger_episodes", 1), ("dagger_steps", 1), ("student_steps", 1),
+                       ("student_width", 1)):  # fmt: skip
         check_int(key, cfg[key], least)
+    if cfg.policy_encoder not in POLICY_ENCODERS:  # refused before any encoding or training
+        raise ValueError(f"policy_encoder={cfg.policy_encoder!r}; expected one of {list(POLICY_ENCODERS)}")
     train_cfg = DistillConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(DistillConfig)})
     check_distill_config(train_cfg)
     set_threads(cfg.threads)

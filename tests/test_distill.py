@@ -334,6 +334,7 @@ def test_the_script_trains_evaluates_and_times_the_planner(checkpoint, episodes,
 BAD_INPUT = [
     (["episodes={tmp}/missing"], "missing"),
     (["steps=0"], "steps=0; expected an int >= 1"),  # k_max and the rest: in-process above
+    (["policy_encoder=int8"], "policy_encoder='int8'; expected one of ['traced', 'eager', 'student']"),
     (["env.image_size=32"], "32"),
     (["env=push", "env.image_size=16"], "Push"),
 ]
