@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from jepa_agent.utils import atomic_write_json
+from jepa_agent.utils import atomic_path, atomic_write_json
 
 META = "meta.json"
 
@@ -213,3 +213,49 @@ def check_resume_matches(path: str | os.PathLike, saved: Mapping[str, Any], now:
             f"cannot resume from {str(path)!r}: the model is built differently ({'; '.join(diff)}); "
             "resume with the run's original settings, or pass a new out=DIR"
         )
+
+
+# -- small self-describing modules (a policy, a student encoder): safetensors + a JSON config -------------
+def save_module_files(
+    module: torch.nn.Module, out_dir: str | os.PathLike, weights_file: str, config_file: str, config: dict
+) -> Path:
+    """Write ``module``'s tensors to ``weights_file`` (safetensors) and ``config`` to ``config_file`` (JSON)
+    in ``out_dir``, each atomically; returns the dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / weights_file) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    atomic_write_json(out / config_file, config)
+    return out
+
+
+def read_module_config(
+    run_dir: str | os.PathLike, weights_file: str, config_file: str, kind: str, written_by: str
+) -> dict[str, Any]:
+    """The JSON config :func:`save_module_files` wrote, checked to be of ``kind``.
+
+    Raises:
+        FileNotFoundError: a missing config or weights file (naming ``written_by``, what writes them).
+        ValueError: a config of another kind.
+    """
+    root = Path(run_dir)
+    for name in (config_file, weights_file):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} does not exist; expected a dir written by {written_by}")
+    cfg = json.loads((root / config_file).read_text())
+    if cfg.get("kind") != kind:
+        raise ValueError(f"{root / config_file}: kind={cfg.get('kind')!r}; expected {kind!r}")
+    return cfg
+
+
+def load_module_weights(module: torch.nn.Module, weights: str | os.PathLike) -> torch.nn.Module:
+    """Load a :func:`save_module_files` weights file into ``module`` (strict; no pickle).
+
+    Raises:
+        ValueError: weights that do not fit the module its config built.
+    """
+    try:
+        module.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights} does not fit its config: {e}") from e
+    return module

@@ -41,11 +41,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from jepa_agent.checkpoint import load_module_weights, read_module_config, save_module_files
 from jepa_agent.rl.goal_image import GOAL_KEY
 from jepa_agent.rl.imagination import LatentStarts
 from jepa_agent.rl.space import FastFeatures, PlanningSpace, check_image_size
 from jepa_agent.rl.student import StudentEncoder, StudentFeatures
-from jepa_agent.utils import atomic_path, atomic_write_json
+from jepa_agent.utils import atomic_path
 
 TARGETS = ("first", "mean")
 GOAL_SAMPLING = ("geometric", "uniform")
@@ -304,12 +305,7 @@ class DistilledPolicy(nn.Module):
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``distilled_policy.safetensors`` + ``distilled_policy.json`` atomically; returns the dir."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / WEIGHTS_FILE) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        atomic_write_json(out / CONFIG_FILE, self.config())
-        return out
+        return save_module_files(self, out_dir, WEIGHTS_FILE, CONFIG_FILE, self.config())
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> DistilledPolicy:
@@ -319,20 +315,9 @@ class DistilledPolicy(nn.Module):
             FileNotFoundError: a missing config or weights file.
             ValueError: not a distilled policy, or weights that do not fit its config.
         """
-        root = Path(run_dir)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (root / name).is_file():
-                raise FileNotFoundError(
-                    f"{root / name} does not exist; expected a dir written by scripts/distill.py"
-                )
-        cfg = json.loads((root / CONFIG_FILE).read_text())
-        if cfg.get("kind") != KIND:
-            raise ValueError(f"{root / CONFIG_FILE}: kind={cfg.get('kind')!r}; expected {KIND!r}")
+        cfg = read_module_config(run_dir, WEIGHTS_FILE, CONFIG_FILE, KIND, "scripts/distill.py")
         policy = cls(cfg["feature_dim"], cfg["action_low"], cfg["action_high"], cfg["hidden"], cfg["depth"])
-        try:
-            policy.load_state_dict(load_file(str(root / WEIGHTS_FILE)), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{root / WEIGHTS_FILE} does not fit its config: {e}") from e
+        load_module_weights(policy, Path(run_dir) / WEIGHTS_FILE)
         policy.meta = dict(cfg.get("meta") or {})
         return policy.to(device).eval()
 

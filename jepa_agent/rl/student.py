@@ -15,7 +15,6 @@ are not a grid of tokens (a cost space's head).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from jepa_agent.utils import atomic_path, atomic_write_json
+from jepa_agent.checkpoint import load_module_weights, read_module_config, save_module_files
 
 WEIGHTS_FILE = "student_encoder.safetensors"
 CONFIG_FILE = "student_encoder.json"
@@ -110,12 +108,7 @@ class StudentEncoder(nn.Module):
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``student_encoder.safetensors`` + ``student_encoder.json`` atomically; returns the dir."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / WEIGHTS_FILE) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        atomic_write_json(out / CONFIG_FILE, self.config())
-        return out
+        return save_module_files(self, out_dir, WEIGHTS_FILE, CONFIG_FILE, self.config())
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> StudentEncoder:
@@ -125,21 +118,10 @@ class StudentEncoder(nn.Module):
             FileNotFoundError: a missing config or weights file.
             ValueError: not a student encoder, or weights that do not fit its config.
         """
-        root = Path(run_dir)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (root / name).is_file():
-                raise FileNotFoundError(
-                    f"{root / name} does not exist; expected a dir written by scripts/distill.py "
-                    "policy_encoder=student"
-                )
-        cfg = json.loads((root / CONFIG_FILE).read_text())
-        if cfg.get("kind") != KIND:
-            raise ValueError(f"{root / CONFIG_FILE}: kind={cfg.get('kind')!r}; expected {KIND!r}")
+        written_by = "scripts/distill.py policy_encoder=student"
+        cfg = read_module_config(run_dir, WEIGHTS_FILE, CONFIG_FILE, KIND, written_by)
         student = cls(cfg["feature_dim"], cfg["image_size"], cfg["width"], cfg["grid"], cfg["token_head"])
-        try:
-            student.load_state_dict(load_file(str(root / WEIGHTS_FILE)), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{root / WEIGHTS_FILE} does not fit its config: {e}") from e
+        load_module_weights(student, Path(run_dir) / WEIGHTS_FILE)
         student.meta = dict(cfg.get("meta") or {})
         return student.eval()
 
