@@ -173,6 +173,27 @@ class _PixelsToFeatures(nn.Module):
         return feats.reshape(z.shape[0], self.dim)
 
 
+def checked_trace(
+    module: nn.Module, x: Tensor, reference: Callable[[], Tensor], tolerance: float, what: str, hint: str = ""
+) -> Any:
+    """``module`` traced on ``x`` as one frozen TorchScript graph, checked against ``reference()`` (the eager
+    output on ``x``): more than ``tolerance`` away (relative, in norm) raises, naming ``what``, rather than
+    feed a policy garbage."""
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings and deprecation notes: the graph is checked below
+        graph = torch.jit.freeze(torch.jit.trace(module, x, check_trace=False))
+        fast = graph(x)
+    ref = reference()
+    err = float((fast.float().cpu() - ref.float().cpu()).norm() / ref.norm().clamp_min(1e-12))
+    if not err <= tolerance:
+        raise RuntimeError(
+            f"{what} are {err:.3g} away from the eager ones (relative; tolerance {tolerance}){hint}"
+        )
+    return graph
+
+
 class FastFeatures:
     """:meth:`PlanningSpace.features` for a policy's per-decision frames, at inference-graph speed.
 
@@ -200,20 +221,11 @@ class FastFeatures:
     def _graph(self, x: Tensor) -> Any:
         key = tuple(x.shape)
         if key not in self._graphs:
-            import warnings
-
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings: the graph is checked below instead
-                graph = torch.jit.freeze(torch.jit.trace(self._module, x, check_trace=False))
-                fast = graph(x)
-            ref = torch.from_numpy(self.space.features(x.cpu().numpy()))
-            err = float((fast.float().cpu() - ref).norm() / ref.norm().clamp_min(1e-12))
-            if not err <= self.tolerance:
-                raise RuntimeError(
-                    f"the {self.path} encoder path's features are {err:.3g} away from the eager ones "
-                    f"(relative; tolerance {self.tolerance}); use encoder path 'eager' for this model"
-                )
-            self._graphs[key] = graph
+            self._graphs[key] = checked_trace(
+                self._module, x, lambda: torch.from_numpy(self.space.features(x.cpu().numpy())),
+                self.tolerance, f"the {self.path} encoder path's features",
+                "; use encoder path 'eager' for this model",
+            )  # fmt: skip
         return self._graphs[key]
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

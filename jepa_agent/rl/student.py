@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from jepa_agent.checkpoint import load_module_weights, read_module_config, save_module_files
+from jepa_agent.rl.space import checked_trace
 
 WEIGHTS_FILE = "student_encoder.safetensors"
 CONFIG_FILE = "student_encoder.json"
@@ -205,14 +205,9 @@ class StudentFeatures:
         key = tuple(x.shape)
         with torch.inference_mode():
             if key not in self._graphs:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # tracing's deprecation notes: the graph is checked below
-                    graph = torch.jit.freeze(torch.jit.trace(self.student, x, check_trace=False))
-                ref = self.student(x)
-                err = float((graph(x) - ref).norm() / ref.norm().clamp_min(1e-12))
-                if not err <= self.tolerance:
-                    raise RuntimeError(f"the traced student is {err:.3g} away from the eager one (relative)")
-                self._graphs[key] = graph
+                self._graphs[key] = checked_trace(
+                    self.student, x, lambda: self.student(x), self.tolerance, "the traced student's features"
+                )
             return self._graphs[key](x).float().numpy()
 
 
