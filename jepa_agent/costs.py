@@ -56,6 +56,11 @@ class CostConfig:
             the squared summed actions still needed after each planned step: the head's reading at the
             current (real) frame less the actions planned so far (:class:`AnchorCost`; 0: none). 3 was
             measured against 1 and 10 (docs/benchmarks.md, the anchor head).
+        rest_weight: with ``space=metric``, ``+ rest_weight x`` the latents' mean squared change over the
+            last imagined step: the motion left when the imagined future ends (0: none). Where one frame
+            does not hold the state (a torque-driven arm coasts), an arm that arrives moving drifts past the
+            goal after it; this makes arriving at rest the cheaper plan, read from the latents alone
+            (:func:`rest_motion`; docs/benchmarks.md, momentum section, ninth session).
         anchor_shift: the anchor head reads the current frame and the goal image each through five views,
             themselves and translated by this many pixels both ways along each axis, and averages its
             readings (``WorldModel.encode(..., anchor_shift)``; 0: the frames alone). Measured against 0,
@@ -71,6 +76,7 @@ class CostConfig:
     displacement_weight: float = 0.3
     anchor_weight: float = 3.0  # distracting reach, 50 goals, one view: 90% / 68% held (1.0: 86% / 60%)
     anchor_shift: int = 2  # px; 0: one view (docs/benchmarks.md, eighth session)
+    rest_weight: float = 0.0
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -88,6 +94,8 @@ class CostConfig:
             )
         if not self.anchor_weight >= 0:
             raise ValueError(f"cost.anchor_weight={self.anchor_weight:g}; expected >= 0 (0: no such term)")
+        if not self.rest_weight >= 0:
+            raise ValueError(f"cost.rest_weight={self.rest_weight:g}; expected >= 0 (0: no such term)")
         shift = self.anchor_shift
         if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
             raise ValueError(f"cost.anchor_shift={shift!r}; expected an int number of pixels >= 0 (0: none)")
@@ -131,6 +139,23 @@ def reduce_steps(d: Tensor, reduction: str = "final", discount: float = 1.0) -> 
         w = discount ** torch.arange(d.shape[1], dtype=d.dtype, device=d.device)  # [H]
         return (d * w).sum(1) / w.sum()
     raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+
+
+def rest_motion(pred: Tensor, width: int | None = None) -> Tensor:
+    """The motion left at the end of an imagined future: ``mean ||x_H - x_{H-1}||^2`` over the trailing
+    dims of ``pred [S, H, ...]`` -> ``[S]`` (``width``: divide the summed square by it instead, e.g. the
+    latent dimension when ``pred`` holds basis coordinates).
+
+    Raises:
+        ValueError: fewer than 2 imagined steps (there is no last change to read).
+    """
+    if pred.dim() < 3 or pred.shape[1] < 2:
+        raise ValueError(
+            f"the rest term (cost.rest_weight) reads the change over the last imagined step and needs "
+            f">= 2 imagined steps (planner.horizon >= 2); got predictions of shape {tuple(pred.shape)}"
+        )
+    change = (pred[:, -1] - pred[:, -2]).reshape(pred.shape[0], -1).square()
+    return change.mean(-1) if width is None else change.sum(-1) / width
 
 
 def goal_latent(goal: Any) -> Any:
@@ -412,6 +437,8 @@ class MetricLatentCost(Cost):
         displacement: an optional :class:`~jepa_agent.models.latent.DisplacementHead`, whose
             :class:`DisplacementCost` is added with ``displacement_weight`` (its first layer fused too).
         displacement_weight: that term's weight.
+        rest_weight: ``+ rest_weight x`` :func:`rest_motion` of the latents (their change over the last
+            imagined step, exact from the basis coordinates when fused; 0: none).
     """
 
     def __init__(
@@ -424,12 +451,15 @@ class MetricLatentCost(Cost):
         basis: Tensor | None = None,
         displacement: nn.Module | None = None,
         displacement_weight: float = 0.0,
+        rest_weight: float = 0.0,
     ) -> None:
-        if not latent_weight >= 0 or not displacement_weight >= 0:
+        if not latent_weight >= 0 or not displacement_weight >= 0 or not rest_weight >= 0:
             raise ValueError(
-                f"latent_weight={latent_weight}, displacement_weight={displacement_weight}; expected >= 0"
+                f"latent_weight={latent_weight}, displacement_weight={displacement_weight}, "
+                f"rest_weight={rest_weight}; expected >= 0"
             )
         self.head, self.latent_weight, self.basis = head, float(latent_weight), basis
+        self.rest_weight = float(rest_weight)
         self.metric = ProjectedGoalCost(head, None, "mse", reduction, discount)
         self.latent = LatentGoalCost(None, "mse", reduction, discount)
         self.displacement_weight = float(displacement_weight) if displacement is not None else 0.0
@@ -472,12 +502,16 @@ class MetricLatentCost(Cost):
             cost = self.metric(pred, actions) + self.latent_weight * self.latent(pred, actions)
             if self.displacement is not None:
                 cost = cost + self.displacement_weight * self.displacement(pred, actions)
+            if self.rest_weight:
+                cost = cost + self.rest_weight * rest_motion(pred)
             return cost
         if self.goal_coords is None:
             raise ValueError("MetricLatentCost has no goal: call set_goal(latent) before planning")
+        width = self.hidden + self.disp_hidden
+        # the change of the latents over the last step lies in the basis: exact from the coordinates
+        rest = rest_motion(pred[..., width:], self.basis.shape[0]) if self.rest_weight else None
         if self.reduction == "final":
             pred = pred[:, -1:]
-        width = self.hidden + self.disp_hidden
         coords = pred[..., width:]  # [S, H, k]
         goal = self.goal_coords.to(device=coords.device, dtype=coords.dtype)
         # [S, H]: the latent MSE, less a constant
@@ -487,14 +521,30 @@ class MetricLatentCost(Cost):
         if self.displacement is not None:
             h = self.displacement.head.from_input_layer(pred[..., self.hidden : width])  # [S, H', hidden]
             cost = cost + self.displacement_weight * self.displacement.from_embeddings(h)
+        if rest is not None:
+            cost = cost + self.rest_weight * rest
         return cost
 
     def __repr__(self) -> str:
         fused = "fused" if self.rollout_projection is not None else "not fused"
         return (
             f"MetricLatentCost(latent_weight={self.latent_weight}, displacement_weight="
-            f"{self.displacement_weight}, reduction={self.reduction!r}, {fused})"
+            f"{self.displacement_weight}, rest_weight={self.rest_weight}, reduction={self.reduction!r}, "
+            f"{fused})"
         )
+
+
+class RestCost(Cost):
+    """:func:`rest_motion` of imagined latents ``[S, H, N, D]``: their mean squared change over the last
+    imagined step (unfused form of :class:`MetricLatentCost`'s ``rest_weight`` term)."""
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if pred.dim() != 4:
+            raise ValueError(f"predicted latents must be [S, H, N, D]; got shape {tuple(pred.shape)}")
+        return rest_motion(pred)
+
+    def __repr__(self) -> str:
+        return "RestCost()"
 
 
 class AnchorCost(Cost):

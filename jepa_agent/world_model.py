@@ -44,6 +44,7 @@ from jepa_agent.costs import (
     LatentGoalCost,
     MetricLatentCost,
     ProjectedGoalCost,
+    RestCost,
     ScaledCost,
     goal_latent,
 )
@@ -427,6 +428,7 @@ class WorldModel(nn.Module):
         displacement_weight: float = CostConfig.displacement_weight,
         anchor_weight: float = CostConfig.anchor_weight,
         anchor_shift: int = CostConfig.anchor_shift,
+        rest_weight: float = CostConfig.rest_weight,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
@@ -461,7 +463,15 @@ class WorldModel(nn.Module):
                 # displacement head's first layer with them)
                 basis = self.predictor.motion_basis() if self.latent_shape[0] == 1 else None
                 goal_cost = MetricLatentCost(
-                    head, goal, reduction, discount, latent_weight, basis, disp, displacement_weight
+                    head,
+                    goal,
+                    reduction,
+                    discount,
+                    latent_weight,
+                    basis,
+                    disp,
+                    displacement_weight,
+                    rest_weight,
                 )
             else:
                 goal_cost = ProjectedGoalCost(
@@ -474,6 +484,8 @@ class WorldModel(nn.Module):
                     goal_cost = goal_cost + ScaledCost(
                         DisplacementCost(disp, goal, reduction, discount), displacement_weight
                     )
+                if rest_weight and space == "metric":
+                    goal_cost = goal_cost + ScaledCost(RestCost(), rest_weight)
         if anchor_weight and space == "metric" and self.anchor_trained and goal_anchor is not None:
             anchored = AnchorCost(self.anchor, goal_anchor, reduction, discount)
             goal_cost = goal_cost + ScaledCost(anchored, anchor_weight)

@@ -6,6 +6,11 @@ without the KV cache, and with the labelled readout cost instead of the default 
     python scripts/bench_plan.py --checkpoint runs/wm/checkpoint  # a trained world model
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
 
+With a model that has a trained anchor head (the distracting reach), the main cost carries the anchor term
+as the agent plans with it: each timed replan then also encodes a frame through ``cost.anchor_shift``'s
+views and reads the head there (``set_start``), and every variant encodes its frame the same way (the
+readout's through one view), so the ratio compares whole replans.
+
 The variants alternate in one process (so machine load hits them alike); prints min/median/max seconds per
 replan, the speed-ups, the control rate of the default planning budget
 (scripts/plan.py's: the planner's own defaults) in Hz, the torch threads
@@ -18,6 +23,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +33,7 @@ from omegaconf import OmegaConf
 
 from jepa_agent.agent import planning_rollout
 from jepa_agent.config import register_configs
+from jepa_agent.costs import CostConfig
 from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import StateReadout, WorldModel, build_world_model
 
@@ -112,6 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
     goal = torch.nn.functional.layer_norm(torch.randn(N, D), (D,))
     if args.cost_space == "readout" and model.readout is None:
         raise ValueError(f"--cost-space=readout but {source} has no state readout; pass --cost-space=metric")
+    # the anchor term (a trained anchor head, metric space) reads the goal image and each replan's frame
+    anchored = bool(model.anchor_trained) and args.cost_space == "metric"
+    shift = CostConfig.anchor_shift if anchored else 0
+    frame = torch.randint(0, 256, (model.image_size, model.image_size, 3), dtype=torch.uint8).numpy()
+    if anchored:
+        with torch.inference_mode():
+            goal = model.encode_goal({"image": frame[::-1].copy()}, anchor_shift=shift)
     cost = model.cost(goal, space=args.cost_space)  # plan.py's cost otherwise (CostConfig's defaults)
     if (
         model.readout is None
@@ -135,7 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
                 return (fused_rollout if fuse else model.rollout)(c, a, use_cache=use_cache).float()
 
         with torch.inference_mode():
-            return planner.plan(rollout, costs[which], ctx).plan_seconds
+            if not anchored:
+                return planner.plan(rollout, costs[which], ctx).plan_seconds
+            t0 = time.perf_counter()  # the whole replan: encode the frame (views), read the head, plan
+            state = model.encode({"pixels": frame}, anchor_shift=shift if which == "main" else 0)
+            if which == "main":
+                costs[which].set_start(state)
+            planner.plan(rollout, costs[which], ctx)
+            return time.perf_counter() - t0
 
     variants = {"kv_cache": (True, True, "main")}  # (use_cache, fuse, cost)
     if args.cost_space != "readout":
@@ -168,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "planner": args.planner,
         **budget,
         "context": args.context,
+        "anchor_shift": shift if anchored else None,  # not None: each replan encodes a frame through views
         "replans": args.replans,
         "threads": torch.get_num_threads(),
         "bf16": args.bf16,

@@ -170,14 +170,15 @@ def test_metric_head_with_a_learned_pooling_is_refused(tmp_path):
         train_world_model(model, Episodes(range(2)), None, cfg(), tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("rest", [0.0, 1.5])
 @pytest.mark.parametrize("displacement", [False, "pair", "diff"])
 @pytest.mark.parametrize("reduction", ["final", "all"])
 @pytest.mark.parametrize("residual", [True, False])
-def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displacement):
+def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displacement, rest):
     """The metric cost with its latent term is fused into the rollout (head's first layer + the latents'
     coordinates in the predictor's motion basis, + the displacement head's first layer when it has one):
     it equals the cost of the full imagined latents up to one constant per plan, so candidates rank the
-    same; with and without grad."""
+    same; with and without grad. The rest term (``rest_weight``) is read from the same coordinates."""
     from jepa_agent.agent import planning_rollout
     from jepa_agent.costs import MetricLatentCost
     from tests.test_world_model import obs
@@ -194,8 +195,9 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
     state = model.encode(obs())
     actions = torch.rand(64, 4, A) * 2 - 1
     cost = model.cost(
-        goal, reduction=reduction, latent_weight=0.7, action_weight=0.1, displacement_weight=2.0
-    )
+        goal, reduction=reduction, latent_weight=0.7, action_weight=0.1, displacement_weight=2.0,
+        rest_weight=rest,
+    )  # fmt: skip
     assert isinstance(cost.terms[0], MetricLatentCost) and cost.rollout_projection is not None
     assert (cost.terms[0].displacement is not None) is bool(displacement)
     fused = planning_rollout(model, cost)

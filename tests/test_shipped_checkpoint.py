@@ -134,6 +134,20 @@ def test_bench_anchor_greedy_reads_the_way_as_the_planner_does(run_env, python):
     assert "Traceback" not in bad.stderr
 
 
+def test_bench_plan_times_the_anchor_term_as_the_agent_plans_with_it(capsys):
+    """scripts/bench_plan.py on the distracting checkpoint: each timed replan encodes a frame through the
+    anchor views and reads the head (set_start) before it plans, as MPCAgent does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plan", REPO / "scripts" / "bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--checkpoint", str(SHIPPED["reach_distracting"]), "--population", "16", "--iterations", "2"]
+    res = bench.main([*args, "--replans", "5", "--threads", "1", "--no-baseline"])
+    assert res["anchor_shift"] == CostConfig.anchor_shift and res["kv_cache_s"]["median"] > 0
+    assert res["ratio_to_readout_cost"] > 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
     """score.py on a coarse grid: the shipped model's planning spaces strand fewer goals than pixels."""
     proc = subprocess.run(

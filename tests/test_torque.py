@@ -163,6 +163,37 @@ def test_a_two_frame_context_tells_opposite_velocities_apart(tmp_path):
     assert not (right & left).any()  # one frame: the same prediction for both, right for one motion at most
 
 
+# -- the rest term -----------------------------------------------------------------------------------
+def test_rest_term_prices_the_motion_left_at_the_end_of_a_plan():
+    """``cost.rest_weight``: + the latents' mean squared change over the last imagined step, so a plan
+    that arrives still costs less than one that arrives moving; read from latents alone (unfused path here;
+    the fused path is checked in test_label_free), and refused where it cannot be read."""
+    from jepa_agent.costs import CostConfig, RestCost
+
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8})
+    model.meta["metric_steps"] = 1
+    goal = torch.randn(model.latent_shape)
+    torch.manual_seed(1)
+    pred = torch.randn(6, 4, *model.latent_shape)
+    pred[:3, -1] = pred[:3, -2]  # the first three plans end at rest
+    actions = torch.zeros(6, 4, 2)
+    base = model.cost(goal, latent_weight=0.0, action_weight=0.0)
+    rest = model.cost(goal, latent_weight=0.0, action_weight=0.0, rest_weight=2.0)
+    extra = rest(pred, actions) - base(pred, actions)
+    torch.testing.assert_close(extra[:3], torch.zeros(3))
+    torch.testing.assert_close(extra[3:], 2.0 * (pred[3:, -1] - pred[3:, -2]).square().mean((-2, -1)))
+    assert any(isinstance(getattr(t, "cost", None), RestCost) for t in rest.terms)
+    # only in the metric space (as the displacement term): the labelled and latent baselines are unchanged
+    latent = model.cost(goal, space="latent", action_weight=0.0, rest_weight=2.0)
+    torch.testing.assert_close(
+        latent(pred, actions), model.cost(goal, space="latent", action_weight=0.0)(pred, actions)
+    )
+    with pytest.raises(ValueError, match=r"cost.rest_weight=-1; expected >= 0"):
+        CostConfig(rest_weight=-1.0)
+    with pytest.raises(ValueError, match=r"needs >= 2 imagined steps \(planner.horizon >= 2\)"):
+        rest(pred[:, :1], actions[:, :1])
+
+
 # -- memory and context ------------------------------------------------------------------------------
 def test_context_pads_an_episode_start_and_the_memory_must_match():
     model = tiny_model()
