@@ -166,6 +166,7 @@ class MPCAgent:
         self.encode_options = encode_options(model, self.cost_options)
         self._queue: deque[Tensor] = deque()
         self._prev_mean: Tensor | None = None
+        self._last_action: Tensor | None = None  # the action taken last (None: none yet this episode)
         self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
         self._rollout_fn: Callable[[Any, Tensor], Any] | None = None  # set with the goal (reset)
         self.goal_encoded: Any = None
@@ -182,6 +183,7 @@ class MPCAgent:
         self.memory.clear()
         self._queue.clear()
         self._prev_mean = None
+        self._last_action = None
         with self._no_grad():
             self.goal_encoded = self.model.encode_goal(goal, **self.encode_options)
             self._cost_fn = self.model.cost(self.goal_encoded, **self.cost_options)
@@ -199,6 +201,9 @@ class MPCAgent:
             start = getattr(self._cost_fn, "set_start", None)
             if start is not None:  # a cost that reads the current frame itself (costs.AnchorCost)
                 start(states[-1])
+            last = getattr(self._cost_fn, "set_last_action", None)
+            if last is not None:  # a cost that reads the action taken last (costs.ActionSmoothnessCost)
+                last(self._last_action)
             context = self.model.context(states, actions)
             return self.planner.plan(self._rollout_fn, self._cost_fn, context, init_mean=init)
 
@@ -217,4 +222,5 @@ class MPCAgent:
             self._prev_mean = shift_plan(result.mean, self.execute_steps)
         action = self._queue.popleft().clamp(self.action_low, self.action_high)
         self.memory.acted(action)
+        self._last_action = action
         return action.detach().cpu().numpy().astype(np.float32)

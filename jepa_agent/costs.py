@@ -61,6 +61,11 @@ class CostConfig:
             does not hold the state (a torque-driven arm coasts), an arm that arrives moving drifts past the
             goal after it; this makes arriving at rest the cheaper plan, read from the latents alone
             (:func:`rest_motion`; docs/benchmarks.md, momentum section, ninth session).
+        smooth_weight: ``+ smooth_weight * mean_h ||a_h - a_{h-1}||^2``, ``a_{-1}`` the action the agent
+            took last (0 at an episode's start; 0: none). On a torque-driven arm the planner can dither
+            near the goal, alternating full torques each step while the frames barely move (every sampled
+            frame shows the same pose); changing the torque then costs (:class:`ActionSmoothnessCost`;
+            docs/benchmarks.md, momentum section, ninth session).
         anchor_shift: the anchor head reads the current frame and the goal image each through five views,
             themselves and translated by this many pixels both ways along each axis, and averages its
             readings (``WorldModel.encode(..., anchor_shift)``; 0: the frames alone). Measured against 0,
@@ -77,6 +82,7 @@ class CostConfig:
     anchor_weight: float = 3.0  # distracting reach, 50 goals, one view: 90% / 68% held (1.0: 86% / 60%)
     anchor_shift: int = 2  # px; 0: one view (docs/benchmarks.md, eighth session)
     rest_weight: float = 0.0
+    smooth_weight: float = 0.0
 
     def __post_init__(self) -> None:
         choices_of = {"space": SPACES, "metric": METRICS, "reduction": REDUCTIONS}
@@ -94,6 +100,8 @@ class CostConfig:
             )
         if not self.anchor_weight >= 0:
             raise ValueError(f"cost.anchor_weight={self.anchor_weight:g}; expected >= 0 (0: no such term)")
+        if not self.smooth_weight >= 0:
+            raise ValueError(f"cost.smooth_weight={self.smooth_weight:g}; expected >= 0 (0: no such term)")
         if not self.rest_weight >= 0:
             raise ValueError(f"cost.rest_weight={self.rest_weight:g}; expected >= 0 (0: no such term)")
         shift = self.anchor_shift
@@ -210,6 +218,12 @@ class SumCost(Cost):
             if hasattr(t, "set_start"):
                 t.set_start(state)
 
+    def set_last_action(self, action: Tensor | None) -> None:
+        """Forward the action taken last to every term that reads it."""
+        for t in self.terms:
+            if hasattr(t, "set_last_action"):
+                t.set_last_action(action)
+
     @property
     def rollout_projection(self) -> nn.Linear | None:  # type: ignore[override]
         """The projection every prediction-reading term accepts (None unless they share one)."""
@@ -251,6 +265,11 @@ class ScaledCost(Cost):
         """Forward the current observation's encoded state to the wrapped cost."""
         if hasattr(self.cost, "set_start"):
             self.cost.set_start(state)
+
+    def set_last_action(self, action: Tensor | None) -> None:
+        """Forward the action taken last to the wrapped cost."""
+        if hasattr(self.cost, "set_last_action"):
+            self.cost.set_last_action(action)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         return self.weight * self.cost(pred, actions)
@@ -645,6 +664,50 @@ class ActionMagnitudeCost(Cost):
 
     def __repr__(self) -> str:
         return f"ActionMagnitudeCost(weight={self.weight}, p={self.p})"
+
+
+class ActionSmoothnessCost(Cost):
+    """``weight * mean_h ||a_h - a_{h-1}||^2`` over a plan, ``a_{-1}`` the action taken last
+    (:meth:`set_last_action`; None: zeros, as at an episode's start): changing the action costs.
+
+    Args:
+        weight: multiplier (>= 0).
+    """
+
+    reads_predictions = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        if not weight >= 0:
+            raise ValueError(f"smooth weight={weight}; expected >= 0")
+        self.weight = float(weight)
+        self.last: Tensor | None = None  # [A]
+
+    def set_last_action(self, action: Tensor | None) -> None:
+        """The action the agent took last ``[A]`` (None: zeros, as at an episode's start)."""
+        self.last = None if action is None else torch.as_tensor(action).detach().reshape(-1)
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        if actions.dim() != 3:
+            raise ValueError(f"actions must be [S, H, A]; got shape {tuple(actions.shape)}")
+        S, _, A = actions.shape
+        if self.last is not None and self.last.numel() != A:
+            raise ValueError(f"the last action has {self.last.numel()} dims; the plan's actions have {A}")
+        last = torch.zeros(A) if self.last is None else self.last
+        prev = torch.cat([last.to(actions).expand(S, 1, A), actions[:, :-1]], 1)
+        return self.weight * (actions - prev).square().sum(-1).mean(-1)
+
+    def __repr__(self) -> str:
+        return f"ActionSmoothnessCost(weight={self.weight})"
+
+
+def with_action_terms(cost: Cost, action_weight: float = 0.0, smooth_weight: float = 0.0) -> Cost:
+    """``cost`` plus the action-only terms (:class:`ActionMagnitudeCost`, :class:`ActionSmoothnessCost`)
+    whose weights are > 0: the same for a world model's cost and an oracle's."""
+    if action_weight:
+        cost = cost + ActionMagnitudeCost(action_weight)
+    if smooth_weight:
+        cost = cost + ActionSmoothnessCost(smooth_weight)
+    return cost
 
 
 def latent_goal_cost(

@@ -31,7 +31,7 @@ from torch import Tensor
 from envs.push import PushEnv
 from envs.push_expert import PUSHER_RADIUS, T_CORNERS
 from envs.reach import LINK_LENGTHS, ReachEnv
-from jepa_agent.costs import REDUCTIONS, ActionMagnitudeCost, Cost, CostConfig, reduce_steps
+from jepa_agent.costs import REDUCTIONS, Cost, CostConfig, reduce_steps, with_action_terms
 
 
 class ReachKinematics:
@@ -64,12 +64,12 @@ class ReachKinematics:
 
     def cost(self, goal_ee: Tensor, **options: Any) -> Cost:
         """True end-effector distance (metres) to ``goal_ee``, reduced over the steps like the world
-        model's cost, plus the same action penalty: ``options`` are :class:`CostConfig`'s fields (checked
+        model's cost, plus the same action terms: ``options`` are :class:`CostConfig`'s fields (checked
         there). ``space`` and ``metric`` choose how a *world model* compares latents; the oracle always
         measures the true distance."""
         c = CostConfig(**options)
         cost = EndEffectorCost(goal_ee, reduction=c.reduction, discount=c.discount, device=self.device)
-        return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
+        return with_action_terms(cost, c.action_weight, c.smooth_weight)
 
     def rollout(self, q0: Tensor, actions: Tensor) -> Tensor:
         """Joint angles after each action: ``q0 [n]``, ``actions [S, H, n]`` -> ``[S, H, n]``."""
@@ -212,10 +212,10 @@ class PushSimulator(SimulatorModel):
 
     def cost(self, goal_state: Tensor, **options: Any) -> Cost:
         """:class:`PushStateCost` towards ``goal_state``, reduced over the steps like the world model's cost,
-        plus the same action penalty: ``options`` are :class:`CostConfig`'s fields (checked there)."""
+        plus the same action terms: ``options`` are :class:`CostConfig`'s fields (checked there)."""
         c = CostConfig(**options)
         cost = PushStateCost(goal_state, self.pos_scale, self.yaw_scale, c.reduction, c.discount, self.device)
-        return cost + ActionMagnitudeCost(c.action_weight) if c.action_weight else cost
+        return with_action_terms(cost, c.action_weight, c.smooth_weight)
 
 
 def way_round(a: Tensor, b: Tensor, centre: Tensor, radius: float) -> Tensor:

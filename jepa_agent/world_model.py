@@ -36,7 +36,6 @@ from jepa_agent.checkpoint import (
 from jepa_agent.config import signature_schema
 from jepa_agent.costs import (
     SPACES,
-    ActionMagnitudeCost,
     AnchorCost,
     Cost,
     CostConfig,
@@ -47,6 +46,7 @@ from jepa_agent.costs import (
     RestCost,
     ScaledCost,
     goal_latent,
+    with_action_terms,
 )
 from jepa_agent.models.ac_predictor import ACPredictor, ac_predictor_config
 from jepa_agent.models.latent import (
@@ -429,6 +429,7 @@ class WorldModel(nn.Module):
         anchor_weight: float = CostConfig.anchor_weight,
         anchor_shift: int = CostConfig.anchor_shift,
         rest_weight: float = CostConfig.rest_weight,
+        smooth_weight: float = CostConfig.smooth_weight,
     ) -> Cost:
         """The planning cost towards the goal latent (defaults: :class:`~jepa_agent.costs.CostConfig`'s,
         the same as ``scripts/plan.py``'s).
@@ -489,7 +490,7 @@ class WorldModel(nn.Module):
         if anchor_weight and space == "metric" and self.anchor_trained and goal_anchor is not None:
             anchored = AnchorCost(self.anchor, goal_anchor, reduction, discount)
             goal_cost = goal_cost + ScaledCost(anchored, anchor_weight)
-        return goal_cost + ActionMagnitudeCost(action_weight) if action_weight else goal_cost
+        return with_action_terms(goal_cost, action_weight, smooth_weight)
 
     def resolve_cost_space(self, space: str) -> str:
         """``space`` checked against this model (``auto`` -> the first it has of ``metric`` (trained),

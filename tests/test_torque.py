@@ -194,6 +194,46 @@ def test_rest_term_prices_the_motion_left_at_the_end_of_a_plan():
         rest(pred[:, :1], actions[:, :1])
 
 
+def test_smooth_term_prices_a_change_of_action_from_the_one_taken_last():
+    """``cost.smooth_weight``: + mean_h ||a_h - a_{h-1}||^2 from the action the agent took last (zeros at an
+    episode's start), so alternating full torques (the dither seen at a goal) costs; the agent gives the
+    cost its last action every replan, the oracle carries the same term, and bad values are refused."""
+    from jepa_agent.costs import ActionSmoothnessCost, CostConfig
+
+    smooth = ActionSmoothnessCost(0.5)
+    a = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]], [[0.2, 0.1], [0.2, 0.1]]])  # [S=2, H=2, A=2]
+    torch.testing.assert_close(smooth(None, a), 0.5 * torch.tensor([(1 + 4) / 2, 0.05 / 2]))
+    smooth.set_last_action(torch.tensor([0.2, 0.1]))  # the second plan continues the last action: free
+    torch.testing.assert_close(smooth(None, a), 0.5 * torch.tensor([(0.64 + 0.01 + 4) / 2, 0.0]))
+    with pytest.raises(ValueError, match="the last action has 3 dims; the plan's actions have 2"):
+        smooth.set_last_action(torch.zeros(3)) or smooth(None, a)
+    with pytest.raises(ValueError, match=r"cost.smooth_weight=-0.1; expected >= 0"):
+        CostConfig(smooth_weight=-0.1)
+
+    model = tiny_model()
+    planner = CEMPlanner(action_dim=2, horizon=3, population=8, elites=2, iterations=2)
+    agent = MPCAgent(model, planner, cost=CostConfig(smooth_weight=0.5))
+    term = next(t for t in agent.model.cost(torch.zeros(model.latent_shape), smooth_weight=0.5).terms
+                if isinstance(t, ActionSmoothnessCost))  # fmt: skip
+    assert term.weight == 0.5
+    rng = np.random.default_rng(0)
+    frame = {"pixels": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)}
+    agent.reset({"image": frame["pixels"]})
+    seen = []
+    cost_term = next(t for t in agent._cost_fn.terms if isinstance(t, ActionSmoothnessCost))
+    original = cost_term.set_last_action
+    cost_term.set_last_action = lambda action: (seen.append(action), original(action))
+    taken = [agent.act(frame) for _ in range(3)]
+    assert len(seen) == 3 and seen[0] is None
+    assert all(np.allclose(s.numpy(), t) for s, t in zip(seen[1:], taken[:2], strict=True))
+    agent.reset({"image": frame["pixels"]})  # a new episode starts from rest
+    assert agent._last_action is None
+    env = envs.make_env("reach_torque", max_episode_steps=5)
+    oracle = oracle_model(env).cost(torch.zeros(2), smooth_weight=0.5)
+    assert any(isinstance(t, ActionSmoothnessCost) for t in oracle.terms)
+    env.close()
+
+
 # -- memory and context ------------------------------------------------------------------------------
 def test_context_pads_an_episode_start_and_the_memory_must_match():
     model = tiny_model()
