@@ -692,8 +692,8 @@ class ActionSmoothnessCost(Cost):
         S, _, A = actions.shape
         if self.last is not None and self.last.numel() != A:
             raise ValueError(f"the last action has {self.last.numel()} dims; the plan's actions have {A}")
-        last = torch.zeros(A) if self.last is None else self.last
-        prev = torch.cat([last.to(actions).expand(S, 1, A), actions[:, :-1]], 1)
+        last = actions.new_zeros(A) if self.last is None else self.last.to(actions)
+        prev = torch.cat([last.expand(S, 1, A), actions[:, :-1]], 1)
         return self.weight * (actions - prev).square().sum(-1).mean(-1)
 
     def __repr__(self) -> str:
