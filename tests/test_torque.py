@@ -205,8 +205,9 @@ def test_smooth_term_prices_a_change_of_action_from_the_one_taken_last():
     torch.testing.assert_close(smooth(None, a), 0.5 * torch.tensor([(1 + 4) / 2, 0.05 / 2]))
     smooth.set_last_action(torch.tensor([0.2, 0.1]))  # the second plan continues the last action: free
     torch.testing.assert_close(smooth(None, a), 0.5 * torch.tensor([(0.64 + 0.01 + 4) / 2, 0.0]))
+    smooth.set_last_action(torch.zeros(3))
     with pytest.raises(ValueError, match="the last action has 3 dims; the plan's actions have 2"):
-        smooth.set_last_action(torch.zeros(3)) or smooth(None, a)
+        smooth(None, a)
     with pytest.raises(ValueError, match=r"cost.smooth_weight=-0.1; expected >= 0"):
         CostConfig(smooth_weight=-0.1)
 
