@@ -31,9 +31,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from jepa_agent.agent import planning_rollout
+from jepa_agent.agent import encode_options, planning_rollout
 from jepa_agent.config import register_configs
-from jepa_agent.costs import CostConfig
 from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import StateReadout, WorldModel, build_world_model
 
@@ -119,9 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
     goal = torch.nn.functional.layer_norm(torch.randn(N, D), (D,))
     if args.cost_space == "readout" and model.readout is None:
         raise ValueError(f"--cost-space=readout but {source} has no state readout; pass --cost-space=metric")
-    # the anchor term (a trained anchor head, metric space) reads the goal image and each replan's frame
-    anchored = bool(model.anchor_trained) and args.cost_space == "metric"
-    shift = CostConfig.anchor_shift if anchored else 0
+    # the anchor term (a trained anchor head, metric space) reads the goal image and each replan's frame,
+    # encoded as the agent encodes them
+    encoding = encode_options(model, {}) if args.cost_space == "metric" else {}
+    anchored, shift = bool(encoding), encoding.get("anchor_shift", 0)
     frame = torch.randint(0, 256, (model.image_size, model.image_size, 3), dtype=torch.uint8).numpy()
     if anchored:
         with torch.inference_mode():
