@@ -149,7 +149,10 @@ class TorqueTargetPolicy:
     * with probability ``coast_prob``, zero torque plus ``coast_noise``: the arm glides to rest, which shows
       the world model what velocity alone does (and what standing still looks like);
     * with probability ``random_prob``, smoothed random torques (AR(1), std ``noise * 3``): fast swings
-      through the whole speed range.
+      through the whole speed range;
+    * with probability ``settle_prob``, a small move: a target within ``settle_span`` rad, the same PD law
+      with the velocity gain ``settle_kd`` and noise ``settle_noise``. The arm
+      makes a short move and stops: fine control near rest, where a goal must be stopped at.
     """
 
     env_keys = ("joint_low", "joint_high")
@@ -171,6 +174,10 @@ class TorqueTargetPolicy:
         coast_prob: float = 0.2,
         coast_noise: float = 0.02,
         random_prob: float = 0.15,
+        settle_prob: float = 0.0,
+        settle_span: float = 0.2,
+        settle_kd: float = 0.3,
+        settle_noise: float = 0.05,
     ) -> None:
         _check_segments(smoothing, retarget_min, retarget_max)
         if not (0 < kp_range[0] <= kp_range[1] and kd >= 0 and noise >= 0 and coast_noise >= 0):
@@ -178,10 +185,15 @@ class TorqueTargetPolicy:
                 f"kp_range={list(kp_range)}, kd={kd!r}, noise={noise!r}, coast_noise={coast_noise!r}"
                 ": expected 0 < kp_range[0] <= kp_range[1] and kd, noise, coast_noise >= 0"
             )
-        if not (0.0 <= coast_prob and 0.0 <= random_prob and coast_prob + random_prob <= 1.0):
+        if not (settle_span > 0 and settle_kd >= 0 and settle_noise >= 0):
             raise ValueError(
-                f"coast_prob={coast_prob!r}, random_prob={random_prob!r}"
-                ": expected probabilities summing to <= 1"
+                f"settle_span={settle_span!r}, settle_kd={settle_kd!r}, settle_noise={settle_noise!r}"
+                ": expected settle_span > 0 and settle_kd, settle_noise >= 0"
+            )
+        probs = {"coast_prob": coast_prob, "random_prob": random_prob, "settle_prob": settle_prob}
+        if not (all(p >= 0.0 for p in probs.values()) and sum(probs.values()) <= 1.0):
+            raise ValueError(
+                ", ".join(f"{k}={v!r}" for k, v in probs.items()) + ": expected probabilities summing to <= 1"
             )
         self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
         self.n = len(self.low)
@@ -192,6 +204,8 @@ class TorqueTargetPolicy:
         self.retarget = (int(retarget_min), int(retarget_max))
         self.target_span = float(target_span)
         self.coast_prob, self.random_prob = float(coast_prob), float(random_prob)
+        self.settle_prob, self.settle_span = float(settle_prob), float(settle_span)
+        self.settle_kd, self.settle_noise = float(settle_kd), float(settle_noise)
         self._mode, self._kp, self._countdown = "move", 1.0, 0
         self._target = np.zeros(self.n)
         self._eps = np.zeros(self.n)
@@ -201,24 +215,26 @@ class TorqueTargetPolicy:
         qdot = np.asarray(proprio[self.n : 2 * self.n], np.float64)
         if self._countdown <= 0:
             u = self.rng.uniform()
-            self._mode = (
-                "coast"
-                if u < self.coast_prob
-                else "random"
-                if u < self.coast_prob + self.random_prob
-                else "move"
-            )
+            edges = np.cumsum([self.coast_prob, self.random_prob, self.settle_prob])
+            self._mode = ("coast", "random", "settle", "move")[int(np.searchsorted(edges, u, side="right"))]
             self._kp = self.rng.uniform(*self.kp_range)
-            target = q + self.rng.uniform(-self.target_span, self.target_span, self.n)
+            span = self.settle_span if self._mode == "settle" else self.target_span
+            target = q + self.rng.uniform(-span, span, self.n)
             if self.joint_low is not None and self.joint_high is not None:
                 target = np.clip(target, self.joint_low, self.joint_high)
             self._target = target
             self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
         self._countdown -= 1
-        std = {"coast": self.coast_noise, "random": 3 * self.noise, "move": self.noise}[self._mode]
-        self._eps = _ar1(self.rng, self._eps, self.smoothing, std)
-        if self._mode == "move":
-            action = self._kp * (self._target - q) - self.kd * qdot + self._eps
+        std = {
+            "coast": self.coast_noise,
+            "random": 3 * self.noise,
+            "move": self.noise,
+            "settle": self.settle_noise,
+        }
+        self._eps = _ar1(self.rng, self._eps, self.smoothing, std[self._mode])
+        if self._mode in ("move", "settle"):
+            kd = self.settle_kd if self._mode == "settle" else self.kd
+            action = self._kp * (self._target - q) - kd * qdot + self._eps
         else:
             action = self._eps
         return np.clip(action, self.low, self.high).astype(np.float32)

@@ -153,11 +153,23 @@ def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
 
 
 def probe_targets(states: np.ndarray, env_name: str = "reach") -> tuple[np.ndarray, list[str]]:
-    """Probe targets from sim states ``[M, S]`` (qpos then qvel, ``S = 2n``) -> ``[M, 2n + 2]`` and names."""
+    """Probe targets from sim states ``[M, S]`` (qpos then qvel, ``S = 2n``) and names.
+
+    An arm (reach): joint angles as sin/cos and the end effector's xy, ``[M, 2n + 2]``. Push: the pusher's
+    and the block's xy and the block's yaw as sin/cos, ``[M, 6]`` (no joints, no end effector).
+    """
+    import envs
+
     states = np.asarray(states, dtype=np.float64)
     if states.ndim != 2 or states.shape[1] % 2:
         raise ValueError(f"states of shape {states.shape}; expected [M, 2n] (qpos, qvel)")
     n = states.shape[1] // 2
+    if envs.resolve_env_id(env_name) == envs.ENV_IDS["push"]:
+        if n != 5:
+            raise ValueError(f"push states of shape {states.shape}; expected [M, 10] (qpos [5], qvel [5])")
+        yaw = states[:, 4:5]
+        names = ["pusher_x", "pusher_y", "block_x", "block_y", "yaw_sin", "yaw_cos"]
+        return np.concatenate([states[:, :4], np.sin(yaw), np.cos(yaw)], axis=1), names
     qpos = states[:, :n]
     names = [f"q{i}_{f}" for i in range(n) for f in ("sin", "cos")] + ["ee_x", "ee_y"]
     return np.concatenate([joint_sincos(qpos), ee_positions(env_name, qpos)], axis=1), names
@@ -171,11 +183,19 @@ def r2_scores(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def summarise_r2(r2: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Per-target R^2 plus the groups: ``ee_pos`` (mean of x, y), ``joints`` (mean of sin/cos), ``q<i>``."""
+    """Per-target R^2 plus the groups: ``ee_pos`` (mean of x, y), ``joints`` (mean of sin/cos), ``q<i>``;
+    for push ``pusher_pos``, ``block_pos`` and ``yaw``."""
     out = {n: float(v) for n, v in zip(names, r2, strict=True)}
     ee = [out[k] for k in ("ee_x", "ee_y") if k in out]
     if ee:
         out["ee_pos"] = float(np.mean(ee))
+    for group, keys in (
+        ("pusher_pos", ("pusher_x", "pusher_y")),
+        ("block_pos", ("block_x", "block_y")),
+        ("yaw", ("yaw_sin", "yaw_cos")),
+    ):  # push
+        if all(k in out for k in keys):
+            out[group] = float(np.mean([out[k] for k in keys]))
     joints = [k for k in names if k.startswith("q")]
     if joints:
         out["joints"] = float(np.mean([out[k] for k in joints]))

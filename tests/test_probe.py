@@ -56,6 +56,22 @@ def test_reach_targets_are_sincos_and_forward_kinematics() -> None:
         np.testing.assert_array_equal(probe_targets(states, name)[0], y)
 
 
+def test_push_targets_are_positions_and_yaw() -> None:
+    qpos = np.array([[0.1, -0.05, 0.0, 0.02, np.pi / 2], [0.0, 0.0, -0.1, 0.1, 0.0]])
+    states = np.concatenate([qpos, np.zeros_like(qpos)], axis=1)  # [M, 10] (qpos, qvel)
+    for name in ("push", "JepaAgent/Push-v0"):
+        y, names = probe_targets(states, name)
+        assert names == ["pusher_x", "pusher_y", "block_x", "block_y", "yaw_sin", "yaw_cos"]
+        np.testing.assert_allclose(
+            y, [[0.1, -0.05, 0.0, 0.02, 1.0, 0.0], [0.0, 0.0, -0.1, 0.1, 0.0, 1.0]], atol=1e-12
+        )
+    out = summarise_r2(np.array([1.0, 0.5, 0.9, 0.7, 0.2, 0.4]), names)
+    assert out["pusher_pos"] == 0.75 and out["block_pos"] == 0.8 and out["yaw"] == pytest.approx(0.3)
+    assert "ee_pos" not in out and "joints" not in out
+    with pytest.raises(ValueError, match=r"expected \[M, 10\]"):
+        probe_targets(np.zeros((3, 4)), "push")
+
+
 def test_summary_groups() -> None:
     out = summarise_r2(
         np.array([1.0, 0.8, 0.6, 0.4, 0.9, 0.7]), ["q0_sin", "q0_cos", "q1_sin", "q1_cos", "ee_x", "ee_y"]

@@ -46,6 +46,40 @@ def test_the_arm_keeps_moving_after_a_torque_pulse():
     env.close()
 
 
+def test_settle_segments_make_small_moves_that_stop():
+    """The torque data policy's settle segments (``settle_prob``) move the arm a little and stop it: fine
+    control near rest. Its own moves swing it; settle_prob=0 is the policy as it was (same draws)."""
+    from jepa_agent.collect import make_policy, make_recording_env
+
+    def run(**kw):
+        env = make_recording_env("reach_torque", {"image_size": 16})
+        info = env.env_info()
+        policy = make_policy("torque", info, np.random.default_rng(0), **kw)
+        obs, _ = env.reset(seed=0)
+        speed, acts = [], []
+        for _ in range(120):
+            a = policy(obs["proprio"])
+            obs, *_ = env.step(a)
+            acts.append(a)
+            speed.append(np.abs(obs["proprio"][2:]).max())
+        env.close()
+        return np.array(speed), np.stack(acts)
+
+    settle, settle_acts = run(coast_prob=0.0, random_prob=0.0, settle_prob=1.0)
+    move, _ = run(coast_prob=0.0, random_prob=0.0, settle_prob=0.0)
+    assert np.median(settle) < 0.5 * np.median(move)  # rad/s: small moves...
+    assert (settle < 0.1).mean() > 0.1  # ...that come to rest
+    assert np.abs(settle_acts).mean() < 0.3
+    np.testing.assert_array_equal(run()[1], run(settle_prob=0.0)[1])
+    env = make_recording_env("reach_torque", {"image_size": 16})
+    info = env.env_info()
+    env.close()
+    with pytest.raises(ValueError, match="coast_prob=0.5, random_prob=0.15, settle_prob=0.5: expected"):
+        make_policy("torque", info, np.random.default_rng(0), coast_prob=0.5, settle_prob=0.5)
+    with pytest.raises(ValueError, match="settle_span=0.0, settle_kd=0.3, settle_noise=0.05: expected"):
+        make_policy("torque", info, np.random.default_rng(0), settle_span=0.0)
+
+
 def test_torque_settings_are_checked():
     for kwargs, match in (
         ({"control": "velocity"}, r"control='velocity': expected one of \['position', 'torque'\]"),
