@@ -152,7 +152,10 @@ class TorqueTargetPolicy:
       through the whole speed range;
     * with probability ``settle_prob``, a small move: a target within ``settle_span`` rad, the same PD law
       with the velocity gain ``settle_kd`` and noise ``settle_noise``. The arm
-      makes a short move and stops: fine control near rest, where a goal must be stopped at.
+      makes a short move and stops: fine control near rest, where a goal must be stopped at;
+    * with probability ``jitter_prob``, the same small move plus torques that flip sign every step, of a
+      size drawn per segment and joint up to ``jitter_amp``: the arm swings out and back between frames that
+      show nearly the same pose, the state a dithering planner leaves it in.
     """
 
     env_keys = ("joint_low", "joint_high")
@@ -178,6 +181,8 @@ class TorqueTargetPolicy:
         settle_span: float = 0.2,
         settle_kd: float = 0.3,
         settle_noise: float = 0.05,
+        jitter_prob: float = 0.0,
+        jitter_amp: float = 1.0,
     ) -> None:
         _check_segments(smoothing, retarget_min, retarget_max)
         if not (0 < kp_range[0] <= kp_range[1] and kd >= 0 and noise >= 0 and coast_noise >= 0):
@@ -190,7 +195,14 @@ class TorqueTargetPolicy:
                 f"settle_span={settle_span!r}, settle_kd={settle_kd!r}, settle_noise={settle_noise!r}"
                 ": expected settle_span > 0 and settle_kd, settle_noise >= 0"
             )
-        probs = {"coast_prob": coast_prob, "random_prob": random_prob, "settle_prob": settle_prob}
+        if not jitter_amp >= 0:
+            raise ValueError(f"jitter_amp={jitter_amp!r}: expected >= 0")
+        probs = {
+            "coast_prob": coast_prob,
+            "random_prob": random_prob,
+            "settle_prob": settle_prob,
+            "jitter_prob": jitter_prob,
+        }
         if not (all(p >= 0.0 for p in probs.values()) and sum(probs.values()) <= 1.0):
             raise ValueError(
                 ", ".join(f"{k}={v!r}" for k, v in probs.items()) + ": expected probabilities summing to <= 1"
@@ -206,6 +218,7 @@ class TorqueTargetPolicy:
         self.coast_prob, self.random_prob = float(coast_prob), float(random_prob)
         self.settle_prob, self.settle_span = float(settle_prob), float(settle_span)
         self.settle_kd, self.settle_noise = float(settle_kd), float(settle_noise)
+        self.jitter_prob, self.jitter_amp, self._amp = float(jitter_prob), float(jitter_amp), 0.0
         self._mode, self._kp, self._countdown = "move", 1.0, 0
         self._target = np.zeros(self.n)
         self._eps = np.zeros(self.n)
@@ -215,10 +228,15 @@ class TorqueTargetPolicy:
         qdot = np.asarray(proprio[self.n : 2 * self.n], np.float64)
         if self._countdown <= 0:
             u = self.rng.uniform()
-            edges = np.cumsum([self.coast_prob, self.random_prob, self.settle_prob])
-            self._mode = ("coast", "random", "settle", "move")[int(np.searchsorted(edges, u, side="right"))]
+            edges = np.cumsum([self.coast_prob, self.random_prob, self.settle_prob, self.jitter_prob])
+            modes = ("coast", "random", "settle", "jitter", "move")
+            self._mode = modes[int(np.searchsorted(edges, u, side="right"))]
             self._kp = self.rng.uniform(*self.kp_range)
-            span = self.settle_span if self._mode == "settle" else self.target_span
+            if self._mode == "jitter":  # drawn only here: settings without jitter keep their draws
+                self._amp = self.rng.uniform(0.0, self.jitter_amp, self.n) * self.rng.choice(
+                    [-1.0, 1.0], self.n
+                )
+            span = self.settle_span if self._mode in ("settle", "jitter") else self.target_span
             target = q + self.rng.uniform(-span, span, self.n)
             if self.joint_low is not None and self.joint_high is not None:
                 target = np.clip(target, self.joint_low, self.joint_high)
@@ -230,11 +248,15 @@ class TorqueTargetPolicy:
             "random": 3 * self.noise,
             "move": self.noise,
             "settle": self.settle_noise,
+            "jitter": self.settle_noise,
         }
         self._eps = _ar1(self.rng, self._eps, self.smoothing, std[self._mode])
-        if self._mode in ("move", "settle"):
-            kd = self.settle_kd if self._mode == "settle" else self.kd
+        if self._mode in ("move", "settle", "jitter"):
+            kd = self.kd if self._mode == "move" else self.settle_kd
             action = self._kp * (self._target - q) - kd * qdot + self._eps
+            if self._mode == "jitter":  # torques that flip sign every step: the arm swings out and back
+                self._amp = -self._amp  # between two frames that show the same pose (the planner's dither)
+                action = action + self._amp
         else:
             action = self._eps
         return np.clip(action, self.low, self.high).astype(np.float32)

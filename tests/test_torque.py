@@ -46,9 +46,10 @@ def test_the_arm_keeps_moving_after_a_torque_pulse():
     env.close()
 
 
-def test_settle_segments_make_small_moves_that_stop():
+def test_settle_and_jitter_segments():
     """The torque data policy's settle segments (``settle_prob``) move the arm a little and stop it: fine
-    control near rest. Its own moves swing it; settle_prob=0 is the policy as it was (same draws)."""
+    control near rest; its moves swing it. Jitter segments (``jitter_prob``) flip the torque's sign every
+    step. Both off is the policy as it was (the same draws)."""
     from jepa_agent.collect import make_policy, make_recording_env
 
     def run(**kw):
@@ -70,14 +71,21 @@ def test_settle_segments_make_small_moves_that_stop():
     assert np.median(settle) < 0.5 * np.median(move)  # rad/s: small moves...
     assert (settle < 0.1).mean() > 0.1  # ...that come to rest
     assert np.abs(settle_acts).mean() < 0.3
-    np.testing.assert_array_equal(run()[1], run(settle_prob=0.0)[1])
+    np.testing.assert_array_equal(run()[1], run(settle_prob=0.0, jitter_prob=0.0)[1])
+    _, jitter_acts = run(coast_prob=0.0, random_prob=0.0, jitter_prob=1.0)
+    flips = np.sign(jitter_acts[1:]) != np.sign(jitter_acts[:-1])
+    assert flips.mean() > 0.7 and np.abs(jitter_acts).mean() > np.abs(settle_acts).mean()
     env = make_recording_env("reach_torque", {"image_size": 16})
     info = env.env_info()
     env.close()
-    with pytest.raises(ValueError, match="coast_prob=0.5, random_prob=0.15, settle_prob=0.5: expected"):
+    with pytest.raises(
+        ValueError, match="coast_prob=0.5, random_prob=0.15, settle_prob=0.5, jitter_prob=0.0: expected"
+    ):
         make_policy("torque", info, np.random.default_rng(0), coast_prob=0.5, settle_prob=0.5)
     with pytest.raises(ValueError, match="settle_span=0.0, settle_kd=0.3, settle_noise=0.05: expected"):
         make_policy("torque", info, np.random.default_rng(0), settle_span=0.0)
+    with pytest.raises(ValueError, match="jitter_amp=-1.0: expected >= 0"):
+        make_policy("torque", info, np.random.default_rng(0), jitter_amp=-1.0)
 
 
 def test_torque_settings_are_checked():
