@@ -219,6 +219,13 @@ class TorqueTargetPolicy:
         self.settle_prob, self.settle_span = float(settle_prob), float(settle_span)
         self.settle_kd, self.settle_noise = float(settle_kd), float(settle_noise)
         self.jitter_prob, self.jitter_amp, self._amp = float(jitter_prob), float(jitter_amp), 0.0
+        self._std = {  # the AR(1) noise of each segment kind
+            "coast": self.coast_noise,
+            "random": 3 * self.noise,
+            "move": self.noise,
+            "settle": self.settle_noise,
+            "jitter": self.settle_noise,
+        }
         self._mode, self._kp, self._countdown = "move", 1.0, 0
         self._target = np.zeros(self.n)
         self._eps = np.zeros(self.n)
@@ -243,14 +250,7 @@ class TorqueTargetPolicy:
             self._target = target
             self._countdown = int(self.rng.integers(self.retarget[0], self.retarget[1] + 1))
         self._countdown -= 1
-        std = {
-            "coast": self.coast_noise,
-            "random": 3 * self.noise,
-            "move": self.noise,
-            "settle": self.settle_noise,
-            "jitter": self.settle_noise,
-        }
-        self._eps = _ar1(self.rng, self._eps, self.smoothing, std[self._mode])
+        self._eps = _ar1(self.rng, self._eps, self.smoothing, self._std[self._mode])
         if self._mode in ("move", "settle", "jitter"):
             kd = self.kd if self._mode == "move" else self.settle_kd
             action = self._kp * (self._target - q) - kd * qdot + self._eps
