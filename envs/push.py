@@ -64,6 +64,17 @@ MOVE_DISTANCE, MOVE_ANGLE = 0.001, np.radians(1)  # a step "moves the block" bey
 POSE_TOLERANCE = 0.003  # m a valid pose may overstep a bound by (contacts and joint limits give ~1-2 mm)
 
 
+def probe_targets(states: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """What a probe of a push encoder regresses (``jepa_agent.probe.probe_targets``), from states ``[M, 10]``
+    (qpos, qvel): the pusher's and the block's xy and the block's yaw as sin and cos -> ``[M, 6]``, names."""
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or states.shape[1] != 10:
+        raise ValueError(f"push states of shape {states.shape}; expected [M, 10] (qpos [5], qvel [5])")
+    yaw = states[:, 4:5]
+    names = ["pusher_x", "pusher_y", "block_x", "block_y", "yaw_sin", "yaw_cos"]
+    return np.concatenate([states[:, :4], np.sin(yaw), np.cos(yaw)], axis=1), names
+
+
 def check_pose(qpos: Any, name: str) -> np.ndarray:
     """``qpos`` as float64 ``[5]`` if it is a pose the env can be in; else ValueError naming ``name``.
 

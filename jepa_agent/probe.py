@@ -124,12 +124,8 @@ def joint_sincos(qpos: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(qpos), np.cos(qpos)], axis=-1).reshape(len(qpos), -1)
 
 
-def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
-    """End-effector ``xy`` ``[M, 2]`` for joint angles ``[M, n]``: the env's forward kinematics.
-
-    Uses ``envs.<task>.forward_kinematics`` when the task module has it, otherwise sets each state
-    in the env and reads ``env.unwrapped.ee_pos()``.
-    """
+def _task_function(env_name: str, name: str) -> Callable[..., Any] | None:
+    """Function ``name`` of the module that defines ``env_name``'s env (e.g. ``envs.reach``), or None."""
     import importlib
 
     import gymnasium as gym
@@ -138,7 +134,18 @@ def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
 
     entry = gym.spec(envs.resolve_env_id(env_name)).entry_point  # e.g. "envs.reach:ReachEnv"
     module = importlib.import_module(entry.split(":")[0]) if isinstance(entry, str) else None
-    fk: Callable[[np.ndarray], np.ndarray] | None = getattr(module, "forward_kinematics", None)
+    return getattr(module, name, None)
+
+
+def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
+    """End-effector ``xy`` ``[M, 2]`` for joint angles ``[M, n]``: the env's forward kinematics.
+
+    Uses ``envs.<task>.forward_kinematics`` when the task module has it, otherwise sets each state
+    in the env and reads ``env.unwrapped.ee_pos()``.
+    """
+    import envs
+
+    fk: Callable[[np.ndarray], np.ndarray] | None = _task_function(env_name, "forward_kinematics")
     if fk is not None:
         return np.asarray(fk(qpos), dtype=np.float64)
     env = envs.make_env(env_name)
@@ -155,21 +162,17 @@ def ee_positions(env_name: str, qpos: np.ndarray) -> np.ndarray:
 def probe_targets(states: np.ndarray, env_name: str = "reach") -> tuple[np.ndarray, list[str]]:
     """Probe targets from sim states ``[M, S]`` (qpos then qvel, ``S = 2n``) and names.
 
-    An arm (reach): joint angles as sin/cos and the end effector's xy, ``[M, 2n + 2]``. Push: the pusher's
-    and the block's xy and the block's yaw as sin/cos, ``[M, 6]`` (no joints, no end effector).
+    A task whose module defines ``probe_targets(states) -> (targets, names)`` gives its own (push: the
+    pusher's and the block's xy and the block's yaw as sin/cos, ``envs.push.probe_targets``). An arm
+    (reach): joint angles as sin/cos and the end effector's xy, ``[M, 2n + 2]``.
     """
-    import envs
-
     states = np.asarray(states, dtype=np.float64)
     if states.ndim != 2 or states.shape[1] % 2:
         raise ValueError(f"states of shape {states.shape}; expected [M, 2n] (qpos, qvel)")
+    own = _task_function(env_name, "probe_targets")
+    if own is not None:
+        return own(states)
     n = states.shape[1] // 2
-    if envs.resolve_env_id(env_name) == envs.ENV_IDS["push"]:
-        if n != 5:
-            raise ValueError(f"push states of shape {states.shape}; expected [M, 10] (qpos [5], qvel [5])")
-        yaw = states[:, 4:5]
-        names = ["pusher_x", "pusher_y", "block_x", "block_y", "yaw_sin", "yaw_cos"]
-        return np.concatenate([states[:, :4], np.sin(yaw), np.cos(yaw)], axis=1), names
     qpos = states[:, :n]
     names = [f"q{i}_{f}" for i in range(n) for f in ("sin", "cos")] + ["ee_x", "ee_y"]
     return np.concatenate([joint_sincos(qpos), ee_positions(env_name, qpos)], axis=1), names
