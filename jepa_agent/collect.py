@@ -151,8 +151,8 @@ class TorqueTargetPolicy:
     * with probability ``random_prob``, smoothed random torques (AR(1), std ``noise * 3``): fast swings
       through the whole speed range;
     * with probability ``settle_prob``, a small move: a target within ``settle_span`` rad, the same PD law
-      with the velocity gain ``settle_kd`` and noise ``settle_noise``. The arm
-      makes a short move and stops: fine control near rest, where a goal must be stopped at;
+      with the velocity gain ``settle_kd`` and noise ``settle_noise``. The arm makes a short move and
+      stops: fine control near rest, where a goal must be stopped at;
     * with probability ``jitter_prob``, the same small move plus torques that flip sign every step, of a
       size drawn per segment and joint up to ``jitter_amp``: the arm swings out and back between frames that
       show nearly the same pose, the state a dithering planner leaves it in.
