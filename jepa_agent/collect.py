@@ -740,3 +740,99 @@ def _run(
             warnings.simplefilter("ignore")
             vec.close(terminate=not ok) if n > 1 else vec.close()
     return t_loop, frames_written, (moved_steps / steps if steps else None)
+
+
+# ------------------------------------------------------------------ recording any policy's episodes
+class EpisodeRecorder(gym.Wrapper):
+    """Writes every episode run through it into an episode dataset, in :func:`collect`'s format, whatever
+    acts on it. ``plan.py record=DIR`` keeps the planner's own episodes this way: the states the planner
+    visits, as training data for the world model (``train_world_model.py 'data.path=[SCRIPTED,DIR]'``).
+
+    Episodes are numbered from 0 in the order they are reset, and each is written when it ends (terminated
+    or truncated), atomically: an episode cut short is not written. Reset with a seed; the episode file
+    records it. Opening a directory that holds episodes from other settings is refused
+    (:class:`~jepa_agent.data.EpisodeWriter`); re-running the same command writes the same episodes again.
+
+    Args:
+        env: an env of this library or the Gymnasium adapter (``pixels`` and ``proprio`` observations,
+            ``get_state`` and ``goal_state``).
+        root: the dataset directory.
+        env_kwargs: the settings ``env`` was made with (``envs.env_kwargs_from_config``): the dataset's meta,
+            which training checks against the other datasets it reads.
+        collection: what produced the episodes (the meta's ``collection``; a JSON-able dict).
+        video: H.264 settings (defaults: :func:`collect`'s lossless ones).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        root: str | os.PathLike,
+        env_kwargs: dict[str, Any],
+        collection: dict[str, Any],
+        video: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(env)
+        from jepa_agent.data import EpisodeWriter, build_meta
+        from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+
+        info = RecordingWrapper(env).env_info()
+        defaults = {"codec": "h264", "crf": DEFAULT_CRF, "preset": DEFAULT_PRESET, "pix_fmt": DEFAULT_PIX_FMT}
+        meta = build_meta(
+            env_id=info["env_id"],
+            env_kwargs=dict(env_kwargs),
+            image_size=info["image_size"],
+            fps=info["fps"],
+            action_low=info["action_low"],
+            action_high=info["action_high"],
+            proprio_dim=info["proprio_dim"],
+            state_dim=info["state_dim"],
+            goal_dim=info["goal_dim"],
+            video={**defaults, **(video or {})},
+            collection=collection,
+        )
+        self.writer = EpisodeWriter(root, meta)
+        self.episodes_written, self.frames_written = 0, 0
+        self._index, self._episode = 0, None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is None:
+            raise ValueError("EpisodeRecorder: reset(seed=...) is needed, the episode file records its seed")
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.writer.is_finished(self._index, seed)  # an episode of another seed under this index: refused
+        base = self.env.unwrapped
+        self._episode = _Episode(index=self._index, seed=int(seed), policy=None)
+        self._episode.goal_state = np.array(base.goal_state())
+        self._index += 1
+        self._add(obs)
+        return obs, info
+
+    def _add(self, obs: dict[str, np.ndarray]) -> None:
+        ep = self._episode
+        ep.frames.append(np.array(obs["pixels"]))
+        ep.proprio.append(np.array(obs["proprio"]))
+        ep.state.append(np.array(self.env.unwrapped.get_state()))
+
+    def step(self, action: Any):
+        if self._episode is None:
+            raise RuntimeError("EpisodeRecorder: step() before reset()")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        ep = self._episode
+        ep.actions.append(np.asarray(action, np.float32).copy())
+        ep.rewards.append(float(reward))
+        if "is_success" in info:
+            ep.success.append(bool(info["is_success"]))
+        self._add(obs)
+        if terminated or truncated:
+            self.frames_written += _write_episode(self.writer, ep)
+            self.episodes_written += 1
+            self.writer.finalize()  # the meta's counts stay current if the run is killed
+            self._episode = None
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        """Finish the dataset's meta and release the directory (the env is closed too)."""
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer.close()
+            self.writer = None
+        super().close()

@@ -4,10 +4,13 @@
     python scripts/plan.py env=push goal=state                  # the true-state oracle alone (no model)
     python scripts/plan.py goal=path/to/goal.png episodes=3     # any image as the goal
     python scripts/plan.py planner=mppi episodes=100 checkpoint=outputs/train_all/.../world_model
+    python scripts/plan.py ... seed=1 record=data/planner_eps   # also keep the agent's episodes as a dataset
 
 Writes to the run dir: an mp4 per recorded episode (observation | goal), episodes.jsonl (a line per
 episode as it ends, kept if the run is interrupted), results.json, the planner's cost per iteration
 (cost_per_iteration.png) and an energy landscape (energy_landscape.png); ends with one JSON line.
+With ``record=DIR`` the main policy's episodes are also written to DIR as an episode dataset (collect.py's
+format): the states the planner visits, to train the world model on beside the scripted data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
+from jepa_agent.collect import EpisodeRecorder
 from jepa_agent.config import hydra_main
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, ZeroPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
@@ -99,27 +103,45 @@ def main(cfg: DictConfig) -> None:
         policies["zero"] = ZeroPolicy(env.action_space)
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
+    main_name = next(iter(policies))
+    recorder = None
+    if cfg.record is not None:  # the main policy's episodes, kept as a dataset (on-policy training data)
+        collection = {
+            "policy": f"plan.py:{main_name}",
+            "checkpoint": None if kind == "state" else str(cfg.checkpoint),
+            "goal": str(cfg.goal),
+            "seed": int(cfg.seed),
+            **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("planner", "agent", "cost")},
+        }
+        recorder = EpisodeRecorder(env, cfg.record, envs.env_kwargs_from_config(cfg.env), collection)
     bar = tqdm(total=len(seeds) * len(policies), desc="episodes", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
+    results = {}
     with open(out / "episodes.jsonl", "w") as log:  # one line per finished episode: kept if interrupted
 
         def log_episode(name: str, i: int, result: EpisodeResult) -> None:
             log.write(json.dumps(strict_json({"policy": name, "index": i, **asdict(result)})) + "\n")
             log.flush()
 
-        results = evaluate(
-            env,
-            policies,
-            seeds,
-            goal_image=goal_image,
-            video_dir=out,
-            video_policies=tuple(policies),
-            max_videos=int(cfg.videos),
-            progress=lambda name, i: bar.set_postfix_str(name) or bar.update(),
-            on_episode=log_episode,
-        )
+        try:
+            for name, policy in policies.items():
+                run_env = recorder if recorder is not None and name == main_name else env
+                results |= evaluate(
+                    run_env,
+                    {name: policy},
+                    seeds,
+                    goal_image=goal_image,
+                    video_dir=out,
+                    video_policies=(name,),
+                    max_videos=int(cfg.videos),
+                    progress=lambda name, i: bar.set_postfix_str(name) or bar.update(),
+                    on_episode=log_episode,
+                )
+        finally:
+            if recorder is not None:
+                recorder.writer.finalize()
+                recorder.writer.close()
     bar.close()
-    main_name = next(iter(policies))
     plots = write_plan_report(env, policies, seeds[0], goal_image, out, int(cfg.energy_grid))
     atomic_write_json(
         out / "results.json",
@@ -147,6 +169,12 @@ def main(cfg: DictConfig) -> None:
         if name in results and name != main_name:
             for key in ("success_rate", "success_ci95", "success_rate_end"):
                 summary[f"{name}_{key}"] = results[name][key]
+    if recorder is not None:
+        summary["recorded"] = {
+            "out": str(cfg.record),
+            "episodes": recorder.episodes_written,
+            "frames": recorder.frames_written,
+        }
     summary["out"] = str(out)
     emit_json_line(summary)
     env.close()

@@ -36,6 +36,11 @@ def run(cfg: DictConfig) -> dict:
     """Build data, encoder, predictor and masks from ``cfg``; train; return the JSON summary."""
     if OmegaConf.is_missing(cfg.data, "path"):
         raise ValueError(f"data.path is required: pass data.path=DIR (a {cfg.data.kind} directory)")
+    if OmegaConf.is_list(cfg.data.path):
+        raise ValueError(
+            f"data.path={list(cfg.data.path)}: pretrain.py reads one directory; a list of them is for "
+            "train_world_model.py"
+        )
     if cfg.logger not in ("csv", "tensorboard"):
         raise ValueError(f"logger={cfg.logger!r}; expected 'csv' or 'tensorboard'")
     set_threads(cfg.threads)

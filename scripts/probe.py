@@ -49,6 +49,11 @@ def run(cfg: DictConfig) -> dict:
         )
     if OmegaConf.is_missing(cfg.data, "path"):
         raise ValueError("data.path is required: pass data.path=EPISODES_DIR (from scripts/collect.py)")
+    if OmegaConf.is_list(cfg.data.path):
+        raise ValueError(
+            f"data.path={list(cfg.data.path)}: probe.py reads one directory; a list of them is for "
+            "train_world_model.py"
+        )
     for key in ("max_train_frames", "max_val_frames"):
         if cfg[key] is not None:
             check_int(key, cfg[key], 1, "or null for all frames")

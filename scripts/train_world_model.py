@@ -2,6 +2,7 @@
 
     python scripts/train_world_model.py data.path=/tmp/eps_reach encoder_checkpoint=runs/pt/checkpoint
     python scripts/train_world_model.py ... world_model=grid2 train.steps=5000 out=runs/wm resume=true
+    python scripts/train_world_model.py 'data.path=[data/scripted,data/planner]' ...   # several datasets
     torchrun --nproc_per_node=2 scripts/train_world_model.py ...    # DDP (gloo / nccl)
 
 Ends with one JSON line: {"checkpoint", "steps", "final_loss", "val_one_step_l1",
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.checkpoint import load_config
 from jepa_agent.config import hydra_main
-from jepa_agent.data import DataError, EpisodeDataset
+from jepa_agent.data import DataError, open_episodes
 from jepa_agent.data.video_io import VIDEO_EXTENSIONS
 from jepa_agent.models.vit import encoder_config, load_encoder
 from jepa_agent.training.distributed import dist_info, shutdown_distributed
@@ -37,7 +38,10 @@ def run(cfg: DictConfig) -> dict:
             f"world-model training needs data=episodes with data.frame_stride=1; got {cfg.data.kind}, "
             f"stride {cfg.data.frame_stride}"
         )
-    check_has_actions(cfg.data.path)
+    paths = cfg.data.path
+    paths = OmegaConf.to_container(paths) if OmegaConf.is_list(paths) else str(paths)
+    for path in [paths] if isinstance(paths, str) else paths:
+        check_has_actions(str(path))
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     enc_path = resolve_checkpoint(cfg.encoder_checkpoint)
@@ -54,9 +58,9 @@ def run(cfg: DictConfig) -> dict:
     common = dict(
         val_fraction=cfg.data.val_fraction, expect_env_id=cfg.env.id, expect_image_size=cfg.env.image_size
     )
-    train_ds = EpisodeDataset(cfg.data.path, window=train_cfg.frames, split="train", **common)
+    train_ds = open_episodes(paths, window=train_cfg.frames, split="train", **common)
     try:
-        val_ds = EpisodeDataset(cfg.data.path, window=1, split="val", **common)
+        val_ds = open_episodes(paths, window=1, split="val", **common)
     except DataError as e:
         warnings.warn(f"no held-out episodes, validation skipped: {e}", stacklevel=1)
         val_ds = None

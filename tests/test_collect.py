@@ -204,3 +204,57 @@ def test_dev_npyvideo_harness_collects_without_ffmpeg(tmp_path, run_env):
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames = np.load(out / "episode_000000.mp4")  # .npy content under the episode's usual name
     assert frames.shape == (6, 64, 64, 3) and frames.dtype == np.uint8
+
+
+def test_recorder_writes_what_the_env_did(tmp_path):
+    """EpisodeRecorder (plan.py record=DIR): whatever acts, the dataset holds exactly the episodes run, each
+    written when it ends; an episode cut short is not; training reads it beside a scripted dataset."""
+    from jepa_agent.collect import EpisodeRecorder
+    from jepa_agent.data import ConcatEpisodes, open_episodes
+
+    collection = {"policy": "test", "seed": 0}
+    env = EpisodeRecorder(envs.make_env("reach", **ENV_KW), tmp_path / "rec", ENV_KW, collection)
+    rng = np.random.default_rng(0)
+    taken = {}
+    for seed in (5, 6):
+        env.reset(seed=seed)
+        taken[seed] = rng.uniform(-1, 1, (10, 2)).astype(np.float32)
+        for a in taken[seed]:
+            *_, terminated, truncated, _ = env.step(a)
+        assert truncated
+    env.reset(seed=9)
+    env.step(np.zeros(2, np.float32))  # cut short: never written
+    with pytest.raises(ValueError, match=r"reset\(seed=...\) is needed"):
+        env.reset()
+    env.close()
+    assert (env.episodes_written, env.frames_written) == (2, 22)
+    ds = EpisodeDataset(tmp_path / "rec", window=2, expect_env_id="reach", expect_image_size=32)
+    assert ds.num_episodes == 2 and ds.meta["collection"] == collection and ds.meta["total_episodes"] == 2
+    for i, seed in enumerate((5, 6)):
+        ep, ref = ds.episode(i), replay(seed, taken[seed], ENV_KW)
+        assert ep["seed"] == seed
+        np.testing.assert_array_equal(ep["action"], taken[seed])
+        for key in ("proprio", "state", "goal_state"):
+            np.testing.assert_array_equal(ep[key], ref[key])
+        np.testing.assert_array_equal(ep["frames"], ref["frames"])  # lossless by default
+
+    # other settings into the same directory: refused, nothing touched
+    before = snapshot(tmp_path / "rec")
+    with pytest.raises(DataError, match="was collected with"):
+        EpisodeRecorder(envs.make_env("reach", **ENV_KW), tmp_path / "rec", ENV_KW, {"policy": "other"})
+    assert snapshot(tmp_path / "rec") == before
+
+    # beside a scripted dataset of the same task (another episode length is fine)
+    short = {**ENV_KW, "max_episode_steps": 8}
+    collect(tmp_path / "scripted", 3, env_kwargs=short, num_envs=1, progress=False)
+    both = open_episodes([tmp_path / "scripted", tmp_path / "rec"], window=2)
+    assert isinstance(both, ConcatEpisodes) and both.num_episodes == 5
+    assert both.episode(1)["seed"] == 1 and len(both.episode(1)["frames"]) == 9
+    assert both.episode(3)["seed"] == 5 and len(both.episode(4)["frames"]) == 11
+    with pytest.raises(IndexError, match="5 episodes"):
+        both.episode(5)
+    with pytest.raises(DataError, match="listed twice"):
+        open_episodes([tmp_path / "rec", tmp_path / "rec"], window=2)
+    collect(tmp_path / "other", 1, env_kwargs={**ENV_KW, "frame_skip": 5}, num_envs=1, progress=False)
+    with pytest.raises(DataError, match="different tasks \\(env_kwargs"):
+        open_episodes([tmp_path / "rec", tmp_path / "other"], window=2)

@@ -141,6 +141,52 @@ def test_plan_smoke(pipeline):
     assert lines[0]["seed"] == results["results"]["jepa"]["per_episode"][0]["seed"]
 
 
+def test_plan_records_the_agents_episodes_to_train_on(pipeline, tmp_path):
+    """record=DIR keeps the main policy's episodes as a dataset (the states the planner visits), and the
+    world model trains on it beside the scripted data: data.path=[A,B]."""
+    rec = tmp_path / "rec"
+    args = [f"checkpoint={pipeline['wm']}", "episodes=2", "baselines=false", *TINY_PLAN, f"record={rec}"]
+    res = json_line(run("plan.py", *args, f"hydra.run.dir={tmp_path / 'run'}"))
+    assert res["recorded"] == {"out": str(rec), "episodes": 2, "frames": 14}
+    results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    seeds = [r["seed"] for r in results["jepa"]["per_episode"]]
+    meta = json.loads((rec / "meta.json").read_text())
+    assert meta["collection"]["policy"] == "plan.py:jepa" and meta["total_episodes"] == 2
+    assert [int(np.load(rec / f"episode_{i:06d}.npz")["seed"]) for i in range(2)] == seeds
+    # another goal set into the same directory: refused in one line, nothing lost
+    proc = run("plan.py", *args, "seed=1", f"hydra.run.dir={tmp_path / 'run1'}", ok=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "was collected with" in proc.stderr
+    assert json.loads((rec / "meta.json").read_text())["total_episodes"] == 2
+    trained = json_line(
+        run(
+            "train_world_model.py",
+            f"data.path=[{pipeline['eps']},{rec}]",
+            f"encoder_checkpoint={pipeline['enc']}",
+            f"out={tmp_path / 'wm'}",
+            "world_model.predictor.dim=16",
+            "world_model.predictor.depth=1",
+            "world_model.predictor.num_heads=2",
+            "train.steps=2",
+            "train.batch_size=4",
+            "train.warmup=1",
+            "train.eval_windows=8",
+            "train.eval_horizon=2",
+            "train.metric.steps=2",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'wm_run'}",
+        )
+    )
+    assert (trained["train_episodes"], trained["val_episodes"]) == (5 + 1, 1 + 1)  # each keeps its split
+    proc = run(
+        "train_world_model.py",
+        f"data.path=[{rec},{rec}]",
+        f"encoder_checkpoint={pipeline['enc']}",
+        f"hydra.run.dir={tmp_path / 'wm_run2'}",
+        ok=False,
+    )
+    assert proc.returncode != 0 and "listed twice" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_plan_with_user_goal_image(pipeline, tmp_path):
     Image.fromarray(np.full((100, 120, 3), 200, np.uint8)).save(tmp_path / "goal.png")
     res = json_line(
@@ -259,3 +305,11 @@ def test_train_all_tiny_runs_every_stage_ships_and_resumes(tmp_path):
     assert again["success_rate"] == first["success_rate"]
     assert {d: (out / d / "metrics.csv").read_text() for d in logs} == logs  # no step was trained again
     assert len(list((out / "episodes").glob("episode_*.npz"))) == 4
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])
+def test_a_list_of_datasets_is_for_the_world_model_only(tmp_path, script):
+    extra = ["checkpoint=x"] if script == "probe.py" else []
+    proc = run(script, *extra, "data.path=[a,b]", f"hydra.run.dir={tmp_path / 'run'}", ok=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "reads one directory; a list of them is for train_world_model.py" in proc.stderr

@@ -9,18 +9,21 @@
 
 from jepa_agent.data.episode_writer import EpisodeWriter
 from jepa_agent.data.episodes import (
+    ConcatEpisodes,
     EpisodeDataset,
     EpisodeRecord,
     build_meta,
     episode_paths,
     list_episodes,
     load_episode,
+    open_episodes,
     read_meta,
 )
 from jepa_agent.data.video_io import DataError, VideoInfo, count_frames, probe_mp4, read_video, write_video
 from jepa_agent.data.videos import VideoFolderDataset
 
 __all__ = [
+    "ConcatEpisodes",
     "DataError",
     "EpisodeDataset",
     "EpisodeRecord",
@@ -32,6 +35,7 @@ __all__ = [
     "episode_paths",
     "list_episodes",
     "load_episode",
+    "open_episodes",
     "probe_mp4",
     "read_meta",
     "read_video",

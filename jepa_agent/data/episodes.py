@@ -374,3 +374,76 @@ class EpisodeDataset(Dataset):
         out["seed"], out["episode_index"] = int(arrays["seed"]), int(arrays["episode_index"])
         out["frames"] = self._episode_frames(i)
         return out
+
+
+# keys two datasets must share before their episodes may be trained on together (env_kwargs but for the
+# episode length, which changes no step)
+COMPATIBLE_KEYS = ("env_id", "env_kwargs", "image_size", "fps", "action_space")
+
+
+def _task_settings(meta: dict[str, Any], key: str) -> Any:
+    value = meta.get(key)
+    if key == "env_kwargs" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "max_episode_steps"}
+    return value
+
+
+class ConcatEpisodes:
+    """Several episode datasets of one task read as one (``data.path=[DIR_A, DIR_B]``), e.g. the scripted
+    collection and the planner's own recorded episodes (``plan.py record=DIR``).
+
+    It offers what world-model training reads (:attr:`num_episodes`, :meth:`episode`, :attr:`skipped`,
+    :attr:`meta` of the first dataset); each dataset keeps its own train/val split. Episode lengths may
+    differ (``max_episode_steps``); every other env setting must agree.
+
+    Raises:
+        DataError: no dataset, or datasets of different tasks (env, its settings, image size, frame rate
+            or action space), naming both directories and the setting that differs.
+    """
+
+    def __init__(self, datasets: list[EpisodeDataset]) -> None:
+        if not datasets:
+            raise DataError("no episode dataset given")
+        first = datasets[0]
+        for ds in datasets[1:]:
+            for key in COMPATIBLE_KEYS:
+                theirs, ours = _task_settings(ds.meta, key), _task_settings(first.meta, key)
+                if theirs != ours:
+                    raise DataError(
+                        f"{ds.root} and {first.root} are different tasks ({key}: {theirs!r} against "
+                        f"{ours!r}); train on datasets of one env and its settings"
+                    )
+        self.datasets = list(datasets)
+        self.meta = first.meta
+        self.roots = [ds.root for ds in datasets]
+        self._offsets = np.cumsum([0] + [ds.num_episodes for ds in datasets])  # [n + 1]
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [s for ds in self.datasets for s in ds.skipped]
+
+    def episode(self, i: int) -> dict[str, Any]:
+        """The ``i``-th episode over all datasets, in the order given (see :meth:`EpisodeDataset.episode`)."""
+        if not 0 <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range: these datasets hold {self.num_episodes} episodes")
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self.datasets[k].episode(i - int(self._offsets[k]))
+
+
+def open_episodes(paths: str | os.PathLike | list, **kwargs: Any) -> EpisodeDataset | ConcatEpisodes:
+    """One :class:`EpisodeDataset` for a directory, or a :class:`ConcatEpisodes` for a list of them
+    (``kwargs`` go to each :class:`EpisodeDataset`)."""
+    if isinstance(paths, (str, os.PathLike)):
+        return EpisodeDataset(paths, **kwargs)
+    paths = list(paths)
+    if not paths:
+        raise DataError("data.path=[]: expected a dataset directory or a list of them")
+    if len(set(map(str, paths))) != len(paths):
+        raise DataError(f"data.path={[str(p) for p in paths]}: a directory is listed twice")
+    if len(paths) == 1:
+        return EpisodeDataset(paths[0], **kwargs)
+    return ConcatEpisodes([EpisodeDataset(p, **kwargs) for p in paths])
