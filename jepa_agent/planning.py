@@ -7,6 +7,8 @@ energy landscape, the cost over a 2-D grid of first actions from an episode's fi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,39 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from jepa_agent.agent import MPCAgent, PlanningModel, encode_options, planning_rollout  # noqa: E402
+from jepa_agent.ensemble import WorldModelEnsemble  # noqa: E402
 from jepa_agent.world_model import WorldModel  # noqa: E402
 from planners.base import PlanResult  # noqa: E402
 
 
 def load_planning_model(
-    checkpoint: str, env_id: str, image_size: int, action_dim: int, cost_space: str, device: Any
-) -> WorldModel:
+    checkpoint: str | Sequence[str],
+    env_id: str,
+    image_size: int,
+    action_dim: int,
+    cost_space: str,
+    device: Any,
+    disagreement: float = 1.0,
+) -> WorldModel | WorldModelEnsemble:
     """The world model of ``checkpoint``, checked against the env (a mismatch names both values) and
-    against the cost space it will be asked for (``cost.space``; a model without that head is refused)."""
+    against the cost space it will be asked for (``cost.space``; a model without that head is refused).
+    A list of checkpoints is a :class:`~jepa_agent.ensemble.WorldModelEnsemble` (``disagreement``: the
+    weight of its members' cost spread)."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        paths = [str(c) for c in checkpoint]
+        if len(set(paths)) != len(paths):
+            raise ValueError(
+                f"checkpoint={paths}: a checkpoint is listed twice; an ensemble needs distinct models"
+            )
+        if len(paths) == 1:
+            checkpoint = paths[0]
+        else:
+            members = [
+                load_planning_model(p, env_id, image_size, action_dim, cost_space, device) for p in paths
+            ]
+            model = WorldModelEnsemble(members, disagreement=disagreement)
+            model.resolve_cost_space(cost_space)
+            return model
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )

@@ -80,13 +80,21 @@ def main(cfg: DictConfig) -> None:
     if kind == "state":
         policies["oracle"] = build_oracle(env, cfg)
     else:
+        checkpoint = cfg.checkpoint
+        checkpoint = OmegaConf.to_container(checkpoint) if OmegaConf.is_list(checkpoint) else str(checkpoint)
+        if isinstance(checkpoint, str) and float(cfg.disagreement) != 1.0:
+            raise ValueError(
+                f"disagreement={cfg.disagreement} weighs an ensemble's spread; checkpoint={checkpoint} is one "
+                "model: pass a list, 'checkpoint=[A,B]'"
+            )
         model = load_planning_model(
-            cfg.checkpoint,
+            checkpoint,
             cfg.env.id,
             cfg.env.image_size,
             action_dim,
             cfg.cost.space,
             device,
+            disagreement=float(cfg.disagreement),
         )
         policies["jepa"] = build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
         # what the headline was trained with: recorded states (a readout or proprio input) or not

@@ -34,6 +34,11 @@ def main(cfg: DictConfig) -> None:
     poses = cfg.shoulder_steps * cfg.elbow_steps
     if cfg.goals > poses:
         raise ValueError(f"goals={cfg.goals}; expected at most the grid's {poses} poses")
+    if cfg.window is None and "max_delta" not in cfg.env:  # torque control: no servo step to scale by
+        raise ValueError(
+            f"window=null needs env.max_delta, which env={cfg.env.name} has not (its actions are torques); "
+            "pass window=RAD, the joint angle reachable per replan (e.g. window=0.5)"
+        )
     window = 5 * float(cfg.env.max_delta) if cfg.window is None else float(cfg.window)
     if not window > 0:
         raise ValueError(f"window={cfg.window!r}; expected > 0 (rad reachable per replan)")

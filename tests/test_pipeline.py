@@ -187,6 +187,28 @@ def test_plan_records_the_agents_episodes_to_train_on(pipeline, tmp_path):
     assert proc.returncode != 0 and "listed twice" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_plan_with_an_ensemble_of_checkpoints(pipeline, tmp_path):
+    import torch
+
+    from jepa_agent.world_model import WorldModel, save_world_model
+
+    other = WorldModel.from_checkpoint(pipeline["wm"], device="cpu")
+    for p in other.predictor.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    save_world_model(tmp_path / "wm2", other, encoder_name="vit_tiny")
+    both = f"checkpoint=[{pipeline['wm']},{tmp_path / 'wm2'}]"
+    res = json_line(run("plan.py", both, "episodes=1", "baselines=false", *TINY_PLAN, "disagreement=0.5",
+                        f"hydra.run.dir={tmp_path / 'run'}"))  # fmt: skip
+    assert res["episodes"] == 1 and res["memory"] == 1 and res["state_labels"] is False
+    assert (tmp_path / "run" / "energy_landscape.png").exists()
+    for args, msg in (
+        ([f"checkpoint={pipeline['wm']}", "disagreement=0.5"], "weighs an ensemble's spread"),
+        ([f"checkpoint=[{pipeline['wm']},{pipeline['wm']}]"], "listed twice"),
+    ):
+        proc = run("plan.py", *args, *TINY_PLAN, f"hydra.run.dir={tmp_path / 'bad'}", ok=False)
+        assert proc.returncode != 0 and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_plan_with_user_goal_image(pipeline, tmp_path):
     Image.fromarray(np.full((100, 120, 3), 200, np.uint8)).save(tmp_path / "goal.png")
     res = json_line(

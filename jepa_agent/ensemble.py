@@ -1,0 +1,138 @@
+"""An ensemble of world models planned with as one (PETS-style disagreement as a cost).
+
+Every member imagines the same candidate action sequences from its own encoding of the same frames; the
+cost of a sequence is the members' mean cost plus ``disagreement`` times their standard deviation, so the
+planner prefers futures the members agree on. Members are world models of one task trained apart (e.g.
+``train_world_model.py ... seed=1``) with the same context; their costs are in the same units when they
+use the same cost space (the temporal-distance head counts steps).
+
+    ensemble = WorldModelEnsemble([WorldModel.from_checkpoint(a), WorldModel.from_checkpoint(b)])
+    agent = MPCAgent(ensemble, CEMPlanner(action_dim=2))        # plan.py: 'checkpoint=[A,B]'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from jepa_agent.world_model import WorldModel
+
+
+class EnsembleCost:
+    """The members' costs of the same action sequences -> mean + ``disagreement`` x std, ``[S]``.
+
+    Forwards what the agent tells a cost (the current frame, the action taken last) to the members that
+    read it, and asks the ensemble's rollout for each member's ``rollout_projection``.
+    """
+
+    def __init__(self, costs: Sequence[Any], disagreement: float) -> None:
+        self.costs = list(costs)
+        self.disagreement = float(disagreement)
+        projections = tuple(getattr(c, "rollout_projection", None) for c in self.costs)
+        self.rollout_projection = None if all(p is None for p in projections) else projections
+
+    def set_start(self, state: Sequence[Any]) -> None:
+        for cost, s in zip(self.costs, state, strict=True):
+            if hasattr(cost, "set_start"):
+                cost.set_start(s)
+
+    def set_last_action(self, action: Tensor | None) -> None:
+        for cost in self.costs:
+            if hasattr(cost, "set_last_action"):
+                cost.set_last_action(action)
+
+    def members(self, preds: Sequence[Any], actions: Tensor) -> Tensor:
+        """Each member's cost of each sequence, ``[K, S]``."""
+        return torch.stack([cost(p, actions) for cost, p in zip(self.costs, preds, strict=True)])
+
+    def __call__(self, preds: Sequence[Any], actions: Tensor) -> Tensor:
+        c = self.members(preds, actions)  # [K, S]
+        return c.mean(0) + self.disagreement * c.std(0, correction=0)
+
+
+class WorldModelEnsemble:
+    """K world models behind the agent's planning-model interface (:class:`~jepa_agent.agent.PlanningModel`).
+
+    Args:
+        members: two or more world models of one env, image size, action size and context.
+        disagreement: weight of the members' cost spread (0: their mean cost alone).
+
+    Raises:
+        ValueError: fewer than two members, members that do not fit together (naming the setting), or a
+            negative ``disagreement``.
+    """
+
+    def __init__(self, members: Sequence[WorldModel], disagreement: float = 1.0) -> None:
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs >= 2 world models; got {len(members)}")
+        if not float(disagreement) >= 0:
+            raise ValueError(f"disagreement={disagreement!r}; expected a number >= 0")
+        first = members[0]
+        for m in members[1:]:
+            for key, get in (
+                ("env_id", lambda w: w.meta.get("env_id")),
+                ("image_size", lambda w: w.encoder.img_size),
+                ("action_dim", lambda w: w.action_dim),
+                ("context_frames", lambda w: w.context_frames),
+            ):
+                if get(m) != get(first):
+                    raise ValueError(
+                        f"ensemble members differ in {key}: {get(first)!r} ({first.meta.get('checkpoint')}) "
+                        f"and {get(m)!r} ({m.meta.get('checkpoint')}); use world models of one task and context"
+                    )
+        self.members = members
+        self.disagreement = float(disagreement)
+        self.meta = {"checkpoint": [m.meta.get("checkpoint") for m in members]}
+
+    @property
+    def context_frames(self) -> int:
+        return self.members[0].context_frames
+
+    @property
+    def action_dim(self) -> int:
+        return self.members[0].action_dim
+
+    @property
+    def anchor_trained(self) -> bool:  # the agent then encodes frames for the members' anchor heads
+        return all(getattr(m, "anchor_trained", False) for m in self.members)
+
+    @property
+    def state_labels(self) -> bool:
+        return any(m.state_labels for m in self.members)
+
+    def resolve_cost_space(self, space: str) -> str:
+        """The one cost space every member resolves ``space`` to (members in different spaces: refused)."""
+        spaces = [m.resolve_cost_space(space) for m in self.members]
+        if len(set(spaces)) > 1:
+            raise ValueError(
+                f"cost.space={space} resolves to {spaces} across the ensemble's members; their costs would "
+                "not be in the same units: pass one space they all have"
+            )
+        return spaces[0]
+
+    def encode(self, obs: dict[str, Any], **options: Any) -> tuple[Any, ...]:
+        return tuple(m.encode(obs, **options) for m in self.members)
+
+    def encode_goal(self, goal: dict[str, Any], **options: Any) -> tuple[Any, ...]:
+        return tuple(m.encode_goal(goal, **options) for m in self.members)
+
+    def context(self, states: list[Sequence[Any]], actions: Any = None) -> tuple[Any, ...]:
+        return tuple(m.context([s[k] for s in states], actions) for k, m in enumerate(self.members))
+
+    def rollout(self, context: Sequence[Any], actions: Tensor, project: Sequence[Any] | None = None,
+                **kwargs: Any) -> tuple[Tensor, ...]:  # fmt: skip
+        projects = project if project is not None else [None] * len(self.members)
+        return tuple(
+            m.rollout(c, actions, project=p, **kwargs)
+            for m, c, p in zip(self.members, context, projects, strict=True)
+        )
+
+    def cost(self, goal: Sequence[Any], **options: Any) -> EnsembleCost:
+        """Each member's :meth:`WorldModel.cost` towards its own goal encoding (``options``: CostConfig's
+        fields), combined by :class:`EnsembleCost`."""
+        return EnsembleCost([m.cost(g, **options) for m, g in zip(self.members, goal, strict=True)],
+                            self.disagreement)  # fmt: skip

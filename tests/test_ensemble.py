@@ -1,0 +1,81 @@
+"""World-model ensembles (jepa_agent.ensemble): the members' mean cost plus their spread, one agent interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from jepa_agent.agent import MPCAgent
+from jepa_agent.ensemble import EnsembleCost, WorldModelEnsemble
+from jepa_agent.planning import energy_landscape, load_planning_model
+from jepa_agent.world_model import save_world_model
+from planners import CEMPlanner
+from tests.test_rl import IMG, tiny_model
+
+
+def member(seed: int, context: int = 1):
+    model = tiny_model(readout=False, metric=True)
+    torch.manual_seed(seed)
+    for p in model.predictor.parameters():  # members trained apart: different dynamics
+        p.data.add_(0.1 * torch.randn_like(p))
+    model.meta["context_frames"] = context
+    return model
+
+
+def test_cost_is_the_members_mean_plus_their_spread():
+    costs = [lambda p, a: p.sum(-1), lambda p, a: 3 * p.sum(-1)]
+    preds = (torch.ones(4, 2), torch.ones(4, 2))
+    out = EnsembleCost(costs, disagreement=0.5)(preds, torch.zeros(4, 1, 2))
+    torch.testing.assert_close(out, torch.full((4,), 4.0 + 0.5 * 2.0))  # members 2 and 6: mean 4, std 2
+    assert EnsembleCost(costs, 0.0)(preds, torch.zeros(4, 1, 2)).tolist() == [4.0] * 4
+    assert EnsembleCost(costs, 1.0).rollout_projection is None
+
+
+def test_an_agent_plans_with_an_ensemble_as_with_one_model():
+    a, b = member(0), member(1)
+    ensemble = WorldModelEnsemble([a, b], disagreement=1.0)
+    env = envs.make_env("reach", image_size=IMG, max_episode_steps=3)
+    obs, _ = env.reset(seed=0)
+    goal = {"image": env.unwrapped.render_goal()}
+    with torch.inference_mode():
+        state = ensemble.encode(obs)
+        ctx = ensemble.context([state], [])
+        actions = torch.rand(5, 2, 2) * 2 - 1
+        preds = ensemble.rollout(ctx, actions)
+        for m, p in zip((a, b), preds, strict=True):  # each member imagines the same sequences itself
+            torch.testing.assert_close(p, m.rollout(m.context([m.encode(obs)], []), actions))
+        cost_fn = ensemble.cost(ensemble.encode_goal(goal))
+        each = torch.stack(
+            [m.cost(m.encode_goal(goal))(p, actions) for m, p in zip((a, b), preds, strict=True)]
+        )
+        torch.testing.assert_close(cost_fn(preds, actions), each.mean(0) + each.std(0, correction=0))
+        assert each.std(0).max() > 0  # the members disagree
+    agent = MPCAgent(ensemble, CEMPlanner(action_dim=2, horizon=2, population=8, elites=2, iterations=2))
+    agent.reset(goal)
+    for _ in range(2):
+        action = agent.act(obs)
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+        obs, *_ = env.step(action)
+    values, costs = energy_landscape(ensemble, obs, goal, action_dim=2, horizon=2, grid=3)
+    assert costs.shape == (3, 3) and np.isfinite(costs).all()
+    env.close()
+
+
+def test_bad_ensembles_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="needs >= 2 world models; got 1"):
+        WorldModelEnsemble([member(0)])
+    with pytest.raises(ValueError, match="differ in context_frames: 1 .* and 2"):
+        WorldModelEnsemble([member(0), member(1, context=2)])
+    with pytest.raises(ValueError, match="disagreement=-1"):
+        WorldModelEnsemble([member(0), member(1)], disagreement=-1)
+    paths = []
+    for seed in (0, 1):  # from checkpoints, as plan.py's 'checkpoint=[A,B]' loads them
+        paths.append(tmp_path / f"wm{seed}")
+        save_world_model(paths[-1], member(seed), encoder_name="vit_micro")
+    model = load_planning_model([str(p) for p in paths], "JepaAgent/Reach-v0", IMG, 2, "auto", "cpu", 0.3)
+    assert isinstance(model, WorldModelEnsemble) and model.disagreement == 0.3 and len(model.members) == 2
+    assert model.resolve_cost_space("auto") == "metric" and model.context_frames == 1
+    with pytest.raises(ValueError, match="readout"):  # a space no member has: the member's own error
+        load_planning_model([str(p) for p in paths], "JepaAgent/Reach-v0", IMG, 2, "readout", "cpu")
