@@ -82,7 +82,8 @@ class WorldModelEnsemble:
                 if get(m) != get(first):
                     raise ValueError(
                         f"ensemble members differ in {key}: {get(first)!r} ({first.meta.get('checkpoint')}) "
-                        f"and {get(m)!r} ({m.meta.get('checkpoint')}); use world models of one task and context"
+                        f"and {get(m)!r} ({m.meta.get('checkpoint')}); use world models of one task and "
+                        "context"
                     )
         self.members = members
         self.disagreement = float(disagreement)
