@@ -84,8 +84,8 @@ def main(cfg: DictConfig) -> None:
         checkpoint = OmegaConf.to_container(checkpoint) if OmegaConf.is_list(checkpoint) else str(checkpoint)
         if isinstance(checkpoint, str) and float(cfg.disagreement) != 1.0:
             raise ValueError(
-                f"disagreement={cfg.disagreement} weighs an ensemble's spread; checkpoint={checkpoint} is one "
-                "model: pass a list, 'checkpoint=[A,B]'"
+                f"disagreement={cfg.disagreement} weighs an ensemble's spread; checkpoint={checkpoint} is "
+                "one model: pass a list, 'checkpoint=[A,B]'"
             )
         model = load_planning_model(
             checkpoint,

@@ -1,4 +1,5 @@
-"""World-model ensembles (jepa_agent.ensemble): the members' mean cost plus their spread, one agent interface."""
+"""World-model ensembles (jepa_agent.ensemble): the members' mean cost plus their spread, behind the agent's
+planning-model interface."""
 
 from __future__ import annotations
 
