@@ -5,6 +5,8 @@ without the KV cache, and with the labelled readout cost instead of the default 
     python scripts/bench_plan.py                                  # random default-size model, CEM 300x30xH5
     python scripts/bench_plan.py --checkpoint runs/wm/checkpoint  # a trained world model
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
+    python scripts/bench_plan.py --checkpoint A --member B        # + the ensemble of A and B (plan.py's
+                                                                  #   'checkpoint=[A,B]'), against A alone
 
 With a model that has a trained anchor head (the distracting reach), the main cost carries the anchor term
 as the agent plans with it: each timed replan then also encodes a frame through ``cost.anchor_shift``'s
@@ -33,6 +35,7 @@ from omegaconf import OmegaConf
 
 from jepa_agent.agent import encode_options, planning_rollout
 from jepa_agent.config import register_configs
+from jepa_agent.ensemble import WorldModelEnsemble
 from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import StateReadout, WorldModel, build_world_model
 
@@ -58,6 +61,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replans", type=int_at_least(5), default=7, help="timed replans per variant (>= 5)")
     p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unfused and uncached baselines")
+    p.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        help="another world-model checkpoint (repeatable): also time the ensemble of --checkpoint and these",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the rollout")
     p.add_argument(
         "--cost-space",
@@ -140,8 +149,29 @@ def main(argv: list[str] | None = None) -> dict:
     default_planner = instantiate(plan_cfg.planner, action_dim=A)
 
     costs = {"main": cost, "readout": readout_cost}
+    ensemble = ens_ctx = None
+    if args.member:
+        if not args.checkpoint:
+            raise ValueError("--member needs --checkpoint: the ensemble's first member")
+        if anchored:
+            raise ValueError("--member: ensembles of models with an anchor head are not timed here")
+        members = [model] + [WorldModel.from_checkpoint(m, device="cpu") for m in args.member]
+        ensemble = WorldModelEnsemble(members)
+        for m, path in zip(members[1:], args.member, strict=True):
+            if m.latent_shape != model.latent_shape:
+                raise ValueError(f"--member {path}: latents {m.latent_shape}, the first member's {(N, D)}")
+        ens_ctx = ensemble.context(
+            [(z,) * len(members) for z in z_hist[0]], [torch.zeros(A)] * (args.context - 1)
+        )
+        costs["ensemble"] = ensemble.cost((goal,) * len(members), space=args.cost_space)
 
     def replan(planner, use_cache: bool, fuse: bool = True, which: str = "main") -> float:
+        if which == "ensemble":  # every member imagines every sample (MPCAgent over a WorldModelEnsemble)
+            ens_rollout = planning_rollout(ensemble, costs[which])
+            with torch.inference_mode():
+                return planner.plan(
+                    lambda c, a: ens_rollout(c, a, use_cache=use_cache), costs[which], ens_ctx
+                ).plan_seconds
         fused_rollout = planning_rollout(model, costs[which])  # what MPCAgent plans with
 
         def rollout(c, a):
@@ -163,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         variants["readout_cost"] = (True, True, "readout")
     if not args.no_baseline:
         variants |= {"unfused": (True, False, "main"), "no_cache": (False, False, "main")}
+    if ensemble is not None:
+        variants["ensemble"] = (True, True, "ensemble")
     for use_cache, fuse, which in variants.values():  # warm-up (allocator, kernels)
         replan(instantiate(cfg.planner, action_dim=A, **{**budget, "iterations": 2}), use_cache, fuse, which)
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -201,6 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "readout_cost" in times:  # > 1: the default cost is slower than the labelled readout's
         result["ratio_to_readout_cost"] = round(
             statistics.median(times["kv_cache"]) / statistics.median(times["readout_cost"]), 2
+        )
+    if "ensemble" in times:  # the ensemble's replan against its first member's alone, same run
+        result["ensemble_members"] = [str(args.checkpoint), *args.member]
+        result["ratio_ensemble_to_one"] = round(
+            statistics.median(times["ensemble"]) / statistics.median(times["kv_cache"]), 2
         )
     if "no_cache" in times:
         for base in ("no_cache", "unfused"):

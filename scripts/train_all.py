@@ -2,6 +2,7 @@
 
     python scripts/train_all.py env=reach                        # everything under outputs/train_all/reach
     python scripts/train_all.py env=reach ship=checkpoints/reach # also refresh the shipped checkpoint
+    python scripts/train_all.py env=reach_torque world_model.members=2   # plan with an ensemble of two
 
 Each stage runs the repo's own script in a subprocess and reads the JSON line it ends with. Re-running
 resumes: collection keeps finished episodes, training stages continue from their last checkpoint.
@@ -73,6 +74,14 @@ def env_overrides(cfg: DictConfig) -> list[str]:
 @cli_errors(on_interrupt="finished stages and checkpoints are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
+    members = cfg.world_model.members
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ValueError(f"world_model.members={members!r}: expected an int >= 1 (world models planned with)")
+    if cfg.ship and members > 1:
+        raise ValueError(
+            f"ship={cfg.ship} copies one world model; world_model.members={members} trains an ensemble: "
+            "ship without world_model.members, or plan with the list of checkpoints this run prints"
+        )
     env = env_overrides(cfg)
     threads = f"threads={cfg.threads}"
     episodes_dir, encoder_dir, wm_dir = out / "episodes", out / "encoder", out / "world_model"
@@ -124,13 +133,34 @@ def main(cfg: DictConfig) -> None:
         ],
     )
 
+    # more members: the same data, encoder and recipe, the next seeds (an ensemble, jepa_agent.ensemble)
+    wm_dirs = [wm_dir]
+    for k in range(1, members):
+        wm_dirs.append(out / f"world_model_{k}")
+        name = f"world_model_{k}"
+        results[name], seconds[name] = run_stage(
+            name,
+            "train_world_model.py",
+            [
+                *env,
+                f"seed={cfg.seed + k}",  # after env's seed=: this one wins
+                threads,
+                f"data.path={episodes_dir}",
+                f"encoder_checkpoint={encoder_dir}",
+                f"out={wm_dirs[-1]}",
+                "resume=true",
+                *cfg.world_model.args,
+            ],
+        )
+    checkpoint = str(wm_dir) if members == 1 else f"[{','.join(map(str, wm_dirs))}]"
+
     results["plan"], seconds["plan"] = run_stage(
         "plan",
         "plan.py",
         [
             *env,
             threads,
-            f"checkpoint={wm_dir}",
+            f"checkpoint={checkpoint}",
             f"episodes={cfg.plan.episodes}",
             f"hydra.run.dir={out / 'plan'}",
             *cfg.plan.args,
@@ -160,7 +190,7 @@ def main(cfg: DictConfig) -> None:
             "total_seconds": round(time.perf_counter() - t_all, 1),
             "episodes": str(episodes_dir),
             "encoder": str(encoder_dir),
-            "world_model": str(wm_dir),
+            "world_model": str(wm_dir) if members == 1 else [str(d) for d in wm_dirs],
             "shipped": cfg.ship,
             "out": str(out),
         }

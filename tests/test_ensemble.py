@@ -80,3 +80,21 @@ def test_bad_ensembles_are_refused_by_name(tmp_path):
     assert model.resolve_cost_space("auto") == "metric" and model.context_frames == 1
     with pytest.raises(ValueError, match="readout"):  # a space no member has: the member's own error
         load_planning_model([str(p) for p in paths], "JepaAgent/Reach-v0", IMG, 2, "readout", "cpu")
+
+
+def test_bench_plan_times_an_ensemble_against_its_first_member(tmp_path, capsys):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    for seed in (0, 1):
+        save_world_model(tmp_path / f"wm{seed}", member(seed), encoder_name="vit_micro")
+    spec = importlib.util.spec_from_file_location("bench_plan", REPO / "scripts" / "bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--population", "8", "--iterations", "2", "--replans", "5", "--threads", "1", "--no-baseline"]
+    res = bench.main([*args, "--checkpoint", str(tmp_path / "wm0"), "--member", str(tmp_path / "wm1")])
+    assert res["ensemble_s"]["median"] > 0 and res["ratio_ensemble_to_one"] > 0
+    assert res["ensemble_members"] == [str(tmp_path / "wm0"), str(tmp_path / "wm1")]
+    with pytest.raises(ValueError, match="--member needs --checkpoint"):
+        bench.main([*args, "--member", str(tmp_path / "wm1")])

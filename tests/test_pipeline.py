@@ -327,6 +327,16 @@ def test_train_all_tiny_runs_every_stage_ships_and_resumes(tmp_path):
     assert again["success_rate"] == first["success_rate"]
     assert {d: (out / d / "metrics.csv").read_text() for d in logs} == logs  # no step was trained again
     assert len(list((out / "episodes").glob("episode_*.npz"))) == 4
+    # an ensemble: one more world model (the next seed) on the same data and encoder, planned with both
+    no_ship = [a for a in args if not a.startswith("ship=")]
+    ens = json_line(run("train_all.py", *no_ship, "world_model.members=2"))
+    assert ens["world_model"] == [str(out / "world_model"), str(out / "world_model_1")]
+    assert "world_model_1" in ens["seconds"] and (out / "world_model_1" / "checkpoint").is_dir()
+    assert (out / "world_model" / "metrics.csv").read_text() == logs["world_model"]  # the first is kept
+    results = json.loads((out / "plan" / "results.json").read_text())
+    assert results["config"]["checkpoint"] == ens["world_model"]
+    proc = run("train_all.py", *args, "world_model.members=2", ok=False)
+    assert proc.returncode != 0 and "trains an ensemble" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])
