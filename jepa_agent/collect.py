@@ -24,6 +24,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -493,6 +494,36 @@ def _write_episode(writer: Any, ep: _Episode) -> int:
     )
 
 
+def _as_recorded(out_dir: str | os.PathLike, policy: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` as an existing dataset of ``policy`` in ``out_dir`` records them: a setting the policy
+    gained after that dataset was recorded, given at its default (which draws as before), is left out, so
+    the dataset still resumes. Any other difference stays and is refused by the writer."""
+    import inspect
+    import json
+
+    try:
+        old = json.loads((Path(out_dir) / "meta.json").read_text())["collection"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return kwargs
+    if (
+        not isinstance(old, dict)
+        or old.get("policy") != policy
+        or not isinstance(old.get("policy_kwargs"), dict)
+    ):
+        return kwargs
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(POLICIES[policy]).parameters.items()
+        if p.default is not p.empty
+    }
+    recorded = old["policy_kwargs"]
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k in recorded or k not in defaults or json.dumps(v) != json.dumps(defaults[k])
+    }
+
+
 def policy_rng(episode_seed: int) -> np.random.Generator:
     """The policy's generator for the episode reset with ``episode_seed``.
 
@@ -589,7 +620,11 @@ def collect(
         state_dim=info["state_dim"],
         goal_dim=info["goal_dim"],
         video=video,
-        collection={"policy": policy, "policy_kwargs": policy_kwargs, "seed": int(seed)},
+        collection={
+            "policy": policy,
+            "policy_kwargs": _as_recorded(out_dir, policy, policy_kwargs),
+            "seed": int(seed),
+        },
     )
     with EpisodeWriter(out_dir, meta) as writer:
         todo = [i for i in range(num_episodes) if not writer.is_finished(i, seed + i)]

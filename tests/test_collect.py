@@ -148,6 +148,26 @@ def test_refuses_other_dataset(tmp_path):
         collect(root, 1, env_kwargs=ENV_KW, mp_context="threads", progress=False)
 
 
+def test_a_dataset_recorded_before_a_policy_gained_a_setting_still_resumes(tmp_path):
+    """A setting added to a policy later, at the default that draws as before, does not make an older
+    dataset "another dataset"; the same setting at another value still does."""
+    root = tmp_path / "ds"
+    torque = {**ENV_KW, "control": "torque"}
+    old = {"kd": 0.3, "coast_prob": 0.2}
+    collect(root, 1, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=old, num_envs=1,
+            progress=False)  # fmt: skip
+    before = snapshot(root)
+    newer = {**old, "settle_prob": 0.0, "jitter_prob": 0.0}  # added later, at the defaults that draw as before
+    m = collect(root, 2, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=newer,
+                num_envs=1, progress=False)  # fmt: skip
+    assert m["skipped_existing"] == 1 and m["collected_episodes"] == 1
+    assert {k: v for k, v in snapshot(root).items() if k in before} == before  # episode 0 untouched
+    assert json.loads((root / "meta.json").read_text())["collection"]["policy_kwargs"] == old
+    with pytest.raises(DataError, match="collected with"):
+        collect(root, 2, env="reach_torque", env_kwargs=torque, policy="torque",
+                policy_kwargs={**old, "settle_prob": 0.25}, num_envs=1, progress=False)  # fmt: skip
+
+
 def _script(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "scripts" / "collect.py"), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
