@@ -157,7 +157,7 @@ def test_a_dataset_recorded_before_a_policy_gained_a_setting_still_resumes(tmp_p
     collect(root, 1, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=old, num_envs=1,
             progress=False)  # fmt: skip
     before = snapshot(root)
-    newer = {**old, "settle_prob": 0.0, "jitter_prob": 0.0}  # added later, at the defaults that draw as before
+    newer = {**old, "settle_prob": 0.0, "jitter_prob": 0.0}  # added later, at defaults that draw as before
     m = collect(root, 2, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=newer,
                 num_envs=1, progress=False)  # fmt: skip
     assert m["skipped_existing"] == 1 and m["collected_episodes"] == 1
