@@ -52,6 +52,11 @@ def check_counts(cfg: DictConfig) -> None:
     )
     for key, least, what in counts:
         check_int(key, cfg[key], least, what)
+    w = cfg.disagreement
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        raise ValueError(
+            f"disagreement={w!r}: expected a number >= 0 (the weight of an ensemble's cost spread)"
+        )
 
 
 def build_oracle(env: Any, cfg: DictConfig) -> Any:
@@ -116,7 +121,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.record is not None:  # the main policy's episodes, kept as a dataset (on-policy training data)
         collection = {
             "policy": f"plan.py:{main_name}",
-            "checkpoint": None if kind == "state" else str(cfg.checkpoint),
+            "checkpoint": None if kind == "state" else checkpoint,
             "goal": str(cfg.goal),
             "seed": int(cfg.seed),
             **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("planner", "agent", "cost")},

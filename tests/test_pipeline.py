@@ -257,7 +257,8 @@ def test_plan_bad_goal_path(pipeline, tmp_path):
     ("arg", "msg"),
     [("episodes=0", "episodes=0; expected an int >= 1"), ("videos=-1", "videos=-1; expected an int >= 0"),
      ("threads=-2", "threads=-2; expected an int >= 0"),
-     ("cost.action_weight=-1", "cost.action_weight=-1; expected >= 0")],
+     ("cost.action_weight=-1", "cost.action_weight=-1; expected >= 0"),
+     ("disagreement=much", "disagreement='much': expected a number >= 0")],
 )  # fmt: skip
 def test_plan_bad_counts_are_clear_errors(tmp_path, arg, msg):
     proc = run("plan.py", arg, f"hydra.run.dir={tmp_path / 'run'}", ok=False)
