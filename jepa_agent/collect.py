@@ -494,6 +494,30 @@ def _write_episode(writer: Any, ep: _Episode) -> int:
     )
 
 
+def dataset_meta(
+    info: dict[str, Any], env_kwargs: dict[str, Any], video: dict[str, Any] | None, collection: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``meta.json`` of a new dataset of the env that ``info`` describes
+    (:meth:`RecordingWrapper.env_info`), with the H.264 settings ``video`` over the lossless defaults."""
+    from jepa_agent.data import build_meta
+    from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+
+    defaults = {"codec": "h264", "crf": DEFAULT_CRF, "preset": DEFAULT_PRESET, "pix_fmt": DEFAULT_PIX_FMT}
+    return build_meta(
+        env_id=info["env_id"],
+        env_kwargs=dict(env_kwargs),
+        image_size=info["image_size"],
+        fps=info["fps"],
+        action_low=info["action_low"],
+        action_high=info["action_high"],
+        proprio_dim=info["proprio_dim"],
+        state_dim=info["state_dim"],
+        goal_dim=info["goal_dim"],
+        video={**defaults, **(video or {})},
+        collection=collection,
+    )
+
+
 def _as_recorded(out_dir: str | os.PathLike, policy: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` as an existing dataset of ``policy`` in ``out_dir`` records them: a setting the policy
     gained after that dataset was recorded, given at its default (which draws as before), is left out, so
@@ -573,8 +597,7 @@ def collect(
         DataError: ``out_dir`` holds another dataset (env, image size, settings) or is being written.
     """
     import envs  # registers the env ids
-    from jepa_agent.data import EpisodeWriter, build_meta
-    from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+    from jepa_agent.data import EpisodeWriter
 
     t_start = time.perf_counter()
     if not isinstance(num_episodes, (int, np.integer)) or num_episodes < 0:
@@ -591,13 +614,6 @@ def collect(
     if env != envs.GYM:  # the adapter's env is named by env_kwargs["id"]
         envs.resolve_env_id(env)  # an unknown name fails here, before any env is made
     env_kwargs, policy_kwargs = dict(env_kwargs or {}), dict(policy_kwargs or {})
-    video = {
-        "codec": "h264",
-        "crf": DEFAULT_CRF,
-        "preset": DEFAULT_PRESET,
-        "pix_fmt": DEFAULT_PIX_FMT,
-        **(video or {}),
-    }
 
     probe = make_recording_env(env, env_kwargs)  # no rendering in this process: safe to fork later
     info = probe.env_info()
@@ -609,23 +625,12 @@ def collect(
         make_policy(policy, info, policy_rng(0), **policy_kwargs)
     except TypeError as e:
         raise ValueError(f"policy={policy!r}: bad policy_kwargs {policy_kwargs}: {e}") from e
-    meta = build_meta(
-        env_id=info["env_id"],
-        env_kwargs=env_kwargs,
-        image_size=info["image_size"],
-        fps=info["fps"],
-        action_low=info["action_low"],
-        action_high=info["action_high"],
-        proprio_dim=info["proprio_dim"],
-        state_dim=info["state_dim"],
-        goal_dim=info["goal_dim"],
-        video=video,
-        collection={
-            "policy": policy,
-            "policy_kwargs": _as_recorded(out_dir, policy, policy_kwargs),
-            "seed": int(seed),
-        },
-    )
+    collection = {
+        "policy": policy,
+        "policy_kwargs": _as_recorded(out_dir, policy, policy_kwargs),
+        "seed": int(seed),
+    }
+    meta = dataset_meta(info, env_kwargs, video, collection)
     with EpisodeWriter(out_dir, meta) as writer:
         todo = [i for i in range(num_episodes) if not writer.is_finished(i, seed + i)]
         rewritten = sum(i in writer.invalid for i in todo)
@@ -807,24 +812,9 @@ class EpisodeRecorder(gym.Wrapper):
         video: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(env)
-        from jepa_agent.data import EpisodeWriter, build_meta
-        from jepa_agent.data.video_io import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+        from jepa_agent.data import EpisodeWriter
 
-        info = RecordingWrapper(env).env_info()
-        defaults = {"codec": "h264", "crf": DEFAULT_CRF, "preset": DEFAULT_PRESET, "pix_fmt": DEFAULT_PIX_FMT}
-        meta = build_meta(
-            env_id=info["env_id"],
-            env_kwargs=dict(env_kwargs),
-            image_size=info["image_size"],
-            fps=info["fps"],
-            action_low=info["action_low"],
-            action_high=info["action_high"],
-            proprio_dim=info["proprio_dim"],
-            state_dim=info["state_dim"],
-            goal_dim=info["goal_dim"],
-            video={**defaults, **(video or {})},
-            collection=collection,
-        )
+        meta = dataset_meta(RecordingWrapper(env).env_info(), env_kwargs, video, collection)
         self.writer = EpisodeWriter(root, meta)
         self.episodes_written, self.frames_written = 0, 0
         self._index, self._episode = 0, None
