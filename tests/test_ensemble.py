@@ -98,3 +98,45 @@ def test_bench_plan_times_an_ensemble_against_its_first_member(tmp_path, capsys)
     assert res["ensemble_members"] == [str(tmp_path / "wm0"), str(tmp_path / "wm1")]
     with pytest.raises(ValueError, match="--member needs --checkpoint"):
         bench.main([*args, "--member", str(tmp_path / "wm1")])
+
+
+def test_members_run_side_by_side_with_the_same_results_and_modes():
+    """Two torch threads: each member imagines and scores on its own thread, bit for bit as one after the
+    other; the process's thread count is restored, and the caller's grad mode reaches the workers."""
+    a, b = member(0), member(1)
+    parallel, serial = WorldModelEnsemble([a, b]), WorldModelEnsemble([a, b], parallel=False)
+    env = envs.make_env("reach", image_size=IMG, max_episode_steps=3)
+    obs, _ = env.reset(seed=0)
+    goal = {"image": env.unwrapped.render_goal()}
+    env.close()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert parallel.runner.workers(2, torch.device("cpu")) == 2
+        assert serial.runner.workers(2, torch.device("cpu")) == 1
+        assert parallel.runner.workers(2, torch.device("cuda")) == 1  # CUDA: in order
+        with torch.inference_mode():
+            ctx = parallel.context([parallel.encode(obs)], [])
+            g = parallel.encode_goal(goal)
+            actions = torch.rand(16, 3, 2) * 2 - 1
+            costs = [m.cost(g, action_weight=0.1) for m in (parallel, serial)]
+            out = [
+                c(m.rollout(ctx, actions, project=c.rollout_projection), actions)
+                for m, c in zip((parallel, serial), costs, strict=True)
+            ]
+            assert torch.get_num_threads() == 2
+        assert torch.equal(out[0], out[1])
+        # gradient planning through the workers: the rollout keeps its graph and the grad reaches actions
+        acts = (torch.rand(4, 3, 2) * 2 - 1).requires_grad_()
+        cost = parallel.cost(g)
+        cost(parallel.rollout(ctx, acts), acts).sum().backward()
+        assert acts.grad is not None and torch.isfinite(acts.grad).all() and acts.grad.abs().sum() > 0
+        with torch.no_grad():  # and no graph where the caller asked for none
+            preds = parallel.rollout(ctx, acts)
+        assert not any(p.requires_grad for p in preds)
+        with pytest.raises(ValueError, match="actions of shape"):  # a member's error reaches the caller
+            parallel.rollout(ctx, torch.zeros(4, 3, 5))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        parallel.runner.close()

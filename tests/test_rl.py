@@ -32,6 +32,7 @@ from jepa_agent.rl import (
     PlanningSpace,
     VecLatentEncode,
 )
+from jepa_agent.rl.space import FastFeatures
 from jepa_agent.world_model import WorldModel, build_world_model, save_world_model
 from planners import CEMPlanner
 
@@ -170,6 +171,31 @@ def test_reward_is_minus_the_planning_costs_distance(space):
     assert float(-planning.reward(feats[0], feats[1])) == pytest.approx(
         float(expected[0]), rel=1e-5, abs=1e-7
     )
+
+
+def test_reward_with_the_latent_term_is_minus_the_planning_costs_two_terms():
+    """``latent_weight``: the features hold the head's and the latent's, and -reward is the planning cost's
+    metric term plus its latent term at that weight; the traced path gives the same features."""
+    model = tiny_model(metric=True)
+    planning = PlanningSpace(model, space="metric", latent_weight=0.5)
+    frames = np.random.default_rng(0).integers(0, 256, (2, IMG, IMG, 3), dtype=np.uint8)
+    feats = planning.features(frames)
+    n, d = model.latent_shape
+    assert feats.shape == (2, PlanningSpace(model, space="metric").dim + n * d) == (2, planning.dim)
+    with torch.inference_mode():
+        z = model.encode_pixels(frames)
+        cost = model.cost(z[1], space="metric", reduction="final", action_weight=0.0, latent_weight=0.5,
+                          displacement_weight=0.0)  # fmt: skip
+        expected = cost(z[0][None, None], torch.zeros(1, 1, 2))
+    assert float(-planning.reward(feats[0], feats[1])) == pytest.approx(float(expected[0]), rel=1e-4)
+    np.testing.assert_allclose(FastFeatures(planning)(frames), feats, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="latent_weight=0.5 .* needs space=metric and metric=mse, got "
+                       "space=latent and metric=mse"):  # fmt: skip
+        PlanningSpace(model, space="latent", latent_weight=0.5)
+    with pytest.raises(ValueError, match="metric=l1"):
+        PlanningSpace(model, space="metric", metric="l1", latent_weight=0.5)
+    with pytest.raises(ValueError, match="latent_weight=-1"):
+        PlanningSpace(model, space="metric", latent_weight=-1)
 
 
 def test_never_terminates_on_success_and_truncates_at_the_time_limit():

@@ -102,6 +102,7 @@ class LatentGoalEnv(gym.Env):
         epsilon: float | None = None,
         proprio: bool = False,
         goal_method: str = GOAL_METHOD,
+        latent_weight: float = 0.0,
     ) -> None:
         spec = getattr(env, "spec", None)
         what = f"env {spec.id!r}" if spec is not None else f"env {type(env.unwrapped).__name__}"
@@ -109,7 +110,7 @@ class LatentGoalEnv(gym.Env):
         obs_space, act_space = env.observation_space, env.action_space
         pixel_space = checked_pixel_space(model, obs_space, act_space, env_id, what, proprio)
         self.env = env
-        self.planning = PlanningSpace(model, space, metric, reward, epsilon)
+        self.planning = PlanningSpace(model, space, metric, reward, epsilon, latent_weight=latent_weight)
         self.proprio = proprio
         self._render_goal = goal_image_fn(env, goal_method)
         self.action_space = env.action_space

@@ -246,6 +246,7 @@ class WorldModelVecEnv(VecEnv):
         metric: str = CostConfig.metric,
         reward: str = "dense",
         seed: int | None = None,
+        latent_weight: float = 0.0,
     ) -> None:
         context = model.context_frames if context is None else context
         for name, value in (("num_envs", num_envs), ("horizon", horizon), ("context", context)):
@@ -276,7 +277,9 @@ class WorldModelVecEnv(VecEnv):
             )
         model.check_compatible(env_id=starts.env_id, image_size=starts.image_size)
         self.model, self.horizon, self.context = model, int(horizon), int(context)
-        self.planning = PlanningSpace(model, space, metric, reward, float(epsilon))
+        self.planning = PlanningSpace(
+            model, space, metric, reward, float(epsilon), latent_weight=latent_weight
+        )
         device = model.device
         self._z_all = starts.z.to(device)  # [F, N, D]
         self._a_all = starts.actions.to(device)  # [F, A], env units

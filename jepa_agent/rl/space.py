@@ -12,11 +12,13 @@ space to SB3:
   with the cost's ``metric``) between rows of features, vectorised over a batch of goals;
 * ``reward(achieved, desired)``: ``-distance`` (``dense``), or ``-(distance > epsilon)`` (``sparse``).
 
-The cost's extra terms are not part of the reward: the action penalty (``action_weight``) is not a
-function of the goal, and the metric space's latent term (``latent_weight``) and displacement term
-(``displacement_weight``) would need the full latent as the goal. Features and distances are float32 and
-the distance of a row never depends on the other rows of its batch, so a reward recomputed from stored
-features (HER's ``compute_reward``) equals the step reward bit for bit.
+The cost's extra terms are not part of the reward by default: the action penalty (``action_weight``) is
+not a function of the goal, and the metric space's displacement term (``displacement_weight``) reads a
+pair of frames. The metric space's latent term can be: ``latent_weight > 0`` appends the flattened latent
+to the head's features, both scaled so that their mean squared distance is the head's plus
+``latent_weight`` times the latents' (the planning cost's two terms; :class:`HeadWithLatent`). Features
+and distances are float32 and the distance of a row never depends on the other rows of its batch, so a
+reward recomputed from stored features (HER's ``compute_reward``) equals the step reward bit for bit.
 """
 
 from __future__ import annotations
@@ -54,6 +56,24 @@ def planning_projection(model: WorldModel, space: str = "auto") -> tuple[str, nn
     return resolved, getattr(cost, "project", None)
 
 
+class HeadWithLatent(nn.Module):
+    """A cost head's features beside the flattened latent ``[B, N, D] -> [B, F + N * D]``, scaled so that
+    their mean squared distance is the head's plus ``weight`` times the latents' (the planning cost's
+    ``latent_weight`` term): with ``F`` and ``L = N * D`` features, the head's are scaled by
+    ``sqrt((F + L) / F)`` and the latent's by ``sqrt(weight * (F + L) / L)``."""
+
+    def __init__(self, head: nn.Module, head_dim: int, latent_dim: int, weight: float) -> None:
+        super().__init__()
+        total = head_dim + latent_dim
+        self.head = head
+        self.head_scale = (total / head_dim) ** 0.5
+        self.latent_scale = (weight * total / latent_dim) ** 0.5
+
+    def forward(self, z: Tensor) -> Tensor:
+        feats = self.head(z).reshape(z.shape[0], -1)  # [B, F]
+        return torch.cat([self.head_scale * feats, self.latent_scale * z.reshape(z.shape[0], -1)], dim=-1)
+
+
 def check_image_size(model: WorldModel, pixel_shape: tuple[int, ...], what: str) -> None:
     """Refuse pixels ``[S, S, 3]`` the world model was not trained on, naming both sizes."""
     s = model.image_size
@@ -82,6 +102,13 @@ class PlanningSpace:
         epsilon: the sparse reward's success radius in ``metric`` units (required for ``sparse``;
             calibrate it on data: e.g. the distance's quantile at ``info["is_success"]``).
         batch_size: frames per encoder call.
+        latent_weight: with the ``metric`` space and the ``mse`` distance, add ``latent_weight`` times the
+            latents' own mean squared distance, as the planning cost's ``latent_weight`` does (0: the head
+            alone; the features then include the flattened latent: :class:`HeadWithLatent`).
+
+    Raises:
+        ValueError: a bad ``metric``, ``reward``, ``epsilon`` or ``latent_weight``, or one the space
+            cannot take, each named.
     """
 
     def __init__(
@@ -92,6 +119,7 @@ class PlanningSpace:
         reward: str = "dense",
         epsilon: float | None = None,
         batch_size: int = 256,
+        latent_weight: float = 0.0,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r}; expected one of {list(METRICS)}")
@@ -106,7 +134,19 @@ class PlanningSpace:
         self.metric, self.reward_kind = metric, reward
         self.epsilon = None if epsilon is None else float(epsilon)
         self.batch_size = int(batch_size)
+        self.latent_weight = float(latent_weight)
+        if not self.latent_weight >= 0:
+            raise ValueError(f"latent_weight={latent_weight!r}; expected a number >= 0")
+        if self.latent_weight > 0 and (self.name != "metric" or metric != "mse"):
+            raise ValueError(
+                f"latent_weight={latent_weight} adds the latents' mean squared distance to the metric "
+                f"head's; it needs space=metric and metric=mse, got space={self.name} and metric={metric}"
+            )
         n, d = model.latent_shape
+        if self.latent_weight > 0:
+            with torch.inference_mode():
+                head_dim = int(self.project(torch.zeros(1, n, d, device=model.device)).shape[-1])
+            self.project = HeadWithLatent(self.project, head_dim, n * d, self.latent_weight)
         if self.project is None:
             self.step_shape: tuple[int, int] = (n, d)  # one imagined step as the cost sees it
         else:

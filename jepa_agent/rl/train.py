@@ -86,6 +86,8 @@ class RLConfig:
         checkpoint: the world model (``observation=latent``).
         space: its cost space for latent observations and rewards (``auto`` | ``metric`` | ``readout`` |
             ``latent``, as ``cost.space``).
+        latent_weight: with the ``metric`` space, the latents' own mean squared distance times this is added
+            to the head's, as in the planning cost (0: the head alone; :class:`~jepa_agent.rl.PlanningSpace`).
         epsilon: the sparse latent reward's / imagined success's radius; None: calibrated.
         calibration: ``youden`` | ``f1``: what the calibrated radius maximises on hindsight pairs.
         calibration_episodes: episodes the radius is calibrated on (recorded into the run dir unless
@@ -121,6 +123,7 @@ class RLConfig:
     imagination: bool = False
     checkpoint: str | None = "checkpoints/reach"
     space: str = "auto"
+    latent_weight: float = 0.0
     epsilon: float | None = None
     calibration: str = "youden"
     calibration_episodes: int = 20
@@ -344,7 +347,8 @@ def make_vec_env(
     if cfg.observation == "latent":
         sparse = cfg.sparse and cfg.resolved_reward == "latent"
         venv = VecLatentEncode(venv, model, space=cfg.space, reward="sparse" if sparse else "dense",
-                               epsilon=epsilon if sparse else None)  # fmt: skip
+                               epsilon=epsilon if sparse else None,
+                               latent_weight=cfg.latent_weight)  # fmt: skip
     if cfg.resolved_reward == "env" and cfg.observation != "state":
         venv = VecTaskReward(venv, sparse=cfg.sparse)
     return venv
@@ -495,8 +499,9 @@ def resolve_epsilon(
         root = out / "calibration"
         collect(root, cfg.calibration_episodes, env=env, env_kwargs=env_kwargs, policy=cfg.calibration_policy,
                 seed=CALIBRATION_SEED, num_envs=1, progress=False)  # fmt: skip
-    return calibrate_from_episodes(PlanningSpace(model, space), root, success_fn, cfg.calibration,
-                                   cfg.calibration_episodes, cfg.seed, env_id)  # fmt: skip
+    space_ = PlanningSpace(model, space, latent_weight=cfg.latent_weight)
+    return calibrate_from_episodes(space_, root, success_fn, cfg.calibration, cfg.calibration_episodes,
+                                   cfg.seed, env_id)  # fmt: skip
 
 
 def _summary(
@@ -576,7 +581,7 @@ def train_rl(
         train_env: VecEnv = WorldModelVecEnv(
             model, starts, epsilon=epsilon, num_envs=cfg.imagination_envs, horizon=cfg.imagination_horizon,
             context=cfg.imagination_context, space=space, reward="sparse" if cfg.sparse else "dense",
-            seed=cfg.seed,
+            seed=cfg.seed, latent_weight=cfg.latent_weight,
         )  # fmt: skip
     else:
         train_env = make_vec_env(cfg, env, env_kwargs, cfg.n_envs, model, epsilon)

@@ -50,6 +50,7 @@ class VecLatentEncode(VecEnvWrapper):
         epsilon: float | None = None,
         proprio: bool = False,
         goal_method: str = GOAL_METHOD,
+        latent_weight: float = 0.0,
     ) -> None:
         spec = venv.get_attr("spec", indices=[0])[0] if venv.has_attr("spec") else None
         what = f"the VecEnv of {spec.id!r}" if spec is not None else "the VecEnv"
@@ -61,7 +62,7 @@ class VecLatentEncode(VecEnvWrapper):
                 f"the envs of {what} have no {goal_method}() method; expected envs whose {goal_method}() "
                 "returns the goal image (uint8 [H, W, 3]), or pass goal_method=<their goal-image method>"
             )
-        self.planning = PlanningSpace(model, space, metric, reward, epsilon)
+        self.planning = PlanningSpace(model, space, metric, reward, epsilon, latent_weight=latent_weight)
         self.proprio, self.goal_method = proprio, goal_method
         super().__init__(venv, observation_space=goal_observation_space(self.planning, pixel_space, proprio))
         self._goals = np.zeros((self.num_envs, self.planning.dim), np.float32)  # [n, F]
