@@ -7,6 +7,7 @@ without the KV cache, and with the labelled readout cost instead of the default 
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
     python scripts/bench_plan.py --checkpoint A --member B        # + the ensemble of A and B (plan.py's
                                                                   #   'checkpoint=[A,B]'), against A alone
+                                                                  #   and against its members run serially
 
 With a model that has a trained anchor head (the distracting reach), the main cost carries the anchor term
 as the agent plans with it: each timed replan then also encodes a frame through ``cost.anchor_shift``'s
@@ -149,14 +150,15 @@ def main(argv: list[str] | None = None) -> dict:
     default_planner = instantiate(plan_cfg.planner, action_dim=A)
 
     costs = {"main": cost, "readout": readout_cost}
-    ensemble = ens_ctx = None
+    ensemble = serial = ens_ctx = None
     if args.member:
         if not args.checkpoint:
             raise ValueError("--member needs --checkpoint: the ensemble's first member")
         if anchored:
             raise ValueError("--member: ensembles of models with an anchor head are not timed here")
         members = [model] + [WorldModel.from_checkpoint(m, device="cpu") for m in args.member]
-        ensemble = WorldModelEnsemble(members)
+        ensemble = WorldModelEnsemble(members)  # members side by side on the threads (as plan.py plans)
+        serial = WorldModelEnsemble(members, parallel=False)  # one after the other, for the ratio
         for m, path in zip(members[1:], args.member, strict=True):
             if m.latent_shape != model.latent_shape:
                 raise ValueError(f"--member {path}: latents {m.latent_shape}, the first member's {(N, D)}")
@@ -164,10 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
             [(z,) * len(members) for z in z_hist[0]], [torch.zeros(A)] * (args.context - 1)
         )
         costs["ensemble"] = ensemble.cost((goal,) * len(members), space=args.cost_space)
+        costs["ensemble_serial"] = serial.cost((goal,) * len(members), space=args.cost_space)
 
     def replan(planner, use_cache: bool, fuse: bool = True, which: str = "main") -> float:
-        if which == "ensemble":  # every member imagines every sample (MPCAgent over a WorldModelEnsemble)
-            ens_rollout = planning_rollout(ensemble, costs[which])
+        if which.startswith("ensemble"):  # every member imagines every sample (MPCAgent over an ensemble)
+            ens_rollout = planning_rollout(ensemble if which == "ensemble" else serial, costs[which])
             with torch.inference_mode():
                 return planner.plan(
                     lambda c, a: ens_rollout(c, a, use_cache=use_cache), costs[which], ens_ctx
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         variants |= {"unfused": (True, False, "main"), "no_cache": (False, False, "main")}
     if ensemble is not None:
         variants["ensemble"] = (True, True, "ensemble")
+        if ensemble.runner.workers(len(ensemble.members), torch.device("cpu")) > 1:
+            variants["ensemble_serial"] = (True, True, "ensemble_serial")
     for use_cache, fuse, which in variants.values():  # warm-up (allocator, kernels)
         replan(instantiate(cfg.planner, action_dim=A, **{**budget, "iterations": 2}), use_cache, fuse, which)
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -239,6 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["ratio_ensemble_to_one"] = round(
             statistics.median(times["ensemble"]) / statistics.median(times["kv_cache"]), 2
         )
+        if "ensemble_serial" in times:  # > 1: the members side by side are faster than one after the other
+            result["speedup_ensemble_vs_serial"] = round(
+                statistics.median(times["ensemble_serial"]) / statistics.median(times["ensemble"]), 2
+            )
     if "no_cache" in times:
         for base in ("no_cache", "unfused"):
             result[f"speedup_vs_{base}"] = round(

@@ -207,6 +207,13 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
         assert out.shape == (64, 4, 8 + (6 if displacement else 0) + 9)
         gap = cost(out, actions) - cost(model.rollout(state, actions), actions)
         assert float(gap.std()) < 1e-4 * float(cost(out, actions).std())
+        # the folded head is kept between rollouts; a weight changed in place (a training step) drops it
+        assert torch.equal(fused(state, actions), out)
+        with torch.no_grad():
+            model.predictor.latent_head.weight.mul_(1.5)
+        again = fused(state, actions)
+        gap = cost(again, actions) - cost(model.rollout(state, actions), actions)
+        assert not torch.equal(again, out) and float(gap.std()) < 1e-4 * float(cost(again, actions).std())
     a = actions.clone().requires_grad_(True)  # the gradient planner's path
     cost(fused(state, a), a).sum().backward()
     assert a.grad is not None and torch.isfinite(a.grad).all()

@@ -441,24 +441,55 @@ class ACPredictor(nn.Module):
 
         ``project`` is affine and so is the head: with ``W_n`` the columns of ``project.weight`` that
         read token ``n``, ``project(z_t) = b + sum_n W_n z_t[n]``, and the head's weights fold into
-        ``W_n`` once per call (``[F, D] @ [D, dim]``); the ``[S, H, N, D]`` latents never exist.
+        ``W_n`` (``[F, D] @ [D, dim]``); the ``[S, H, N, D]`` latents never exist. Outside autograd the
+        folded map is kept between calls (a planner rolls out the same ``project`` every iteration) until
+        any weight it was folded from changes.
         """
         S, H, N, _ = hs.shape
-        D = self.latent_dim
-        W = project.weight.view(-1, N, D)  # [F, N, D]
-        w_h, b_h = self.latent_head.weight, self.latent_head.bias  # [D, dim], [D]
         if self.residual:  # z_t = z0 + scale * (W_h sum_{u<=t} h_u + t b_h)
-            w = torch.cat([w_h, b_h[:, None]], dim=1) * scale[:, None]  # [D, dim+1]
             count = torch.arange(1, H + 1, dtype=hs.dtype, device=hs.device).view(1, H, 1, 1)
             feats = torch.cat([hs.cumsum(1), count.expand(S, H, N, 1)], dim=-1)  # [S, H, N, dim+1]
             base = project(z0.flatten(-2)).unsqueeze(-2)  # [B, 1, F]
         else:  # z_t = W_h h_t + b_h
-            w, feats = w_h, hs
+            feats = hs
+        M, bias = self._folded_projection(project, scale, N)
+        if not self.residual:
+            base = bias.view(1, 1, -1)  # [1, 1, F]
+        flat = feats.reshape(S * H, -1)
+        if base.shape[0] == 1:  # one base for every sample: the GEMM's bias
+            return torch.addmm(base.reshape(-1), flat, M.T).view(S, H, -1)
+        return (flat @ M.T).view(S, H, -1) + base  # [S, H, F]
+
+    def _folded_projection(self, project: nn.Linear, scale: Tensor, N: int) -> tuple[Tensor, Tensor | None]:
+        """``(M [F, N * k], bias [F] | None)``: the latent head folded into ``project`` (see
+        :meth:`_project_out`), cached by the identity and versions of the tensors it is made from."""
+        w_h, b_h = self.latent_head.weight, self.latent_head.bias  # [D, dim], [D]
+        sources = (project.weight, project.bias, w_h, b_h, scale)
+        versions = None
+        if not torch.is_grad_enabled():  # (autocast changes the folded map's dtype)
+            counters = _versions(sources)
+            mode = (str(scale.device), torch.is_autocast_enabled(scale.device.type))
+            versions = None if counters is None else counters + mode
+        cached = self.__dict__.get("_fold_cache")  # (sources, versions, M, bias): the sources are held, so
+        if (  # an identity can't be reused by another tensor while it is cached
+            versions is not None
+            and cached is not None
+            and cached[1] == versions
+            and all(a is b for a, b in zip(cached[0], sources, strict=True))
+        ):
+            return cached[2], cached[3]
+        W = project.weight.view(-1, N, self.latent_dim)  # [F, N, D]
+        if self.residual:
+            w = torch.cat([w_h, b_h[:, None]], dim=1) * scale[:, None]  # [D, dim+1]
+            bias = None
+        else:
+            w = w_h
             bias = torch.einsum("fnd,d->f", W, b_h)
-            base = (bias if project.bias is None else bias + project.bias).view(1, 1, -1)  # [1, 1, F]
+            bias = bias if project.bias is None else bias + project.bias
         M = torch.einsum("fnd,dk->fnk", W, w).flatten(1)  # [F, N * k]
-        out = feats.reshape(S, H, -1) @ M.T  # [S, H, F]
-        return out + base
+        if versions is not None:
+            self.__dict__["_fold_cache"] = (sources, versions, M, bias)  # not state, not a buffer
+        return M, bias
 
     def _imagine_full(
         self, z_ctx: Tensor, actions: Tensor, actions_ctx: Tensor | None, proprio_ctx: Tensor | None
@@ -478,6 +509,14 @@ class ACPredictor(nn.Module):
                 ps.append(p_all[:, -1:])
                 p_seq = torch.cat([p_seq, p_all[:, -1:]], dim=1)
         return torch.cat(zs, dim=1), (torch.cat(ps, dim=1) if ps else None)
+
+
+def _versions(tensors: tuple[Tensor | None, ...]) -> tuple[int | None, ...] | None:
+    """The in-place version counters of ``tensors`` (None: one has none, e.g. an inference tensor)."""
+    try:
+        return tuple(None if t is None else t._version for t in tensors)
+    except RuntimeError:
+        return None
 
 
 def ac_predictor_config(model: ACPredictor) -> dict[str, Any]:
