@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tests.conftest import REPO, script_env
@@ -172,11 +173,24 @@ def test_plan_records_the_agents_episodes_to_train_on(pipeline, tmp_path):
             "train.eval_windows=8",
             "train.eval_horizon=2",
             "train.metric.steps=2",
+            "train.metric.datasets=[0]",  # the head learns its distances from the scripted data alone
             "progress=false",
             f"hydra.run.dir={tmp_path / 'wm_run'}",
         )
     )
     assert (trained["train_episodes"], trained["val_episodes"]) == (5 + 1, 1 + 1)  # each keeps its split
+    saved = yaml.safe_load((tmp_path / "wm" / "checkpoint" / "config.yaml").read_text())
+    assert saved["train"]["metric"]["datasets"] == [0]  # the checkpoint records what the head learnt from
+    proc = run(
+        "train_world_model.py",
+        f"data.path=[{pipeline['eps']},{rec}]",
+        f"encoder_checkpoint={pipeline['enc']}",
+        "train.metric.datasets=[2]",
+        f"hydra.run.dir={tmp_path / 'wm_run3'}",
+        ok=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "train.metric.datasets=[2]: data.path holds 2 dataset(s) (positions 0 to 1)" in proc.stderr
     proc = run(
         "train_world_model.py",
         f"data.path=[{rec},{rec}]",

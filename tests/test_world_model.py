@@ -383,3 +383,41 @@ def test_bench_plan_smoke(capsys):
     with pytest.raises(SystemExit):  # a usage error naming the bound, not a planner traceback
         bench.main(["--population", "0"])
     assert "argument --population: 0; expected an int >= 1" in capsys.readouterr().err
+
+
+def test_the_metric_heads_datasets_select_their_episodes_from_the_cache():
+    """``train.metric.datasets``: the episodes of the picked datasets (positions in data.path), in that
+    order, cut from the latent cache with their frames, actions and bookkeeping; bad picks are refused."""
+    from jepa_agent.training.latent_cache import LatentEpisodes
+    from jepa_agent.training.temporal_distance import MetricTrainConfig
+    from jepa_agent.training.train_world_model import dataset_episodes
+
+    class Part:
+        def __init__(self, n):
+            self.num_episodes = n
+
+    class Concat:
+        datasets = [Part(2), Part(3)]
+        num_episodes = 5
+
+    assert dataset_episodes(Concat(), [1], "x") == [2, 3, 4]
+    assert dataset_episodes(Concat(), [1, 0], "x") == [2, 3, 4, 0, 1]
+    assert dataset_episodes(Part(4), [0], "x") == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"x=\[2\]: data.path holds 2 dataset\(s\) \(positions 0 to 1\)"):
+        dataset_episodes(Concat(), [2], "x")
+    with pytest.raises(ValueError, match="dataset 1 of data.path has no training episode"):
+        dataset_episodes(type("C", (), {"datasets": [Part(2), Part(0)]})(), [1], "x")
+    for bad in ([], [0, 0], [-1], [True], ["0"]):
+        with pytest.raises(ValueError, match="train.metric.datasets="):
+            MetricTrainConfig(datasets=bad)
+    lengths = [3, 2, 4]
+    frames = sum(lengths)
+    cache = LatentEpisodes(
+        torch.arange(frames, dtype=torch.float32).view(frames, 1, 1), torch.arange(frames).float()[:, None],
+        None, [0, 3, 5], lengths,
+    )  # fmt: skip
+    part = cache.select([2, 0])
+    assert part.starts == [0, 4] and part.lengths == [4, 3]
+    assert part.z.flatten().tolist() == [5, 6, 7, 8, 0, 1, 2]
+    assert part.actions.flatten().tolist() == [5, 6, 7, 8, 0, 1, 2]
+    assert part.window_starts(3).tolist() == [0, 1, 4]  # windows never cross the new episode boundaries

@@ -62,6 +62,18 @@ class LatentEpisodes:
         p = None if self.proprio is None else self.proprio[idx]
         return self.z[idx], self.actions[idx[:, :-1]], p
 
+    def select(self, episodes: list[int]) -> LatentEpisodes:
+        """A cache of only ``episodes`` (positions in :attr:`starts`), in that order, re-indexed."""
+        if not episodes:
+            raise ValueError("no episodes selected")
+        idx = torch.cat([torch.arange(self.starts[e], self.starts[e] + self.lengths[e]) for e in episodes])
+        idx = idx.to(self.z.device)
+        lengths = [self.lengths[e] for e in episodes]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return LatentEpisodes(self.z[idx], self.actions[idx], pick(self.proprio), starts, lengths,
+                              pick(self.targets))  # fmt: skip
+
     def target_windows(self, first: Tensor, window: int) -> Tensor | None:
         """``first [B]`` -> readout targets ``[B, T, R]`` (None without a readout)."""
         if self.targets is None:

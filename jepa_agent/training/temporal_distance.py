@@ -55,6 +55,10 @@ class MetricTrainConfig:
             The head then reads imagined futures where the true ones would be (like the readout), instead
             of the predictor alone having to land in a frozen head's space; the targets stay fixed, so
             the space cannot collapse.
+        datasets: with several datasets (``data.path=[A, B, ...]``), the positions in that list of the ones
+            the head learns from (None: all). E.g. ``[0]`` keeps the planner's own recorded episodes
+            (``plan.py record=DIR``, long stretches at rest near the goal) out of the head's distances
+            while the predictor still trains on them.
     """
 
     steps: int = 6000
@@ -67,6 +71,7 @@ class MetricTrainConfig:
     random_goals: float = 0.3
     predictor_weight: float = 10.0
     joint: bool = False
+    datasets: list[int] | None = None
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0 or int(self.batch_size) < 1:
@@ -85,6 +90,18 @@ class MetricTrainConfig:
             raise ValueError(f"train.metric.lr={self.lr}; expected > 0")
         if not self.predictor_weight >= 0:
             raise ValueError(f"train.metric.predictor_weight={self.predictor_weight}; expected >= 0")
+        if self.datasets is not None:
+            picked = list(self.datasets)
+            if (
+                not picked
+                or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in picked)
+                or len(set(picked)) != len(picked)
+            ):
+                raise ValueError(
+                    f"train.metric.datasets={self.datasets!r}; expected null or distinct positions in "
+                    "data.path (ints >= 0), e.g. [0]"
+                )
+            self.datasets = picked
 
 
 def _last_frames(data: LatentEpisodes) -> Tensor:

@@ -18,6 +18,7 @@ loss module is wrapped in ``DistributedDataParallel``; each rank samples its own
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -379,6 +380,27 @@ def evaluate_world_model(
 
 
 # -- the loop --------------------------------------------------------------------------------------
+def dataset_episodes(source: EpisodeSource, datasets: list[int], what: str) -> list[int]:
+    """The positions in ``source`` (one dataset, or several read as one: ``ConcatEpisodes``) of the episodes
+    of the datasets at ``datasets`` (positions in ``data.path``), in that order.
+
+    Raises:
+        ValueError: a position beyond the datasets given, or a picked dataset with no episode in this split.
+    """
+    parts = getattr(source, "datasets", None)
+    counts = [p.num_episodes for p in parts] if parts is not None else [source.num_episodes]
+    bad = [i for i in datasets if i >= len(counts)]
+    if bad:
+        raise ValueError(
+            f"{what}={datasets}: data.path holds {len(counts)} dataset(s) (positions 0 to {len(counts) - 1})"
+        )
+    empty = [i for i in datasets if counts[i] == 0]
+    if empty:
+        raise ValueError(f"{what}={datasets}: dataset {empty[0]} of data.path has no training episode")
+    offsets = [0, *itertools.accumulate(counts)]
+    return [e for i in datasets for e in range(offsets[i], offsets[i + 1])]
+
+
 def _trainable(model: WorldModel, joint_metric: bool = False) -> list[nn.Module]:
     return (
         [model.predictor]
@@ -466,6 +488,10 @@ def train_world_model(
         fit_normalizer(model, train_source)
     show = progress and rank == 0
     t0 = time.perf_counter()
+    # the episodes the temporal-distance head learns from (train.metric.datasets): checked before any work
+    metric_episodes = None
+    if model.metric is not None and cfg.metric.steps > 0 and cfg.metric.datasets is not None:
+        metric_episodes = dataset_episodes(train_source, cfg.metric.datasets, "train.metric.datasets")
     tune_stats: dict[str, float] = {}
     if state is not None:  # resumed: the encoder in the checkpoint is the fine-tuned one (if any)
         model.meta["encoder_tune_steps"] = int(load_meta(ckpt).get("encoder_tune_steps", 0) or 0)
@@ -513,7 +539,8 @@ def train_world_model(
         )
     if model.metric is not None and cfg.metric.steps > 0 and not model.metric_trained:
         # first, from encoded frames alone (every rank alike: same data, same seed)
-        head_stats = train_metric_head(model.metric, train, cfg.metric, seed=cfg.seed, progress=show)
+        head_data = train if metric_episodes is None else train.select(metric_episodes)
+        head_stats = train_metric_head(model.metric, head_data, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
     if train_tokens is not None:  # frames and actions only, as the displacement head's targets
         mean, std = model.normalizer.action_mean, model.normalizer.action_std
