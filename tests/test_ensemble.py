@@ -96,6 +96,14 @@ def test_bench_plan_times_an_ensemble_against_its_first_member(tmp_path, capsys)
     res = bench.main([*args, "--checkpoint", str(tmp_path / "wm0"), "--member", str(tmp_path / "wm1")])
     assert res["ensemble_s"]["median"] > 0 and res["ratio_ensemble_to_one"] > 0
     assert res["ensemble_members"] == [str(tmp_path / "wm0"), str(tmp_path / "wm1")]
+    assert "ensemble_serial_s" not in res  # one thread: the members run one after the other anyway
+    before = torch.get_num_threads()
+    try:  # two threads: the members side by side, timed against the same two one after the other
+        two = [*args[:-3], "--threads", "2", "--no-baseline"]
+        res = bench.main([*two, "--checkpoint", str(tmp_path / "wm0"), "--member", str(tmp_path / "wm1")])
+    finally:
+        torch.set_num_threads(before)
+    assert res["ensemble_serial_s"]["median"] > 0 and res["speedup_ensemble_vs_serial"] > 0
     with pytest.raises(ValueError, match="--member needs --checkpoint"):
         bench.main([*args, "--member", str(tmp_path / "wm1")])
 
