@@ -8,7 +8,7 @@ use the same cost space (the temporal-distance head counts steps).
 
 On a CPU with several torch threads the members imagine and score side by side, each on its own share of
 the threads (:class:`MemberRunner`): a member's rollout is a chain of small matrix products that one core
-runs at about 0.7x the speed of two, so K members, one per core, beat the K one after the other on all
+runs at about 0.8x the speed of two, so K members, one per core, beat the K one after the other on all
 cores (docs/benchmarks.md, momentum section, twelfth session). The results are the same bit for bit as one
 after the other (tested).
 
