@@ -48,6 +48,9 @@ class ProbeConfig:
         mlp_ratio: 0 (default): the pooled queries go straight to the linear head, as the issue's
             "cross-attention, then linear"; > 0: V-JEPA's ``AttentivePooler`` block, a residual MLP
             of this width ratio after the cross-attention (a stronger probe).
+        ridge_grid: the ridge regression (``r2_pooled``) reads the tokens average-pooled to a
+            ``g x g`` grid and concatenated: 1 (default) is the mean token; the world model's grid
+            pooling (``world_model.grid_size``, 4 for the compact model) makes it the planning latent.
         seed: probe init and batch order.
     """
 
@@ -58,10 +61,11 @@ class ProbeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     mlp_ratio: float = 0.0
+    ridge_grid: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("num_heads", "num_queries", "epochs", "batch_size"):
+        for key in ("num_heads", "num_queries", "epochs", "batch_size", "ridge_grid"):
             check_int(f"probe.{key}", getattr(self, key), 1)
         if not self.lr > 0:
             raise ValueError(f"probe.lr={self.lr!r}; expected > 0")
@@ -449,20 +453,67 @@ def probe_encoders(
     }
 
 
+def pool_tokens(f: torch.Tensor, grid: int = 1) -> torch.Tensor:
+    """Tokens ``[M, N, D]`` of a square patch grid -> ``[M, D*g*g]``: average-pooled to ``g x g`` cells
+    and concatenated, as the world model's grid pooling (``grid=1``: the mean token)."""
+    side = math.isqrt(f.shape[1])
+    if side * side != f.shape[1] or not 1 <= grid <= side:
+        raise ValueError(
+            f"probe.ridge_grid={grid}; expected 1 .. {side} for a square grid of {f.shape[1]} patch tokens"
+        )
+    x = f.float().transpose(1, 2).reshape(len(f), -1, side, side)  # [M, D, s, s]
+    return F.adaptive_avg_pool2d(x, grid).flatten(1).double()
+
+
+def standardised_pooled(
+    f_train: torch.Tensor, f_val: torch.Tensor, grid: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pool_tokens` of both sets, standardised per feature with the train set's statistics."""
+    x_tr, x_va = pool_tokens(f_train, grid), pool_tokens(f_val, grid)
+    mean, std = x_tr.mean(0), x_tr.std(0).clamp_min(1e-8)
+    return (x_tr - mean) / std, (x_va - mean) / std
+
+
+def knn_r2(
+    f_train: torch.Tensor,
+    y_train: np.ndarray,
+    f_val: torch.Tensor,
+    y_val: np.ndarray,
+    grid: int = 1,
+    k: int = 10,
+    chunk: int = 512,
+) -> np.ndarray:
+    """R^2 of k-nearest-neighbour regression in the pooled, standardised latent (Euclidean distance).
+
+    Where the ridge asks whether a target is a *linear* read-out of the latent, this asks whether frames
+    that are near in the latent have near targets: what a cost that compares latents by distance sees.
+    """
+    x_tr, x_va = standardised_pooled(f_train, f_val, grid)
+    x_tr, x_va = x_tr.float(), x_va.float()
+    y_tr = torch.as_tensor(np.asarray(y_train), dtype=torch.float64)
+    k = min(int(k), len(x_tr))
+    preds = []
+    for i in range(0, len(x_va), chunk):  # [chunk, M] distances at a time
+        idx = torch.cdist(x_va[i : i + chunk], x_tr).topk(k, dim=1, largest=False).indices
+        preds.append(y_tr[idx].mean(1))
+    return r2_scores(torch.cat(preds).numpy(), np.asarray(y_val))
+
+
 def pooled_ridge_r2(
     f_train: torch.Tensor,
     y_train: np.ndarray,
     f_val: torch.Tensor,
     y_val: np.ndarray,
     lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+    grid: int = 1,
 ) -> np.ndarray:
-    """R^2 of a ridge regression on mean-pooled, standardised tokens (a compact one-vector latent).
+    """R^2 of a ridge regression on pooled, standardised tokens (a compact one-vector latent).
 
-    The ridge strength is chosen on the last 20% of the train frames, then refit on all of them.
+    ``grid=1`` pools to the mean token; ``grid=g`` average-pools the square patch grid to ``g x g`` cells
+    and concatenates them (``g*g*D`` features), as the world model's grid pooling does. The ridge strength
+    is chosen on the last 20% of the train frames, then refit on all of them.
     """
-    xs = [f.float().mean(1).double() for f in (f_train, f_val)]  # [M, D] each
-    mean, std = xs[0].mean(0), xs[0].std(0).clamp_min(1e-8)
-    x_tr, x_va = ((x - mean) / std for x in xs)
+    x_tr, x_va = standardised_pooled(f_train, f_val, grid)
     y_tr = torch.as_tensor(y_train, dtype=torch.float64)
 
     def fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -492,7 +543,9 @@ def evaluate_encoder(
 ) -> dict[str, Any]:
     """Cache frozen features, train the probe on train frames, return R^2 on val frames (+ timings).
 
-    Also reports ``r2_pooled``: a ridge regression on the mean-pooled tokens (:func:`pooled_ridge_r2`),
+    Also reports ``r2_knn``: k-nearest-neighbour regression in the same pooled latent (:func:`knn_r2`,
+    what a distance there sees), and ``r2_pooled``: a ridge regression on the mean-pooled tokens
+    (:func:`pooled_ridge_r2`, pooled to ``cfg.ridge_grid``),
     the relevant view when the features are pooled into one compact latent (the world model's), and
     ``ee_rmse``: the probe's end-effector error in target units (metres for reach).
     """
@@ -502,12 +555,14 @@ def evaluate_encoder(
     t_feat = time.perf_counter() - t0
     probe, info = train_probe(f_train, train_y, cfg, device=device)
     pred = predict(probe, f_val)
-    pooled = summarise_r2(pooled_ridge_r2(f_train, train_y, f_val, val_y), names)
+    pooled = summarise_r2(pooled_ridge_r2(f_train, train_y, f_val, val_y, grid=cfg.ridge_grid), names)
+    knn = summarise_r2(knn_r2(f_train, train_y, f_val, val_y, grid=cfg.ridge_grid), names)
     return {
         "r2": summarise_r2(r2_scores(pred, val_y), names),
         "val_pred": pred,  # [M, K] in target units (for paired comparisons; not JSON)
         "ee_rmse": ee_rmse(pred, val_y, names),
         "r2_pooled": pooled,
+        "r2_knn": knn,
         "feature_seconds": t_feat,
         **info,
     }

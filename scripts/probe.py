@@ -100,6 +100,8 @@ def run(cfg: DictConfig) -> dict:
         "ee_rmse": {name: r["ee_rmse"] for name, r in res.items()},
         "r2_pooled": res["pretrained"]["r2_pooled"],
         "r2_pooled_random_init": get("random_init", "r2_pooled"),
+        "r2_knn": res["pretrained"]["r2_knn"],
+        "r2_knn_random_init": get("random_init", "r2_knn"),
         "checkpoint": str(cfg.checkpoint),
         "env": env,
         "train_frames": len(train_f),

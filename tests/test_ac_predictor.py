@@ -57,6 +57,43 @@ def test_future_inputs_do_not_change_past_outputs(proprio_dim):
 
 
 @pytest.mark.parametrize("context", [1, 3])
+@pytest.mark.parametrize("ctx_batch", [1, 6])
+def test_preallocated_cache_equals_concatenation(context, ctx_batch, monkeypatch):
+    """Outside autograd, imagination appends keys into preallocated buffers instead of concatenating:
+    the same rollout bit for bit, and a second call does not see the first one's keys."""
+    from jepa_agent.models.ac_predictor import KVCache
+
+    model = make(proprio_dim=P)
+    model.set_delta_scale(torch.rand(D) + 0.1)
+    S, H = 6, 5
+    z_ctx = torch.randn(ctx_batch, context, 2, D)
+    a_ctx = torch.randn(ctx_batch, context - 1, A) if context > 1 else None
+    p_ctx = torch.randn(ctx_batch, context, P)
+    actions = torch.rand(S, H, A) * 2 - 1
+    calls = []
+    real = KVCache.preallocate
+    monkeypatch.setattr(KVCache, "preallocate", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    with torch.no_grad():
+        zb, pb = model.imagine(z_ctx, actions, a_ctx, p_ctx)
+        zb2, _ = model.imagine(z_ctx, actions.flip(0), a_ctx, p_ctx)
+    with torch.inference_mode():
+        zi, _ = model.imagine(z_ctx, actions, a_ctx, p_ctx)
+    zg, _ = model.imagine(z_ctx, actions, a_ctx, p_ctx)  # grad mode: concatenation (autograd-safe)
+    assert len(calls) == 3 and zg.requires_grad
+    monkeypatch.setattr(KVCache, "preallocate", staticmethod(lambda cache, *a: cache))  # concatenate
+    with torch.no_grad():
+        zc, pc = model.imagine(z_ctx, actions, a_ctx, p_ctx)
+    assert torch.equal(zb, zc) and torch.equal(pb, pc) and torch.equal(zi, zb)
+    if ctx_batch == 1:  # no stale keys from the first call
+        torch.testing.assert_close(zb2, zb.flip(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(zg.detach(), zb, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cannot hold 6 cached tokens in buffers of 4"):
+        real(
+            KVCache([torch.zeros(2, 3, 6, 1)], [torch.zeros(2, 3, 6, 1)], 2), 1, (2, 3, 4, 5), torch.zeros(1)
+        )
+
+
+@pytest.mark.parametrize("context", [1, 3])
 @pytest.mark.parametrize("proprio_dim", [0, P])
 @pytest.mark.parametrize("ctx_batch", [1, 5])
 @pytest.mark.parametrize("residual", [True, False])

@@ -105,6 +105,7 @@ def test_world_model_run_with_fine_tune_records_it_and_resumes(tmp_path):
         ({"steps": -1}, "train.encoder.steps=-1"),
         ({"lr": float("nan")}, "train.encoder.lr=nan"),
         ({"batch_size": 0}, "train.encoder.batch_size=0"),
+        ({"pixel_weight": -1.0}, "train.encoder.pixel_weight=-1.0"),
     ],
 )
 def test_fine_tune_config_refuses_bad_values(kw, msg):
@@ -162,3 +163,28 @@ def test_fine_tune_with_the_multi_step_inverse_term_learns_it():
     out = tune_encoder(model.encoder, model.pooler, data, tune, torch.device("cpu"), progress=False)
     assert np.isfinite(out["encoder_tune_displacement"])
     assert out["encoder_tune_displacement"] < 0.5 * float(sums.var(dim=(0, 1)).mean()), out
+
+
+def test_fine_tune_with_the_pixel_term_redraws_the_frames():
+    """With ``pixel_weight`` a throwaway decoder redraws each frame from its pooled latent: the share of
+    the pixels' variance it leaves unexplained ends well below 1 (predicting the batch mean scores 1)."""
+    torch.manual_seed(0)
+    model = tiny_world_model(grid_size=2)
+    data = FrameEpisodes(Episodes(range(24)), lambda a: a)
+    tune = EncoderTuneConfig(steps=300, batch_size=16, window=2, lr=1e-3, head_lr=3e-3, warmup=10,
+                             proj_dim=16, hidden=64, shift=1, variance_weight=1.0, covariance_weight=0.5,
+                             pixel_weight=1.0)  # fmt: skip
+    out = tune_encoder(model.encoder, model.pooler, data, tune, torch.device("cpu"), progress=False)
+    assert np.isfinite(out["encoder_tune_pixel"]) and out["encoder_tune_pixel"] < 0.5, out
+    off = EncoderTuneConfig(steps=2, window=2, warmup=0)  # off by default: no decoder, no term
+    out = tune_encoder(model.encoder, model.pooler, data, off, torch.device("cpu"), progress=False)
+    assert "encoder_tune_pixel" not in out
+
+
+def test_pixel_decoder_sizes():
+    from jepa_agent.training.encoder_tune import PixelDecoder
+
+    assert PixelDecoder(32, 64)(torch.zeros(3, 32)).shape == (3, 3, 64, 64)
+    assert PixelDecoder(32, 16)(torch.zeros(1, 32)).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="48 px: set train.encoder.pixel_weight=0"):
+        PixelDecoder(32, 48)

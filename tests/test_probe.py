@@ -180,6 +180,25 @@ def test_pooled_ridge_recovers_a_linear_target() -> None:
     assert r2.shape == (2,) and (r2 > 0.99).all()
 
 
+def test_grid_ridge_reads_one_cell_and_knn_reads_a_nonlinear_target() -> None:
+    """A target in one corner's tokens: the mean token loses it, a 2 x 2 grid keeps it linearly. A target
+    that is a non-linear function of the latent: the ridge misses it, the nearest neighbours find it."""
+    from jepa_agent.probe import knn_r2
+
+    rng = np.random.default_rng(0)
+    f = torch.as_tensor(rng.normal(size=(1200, 16, 3)), dtype=torch.float16)  # a 4 x 4 token grid
+    corner = f.float()[:, [0, 1, 4, 5]].mean(1).numpy()  # the top-left 2 x 2 cell's mean token
+    y = corner[:, :1] - f.float()[:, [10, 11, 14, 15]].mean(1).numpy()[:, :1]  # cell 0 minus cell 3
+    assert pooled_ridge_r2(f[:900], y[:900], f[900:], y[900:], grid=2)[0] > 0.99
+    assert pooled_ridge_r2(f[:900], y[:900], f[900:], y[900:], grid=1)[0] < 0.5
+    g = torch.as_tensor(rng.uniform(-1, 1, size=(3000, 1, 2)), dtype=torch.float16)
+    ring = np.cos(3 * np.pi * np.linalg.norm(g.float().numpy()[:, 0], axis=1, keepdims=True))
+    assert knn_r2(g[:2500], ring[:2500], g[2500:], ring[2500:])[0] > 0.9
+    assert pooled_ridge_r2(g[:2500], ring[:2500], g[2500:], ring[2500:])[0] < 0.2
+    with pytest.raises(ValueError, match="probe.ridge_grid=5"):
+        knn_r2(f[:10], y[:10], f[10:20], y[10:20], grid=5)
+
+
 def test_extract_features_shapes_and_dtype() -> None:
     from jepa_agent.models.vit import vit_micro
 
@@ -250,6 +269,7 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
         out["r2_random_init"]
     )
     assert set(out["r2_supervised_reference"]) == set(out["r2"])
+    assert set(out["r2_knn"]) == set(out["r2_knn_random_init"]) == set(out["r2_pooled"]) == set(out["r2"])
     assert set(out["ee_rmse"]) == {"pretrained", "random_init", "supervised_reference"}
     assert all(0 <= v < 1 for v in out["ee_rmse"].values())  # metres
     gain = out["ee_gain_over_random_init"]

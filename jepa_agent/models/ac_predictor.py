@@ -39,6 +39,32 @@ class KVCache:
     keys: list[Tensor]
     values: list[Tensor]
     steps: int  # number of time steps held
+    # optional per-layer preallocated ``(K, V)`` buffers ``[heads, head_dim, L_max, B]`` whose first ``L``
+    # positions are ``keys`` / ``values`` (views): a step writes its keys in place instead of concatenating
+    # (outside autograd only; see :meth:`ACPredictor.imagine`)
+    buffers: list[tuple[Tensor, Tensor]] | None = None
+
+    @staticmethod
+    def preallocate(
+        cache: KVCache | None, layers: int, shape: tuple[int, int, int, int], like: Tensor
+    ) -> KVCache:
+        """A cache of the same keys/values held in buffers of ``shape`` ``[h, hd, L_max, B]`` (one per
+        layer; ``cache`` None: empty), so each later step appends without copying what is held."""
+        h, hd, cap, batch = shape
+        held = 0 if cache is None else cache.keys[0].shape[2]
+        if held > cap:
+            raise ValueError(f"cannot hold {held} cached tokens in buffers of {cap}")
+        buffers, keys, values = [], [], []
+        for i in range(layers):
+            kb = like.new_empty(shape)
+            vb = like.new_empty(shape)
+            if cache is not None:  # a batch-1 prefix broadcasts into every sample's slot
+                kb[:, :, :held].copy_(cache.keys[i])
+                vb[:, :, :held].copy_(cache.values[i])
+            buffers.append((kb, vb))
+            keys.append(kb[:, :, :held])
+            values.append(vb[:, :, :held])
+        return KVCache(keys, values, 0 if cache is None else cache.steps, buffers)
 
     def expand(self, batch: int) -> KVCache:
         """Broadcast a batch-1 cache to ``batch`` samples (a view; no copy)."""
@@ -91,12 +117,19 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, D)), k, v
 
     def step(
-        self, x: Tensor, tokens: int, past: tuple[Tensor, Tensor] | None, queries: int | None = None
+        self,
+        x: Tensor,
+        tokens: int,
+        past: tuple[Tensor, Tensor] | None,
+        queries: int | None = None,
+        buffer: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``x [M * B, dim]`` (token-major) -> ``(out [Q * B, dim], k, v)``, ``k, v`` as ``[h, hd, L, B]``.
 
         The ``M`` new tokens attend to every cached token and to each other (one time step). Only the
         last ``Q = queries`` tokens (default all ``M``) are returned; all ``M`` enter the keys/values.
+        With ``buffer`` (preallocated ``[h, hd, L_max, B]`` keys and values whose first positions are
+        ``past``), the new keys are written into it in place and ``k, v`` are views of it.
         """
         h, hd, M = self.num_heads, self.head_dim, tokens
         Q = M if queries is None else queries
@@ -104,7 +137,12 @@ class Attention(nn.Module):
         qkv_t = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, x.t())  # [3 * dim, M * B]
         q, k, v = qkv_t.view(3, h, hd, M, B).unbind(0)  # each [h, hd, M, B]
         q = q[:, :, M - Q :]  # [h, hd, Q, B]
-        if past is not None:
+        if buffer is not None:
+            held = 0 if past is None else past[0].shape[2]
+            buffer[0][:, :, held : held + M].copy_(k)
+            buffer[1][:, :, held : held + M].copy_(v)
+            k, v = buffer[0][:, :, : held + M], buffer[1][:, :, : held + M]
+        elif past is not None:
             k = torch.cat([past[0], k], dim=2)  # [h, hd, L, B]
             v = torch.cat([past[1], v], dim=2)
         scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(1).mul_(hd**-0.5)  # [h, Q, L, B]
@@ -131,10 +169,15 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), k, v
 
     def step(
-        self, x: Tensor, tokens: int, past: tuple[Tensor, Tensor] | None, queries: int | None = None
+        self,
+        x: Tensor,
+        tokens: int,
+        past: tuple[Tensor, Tensor] | None,
+        queries: int | None = None,
+        buffer: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Token-major ``x [M * B, dim]`` -> outputs of the last ``queries`` tokens ``[Q * B, dim]``, k, v."""
-        a, k, v = self.attn.step(self.norm1(x), tokens, past, queries)
+        a, k, v = self.attn.step(self.norm1(x), tokens, past, queries, buffer)
         x = x[x.shape[0] - a.shape[0] :] + a
         return x + self.mlp(self.norm2(x)), k, v
 
@@ -329,13 +372,15 @@ class ACPredictor(nn.Module):
         keys, values = [], []
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            past = None if cache is None else (cache.keys[i], cache.values[i])
-            x, k, v = blk.step(x, M, past, Q if last else None)
+            past = None if cache is None or cache.steps == 0 else (cache.keys[i], cache.values[i])
+            buffer = None if cache is None or cache.buffers is None else cache.buffers[i]
+            x, k, v = blk.step(x, M, past, Q if last else None, buffer)
             keys.append(k)
             values.append(v)
         x = self.norm(x).view(Q, B, self.dim).transpose(0, 1)  # [B, M-1, dim]
         h = x[:, Q - self.num_tokens :]  # [B, N, dim]
-        return h, self._proprio_out(x[:, 0], proprio), KVCache(keys, values, t + 1)
+        buffers = None if cache is None else cache.buffers
+        return h, self._proprio_out(x[:, 0], proprio), KVCache(keys, values, t + 1, buffers)
 
     # -- imagination ----------------------------------------------------------------------------
     def imagine(
@@ -388,6 +433,11 @@ class ACPredictor(nn.Module):
             _, _, cache = self(z_ctx[:, :-1], actions_ctx, p, return_cache=True)
         z0 = z_ctx[:, -1]  # [B, N, D]
         self._check(z0, actions[:B, 0], None if proprio_ctx is None else proprio_ctx[:, -1], C - 1, H)
+        fast = not torch.is_grad_enabled() and not torch.is_autocast_enabled(z0.device.type)
+        if fast and H > 1:  # planning: append keys in place, not by concatenation
+            blk = self.blocks[0].attn
+            shape = (blk.num_heads, blk.head_dim, (C - 1 + H) * self.tokens_per_step, S)
+            cache = KVCache.preallocate(cache, len(self.blocks), shape, z0)
         e = self.latent_embed(z0).expand(S, -1, -1)  # [S, N, dim]
         p = None if proprio_ctx is None else proprio_ctx[:, -1].expand(S, -1)
         # The next step's input embedding, latent_embed(z_next), is affine in this step's features h

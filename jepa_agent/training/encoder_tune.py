@@ -17,6 +17,12 @@ no state, no reward), so that what the actions move is kept:
   and regresses the summed env-unit actions between them, capped at ``cap`` per component. One step moves
   the arm by a pixel or less; twenty move it across the frame, so this term still pays where the one-step
   inverse model sees nothing (the distracting reach).
+- **pixel reconstruction** (``pixel_weight``; the decoder term of world models such as Dreamer and of the
+  PcLast / ACRO ablations): a small transposed-convolution decoder redraws each (shifted) frame from its
+  pooled latent, scored as the fraction of the batch's pixel variance it leaves unexplained. The V-JEPA
+  objective and the inverse models keep only what is predictable or controlled; on push they dropped the
+  T's turn (probe R^2 0.2), which a same-size encoder trained for it reads at 0.95. Redrawing the frame
+  needs the T's outline, so this term keeps it, from frames alone.
 - **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
 
 The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
@@ -65,6 +71,7 @@ class EncoderTuneConfig:
         variance_weight: weight of the variance hinge (VICReg).
         covariance_weight: weight of the off-diagonal covariance term (VICReg).
         displacement_weight: weight of the multi-step inverse term (0: off, and no goal frames are encoded).
+        pixel_weight: weight of the pixel-reconstruction term (0: off, and no decoder is built).
         goal_steps: the goal frame lies up to this many frames after the clip's first frame...
         back_steps: ... or up to this many before it (clamped to the episode).
         cap: the summed actions are rescaled so their largest component is at most this.
@@ -86,6 +93,7 @@ class EncoderTuneConfig:
     variance_weight: float = 16.0
     covariance_weight: float = 8.0
     displacement_weight: float = 0.0
+    pixel_weight: float = 0.0
     goal_steps: int = 20
     back_steps: int = 4
     cap: float = 2.0
@@ -102,7 +110,8 @@ class EncoderTuneConfig:
         if int(self.window) < 2:
             raise ValueError(f"train.encoder.window={self.window}; expected >= 2 frames (one action)")
         for name in ("lr", "head_lr", "weight_decay", "inverse_weight", "prediction_weight",
-                     "variance_weight", "covariance_weight", "clip_grad", "displacement_weight"):  # fmt: skip
+                     "variance_weight", "covariance_weight", "clip_grad", "displacement_weight",
+                     "pixel_weight"):  # fmt: skip
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number >= 0")
@@ -110,13 +119,52 @@ class EncoderTuneConfig:
             raise ValueError(f"train.encoder.cap={self.cap}; expected a number > 0")
 
 
+class PixelDecoder(nn.Module):
+    """Latent ``[M, L]`` -> image ``[M, 3, S, S]`` in [0, 1]: a linear map to a ``4 x 4`` grid of
+    ``width`` channels, then stride-2 transposed convolutions (halving the channels, at least 16) up to
+    ``S`` pixels. ``S`` must be 4 times a power of two (8 ... 256)."""
+
+    def __init__(self, latent_dim: int, image_size: int, width: int = 128) -> None:
+        super().__init__()
+        ups = math.log2(image_size / 4) if image_size >= 8 else -1.0
+        if ups < 1 or ups != int(ups):
+            raise ValueError(
+                f"the pixel term decodes square frames of 4 x 2^k pixels (8, 16, ..., 256); these frames are "
+                f"{image_size} px: set train.encoder.pixel_weight=0"
+            )
+        self.width = width
+        self.stem = nn.Linear(latent_dim, width * 16)
+        layers: list[nn.Module] = []
+        c = width
+        for i in range(int(ups)):
+            last = i == int(ups) - 1
+            out = 3 if last else max(c // 2, 16)
+            layers.append(nn.ConvTranspose2d(c, out, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.GELU())
+            c = out
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.body(self.stem(z).view(-1, self.width, 4, 4)))
+
+
 class ActionTuneHeads(nn.Module):
     """The stage's throwaway heads: projector (latent -> embedding), residual action-conditioned
-    predictor, inverse model ``(e_t, e_{t+1}) -> a_t`` and multi-step inverse model
-    ``(e_t, e_goal) -> capped sum of the actions between them``."""
+    predictor, inverse model ``(e_t, e_{t+1}) -> a_t``, multi-step inverse model
+    ``(e_t, e_goal) -> capped sum of the actions between them`` and, given ``image_size``, a pixel
+    decoder (latent -> frame)."""
 
-    def __init__(self, latent_dim: int, action_dim: int, proj_dim: int = 64, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        action_dim: int,
+        proj_dim: int = 64,
+        hidden: int = 256,
+        image_size: int | None = None,
+    ) -> None:
         super().__init__()
+        self.decoder = PixelDecoder(latent_dim, image_size) if image_size else None
         self.projector = nn.Sequential(  # batch-standardised first, as the world model standardises latents
             nn.BatchNorm1d(latent_dim, affine=False), nn.Linear(latent_dim, hidden), nn.GELU(),
             nn.Linear(hidden, proj_dim),
@@ -188,8 +236,8 @@ def action_tune_loss(
     if goals is not None:
         clips = torch.cat([clips, goals[:, None]], dim=1)
     x = random_shift(clips, cfg.shift, gen)
-    z = pooler(encoder.encode_images(x.flatten(0, 1)))  # [B*T(+1), N, D]
-    e = heads.projector(z.reshape(x.shape[0] * x.shape[1], -1)).view(B, x.shape[1], -1)  # [B, T(+1), P]
+    z = pooler(encoder.encode_images(x.flatten(0, 1))).flatten(1)  # [B*T(+1), N*D]
+    e = heads.projector(z).view(B, x.shape[1], -1)  # [B, T(+1), P]
     if goals is not None:
         if sums is None:
             raise ValueError("goal frames need the summed actions to them (sums)")
@@ -203,6 +251,13 @@ def action_tune_loss(
         cfg.inverse_weight * parts["inverse"] + cfg.prediction_weight * parts["prediction"]
         + cfg.variance_weight * parts["variance"] + cfg.covariance_weight * parts["covariance"]
     )  # fmt: skip
+    if cfg.pixel_weight > 0:
+        if heads.decoder is None:
+            raise ValueError("train.encoder.pixel_weight > 0 needs heads built with image_size")
+        target = x.flatten(0, 1)  # every frame the encoder saw, shifted as it saw it
+        err = F.mse_loss(heads.decoder(z), target)
+        parts["pixel"] = err / target.var(0).mean().clamp_min(1e-6)  # share of the batch's variance left
+        loss = loss + cfg.pixel_weight * parts["pixel"]
     if goals is not None:
         pairs = torch.cat([e, e_goal.expand(-1, T, -1)], dim=-1)  # [B, T, 2P]
         parts["displacement"] = F.mse_loss(heads.displacement(pairs), sums)
@@ -285,8 +340,14 @@ def tune_encoder(
             "the encoder fine-tune acts on the fixed pooled latent, but this world model's pooling is "
             "learned (world_model.pooling=attentive): set train.encoder.steps=0"
         )
+    size = int(data.frames.shape[1])
+    if cfg.pixel_weight > 0 and int(data.frames.shape[2]) != size:
+        raise ValueError(
+            f"the pixel term decodes square frames; these are {size} x {int(data.frames.shape[2])}: "
+            "set train.encoder.pixel_weight=0"
+        )
     heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
-                            cfg.hidden).to(device)  # fmt: skip
+                            cfg.hidden, size if cfg.pixel_weight > 0 else None).to(device)  # fmt: skip
     encoder.to(device).requires_grad_(True).train()
     decay = [p for p in encoder.parameters() if p.ndim > 1]
     groups = [
