@@ -97,6 +97,7 @@ def test_bench_plan_times_an_ensemble_against_its_first_member(tmp_path, capsys)
     assert res["ensemble_s"]["median"] > 0 and res["ratio_ensemble_to_one"] > 0
     assert res["ensemble_members"] == [str(tmp_path / "wm0"), str(tmp_path / "wm1")]
     assert "ensemble_serial_s" not in res  # one thread: the members run one after the other anyway
+    assert res["kv_concat_s"]["median"] > 0 and res["speedup_kv_buffers"] > 0  # the cache's reference
     before = torch.get_num_threads()
     try:  # two threads: the members side by side, timed against the same two one after the other
         two = [*args[:-3], "--threads", "2", "--no-baseline"]

@@ -198,6 +198,10 @@ class ACPredictor(nn.Module):
         residual: predict ``z_{t+1} - z_t`` (in units of the ``delta_scale`` buffer) or ``z_{t+1}`` directly.
     """
 
+    # outside autograd, :meth:`imagine` writes each step's keys into buffers sized for the whole rollout
+    # instead of concatenating them onto the cache (False: concatenate, the reference bench_plan times)
+    preallocate_cache: bool = True
+
     def __init__(
         self,
         latent_dim: int,
@@ -433,7 +437,8 @@ class ACPredictor(nn.Module):
             _, _, cache = self(z_ctx[:, :-1], actions_ctx, p, return_cache=True)
         z0 = z_ctx[:, -1]  # [B, N, D]
         self._check(z0, actions[:B, 0], None if proprio_ctx is None else proprio_ctx[:, -1], C - 1, H)
-        fast = not torch.is_grad_enabled() and not torch.is_autocast_enabled(z0.device.type)
+        fast = self.preallocate_cache and not torch.is_grad_enabled()
+        fast = fast and not torch.is_autocast_enabled(z0.device.type)
         if fast and H > 1:  # planning: append keys in place, not by concatenation
             blk = self.blocks[0].attn
             shape = (blk.num_heads, blk.head_dim, (C - 1 + H) * self.tokens_per_step, S)
