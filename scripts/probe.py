@@ -61,6 +61,11 @@ def run(cfg: DictConfig) -> dict:
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     encoder = load_encoder(cfg.checkpoint, cfg.which)
+    side = min(encoder.grid[-2:])
+    if probe_cfg.ridge_grid > side:
+        raise ValueError(
+            f"probe.ridge_grid={probe_cfg.ridge_grid}; expected 1 .. {side} (this encoder's patch grid)"
+        )
     encoders = {"pretrained": encoder}
     if cfg.random_init_baseline:
         torch.manual_seed(cfg.seed)

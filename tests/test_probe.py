@@ -281,7 +281,8 @@ def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("probe: error: checkpoint")
     assert "Traceback" not in bad.stderr
     for arg, msg in (("max_train_frames=0", "max_train_frames=0; expected an int >= 1"),
-                     ("probe.epochs=0", "probe.epochs=0; expected an int >= 1")):  # fmt: skip
+                     ("probe.epochs=0", "probe.epochs=0; expected an int >= 1"),
+                     ("probe.ridge_grid=3", "probe.ridge_grid=3; expected 1 .. 2")):  # fmt: skip
         bad = subprocess.run(cmd[:4] + [arg], capture_output=True, text=True, timeout=120, env=run_env,
                              cwd=tmp_path)  # fmt: skip
         assert bad.returncode != 0 and msg in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -442,7 +442,7 @@ class ACPredictor(nn.Module):
         if fast and H > 1:  # planning: append keys in place, not by concatenation
             blk = self.blocks[0].attn
             shape = (blk.num_heads, blk.head_dim, (C - 1 + H) * self.tokens_per_step, S)
-            cache = KVCache.preallocate(cache, len(self.blocks), shape, z0)
+            cache = KVCache.preallocate(cache, len(self.blocks), shape, blk.qkv.weight)  # keys' dtype
         e = self.latent_embed(z0).expand(S, -1, -1)  # [S, N, dim]
         p = None if proprio_ctx is None else proprio_ctx[:, -1].expand(S, -1)
         # The next step's input embedding, latent_embed(z_next), is affine in this step's features h
