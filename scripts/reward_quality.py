@@ -38,6 +38,10 @@ def main(cfg: DictConfig) -> None:
     spaces = list(cfg.spaces)
     if not spaces:
         raise ValueError("spaces=[]; expected at least one cost space (auto | metric | readout | latent)")
+    weight = cfg.latent_weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise ValueError(f"latent_weight={weight!r}; expected a number >= 0 (0: the head's distance alone)")
+    weight = float(weight)
     set_threads(cfg.threads)
     model = WorldModel.from_checkpoint(cfg.checkpoint, device=cfg.device)
     env = envs.make_env_from_config(cfg.env)
@@ -63,6 +67,8 @@ def main(cfg: DictConfig) -> None:
     for space in spaces:
         resolved = model.resolve_cost_space(str(space))
         named[resolved] = PlanningSpace(model, space=resolved)
+        if resolved == "metric" and weight > 0:  # + the latents' term, as rl.py latent_weight=W
+            named[f"metric+latent_{weight:g}"] = PlanningSpace(model, space=resolved, latent_weight=weight)
     scores = reward_quality(named, frames, pairs)
     emit_json_line({"scores": scores, "space": model.resolve_cost_space("auto"),
                     "state_labels": model.state_labels, "pairs": len(pairs.success),

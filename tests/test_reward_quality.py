@@ -134,6 +134,18 @@ def test_reward_quality_script_end_to_end(tmp_path):
     # bad input: one clear line, no traceback
     bad = subprocess.run(cmd + ["spaces=[]"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "spaces=[]" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(cmd + ["latent_weight=-1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and "latent_weight=-1" in bad.stderr and "Traceback" not in bad.stderr
+    # a metric-space model: + the planning cost's latent term, scored beside the head alone on the same pairs
+    save_world_model(tmp_path / "wm_metric", tiny_model(readout=False, metric=True), encoder_name="vit_micro")
+    cmd = [c for c in cmd if not c.startswith(("checkpoint=", "spaces="))]
+    cmd += [f"checkpoint={tmp_path / 'wm_metric'}", f"episodes={tmp_path / 'out' / 'heldout'}"]
+    done = subprocess.run([*cmd, "spaces=[metric]", "latent_weight=0.1"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads(done.stdout.strip().splitlines()[-1])["scores"]
+    assert set(scores) == {"pixels", "metric", "metric+latent_0.1"}
+    assert scores["metric+latent_0.1"] != scores["metric"]
 
 
 def test_bench_near_goal_prices_poses_seen_and_imagined(tmp_path):
