@@ -22,7 +22,8 @@ no state, no reward), so that what the actions move is kept:
   pooled latent, scored as the fraction of the batch's pixel variance it leaves unexplained. The V-JEPA
   objective and the inverse models keep only what is predictable or controlled; on push they dropped the
   T's turn (probe R^2 0.2), which a same-size encoder trained for it reads at 0.95. Redrawing the frame
-  needs the T's outline, so this term keeps it, from frames alone.
+  needs the T's outline, so this term makes the latent keep more of it, from frames alone (push, weight
+  10: the planning latent's linear yaw R^2 0.15 -> 0.49; docs/benchmarks.md).
 - **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
 
 The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
