@@ -417,3 +417,47 @@ def test_score_scores_the_metric_space_with_the_cost_plan_py_plans_with():
     assert greedy_success(feats, q, goals, starts, 0.4, False) == greedy_success(
         as_cost, q, goals, starts, 0.4, False
     )
+
+
+def test_greedy_score_moves_one_action_per_replan_and_counts_the_tasks_success():
+    """``greedy_success``: ``step`` moves at most one action's joint angle per replan towards the window's
+    cheapest pose (so far goals need many replans), and with the end effector's positions a pair succeeds
+    by the task's threshold, not only on the goal's grid pose."""
+    from jepa_agent.scoring import greedy_success
+
+    q = np.stack([np.linspace(0.0, 2.0, 21), np.zeros(21)], -1)  # a line of poses 0.1 rad apart
+    feats = torch.as_tensor(q, dtype=torch.float32)  # a convex cost: the distance along the line
+    goals, starts = np.array([20]), np.array([0])
+    assert greedy_success(feats, q, goals, starts, 1.0, False, replans=3) == 1.0  # jumps 1 rad per replan
+    assert greedy_success(feats, q, goals, starts, 1.0, False, step=0.3, replans=3) == 0.0  # 0.9 rad short
+    assert greedy_success(feats, q, goals, starts, 1.0, False, step=0.3, replans=7) == 1.0
+    # a step finer than the grid still moves one pose per replan: 20 poses, 20 replans
+    assert greedy_success(feats, q, goals, starts, 1.0, False, step=0.01, replans=19) == 0.0
+    assert greedy_success(feats, q, goals, starts, 1.0, False, step=0.01, replans=20) == 1.0
+
+    off_by_one = lambda g: torch.as_tensor(np.abs(q[:, 0] - q[g, 0] + 0.1))  # noqa: E731  (stops a pose short)
+    assert greedy_success(off_by_one, q, goals, starts, 1.0, False, step=0.3) == 0.0  # not ON the goal pose
+    assert greedy_success(off_by_one, q, goals, starts, 1.0, False, step=0.3, ee=q, threshold=0.15) == 1.0
+    assert greedy_success(off_by_one, q, goals, starts, 1.0, False, step=0.3, ee=q, threshold=0.05) == 0.0
+    with pytest.raises(ValueError, match="both ee and threshold"):
+        greedy_success(feats, q, goals, starts, 1.0, False, ee=q)
+
+
+def test_score_takes_plan_pys_cost_settings():
+    """``cost_space_features(..., cost=...)``: the metric space is the planning cost with plan.py's ``cost.*``
+    settings (here the latent and displacement terms off), the keys that score moves rather than poses left
+    out."""
+    from jepa_agent.scoring import cost_space_features
+
+    torch.manual_seed(0)
+    model = tiny_world_model(metric={"dim": 4, "hidden": 8}, displacement={"hidden": 6})
+    model.meta.update(metric_steps=1, displacement_weight=1.0)
+    images = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    settings = {"latent_weight": 0.0, "displacement_weight": 0.0, "action_weight": 5.0, "smooth_weight": 1.0}
+    spaces = cost_space_features(model, images, cost=settings)
+    z = model.encode_pixels(images)
+    with torch.inference_mode():
+        head_only = model.cost(z[3], space="metric", action_weight=0.0, latent_weight=0.0,
+                               displacement_weight=0.0)(z[:, None], torch.zeros(12, 1, A))  # fmt: skip
+    torch.testing.assert_close(spaces["metric"](3), head_only)
+    assert float((cost_space_features(model, images)["metric"](3) - head_only).abs().max()) > 1e-4

@@ -167,6 +167,12 @@ def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "goals=0; expected an int >= 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+    for args, message in ((["execute=teleport"], "execute='teleport'; expected one of ['action', 'jump']"),
+                          (["env=reach_torque", "window=0.5"], "pass step=RAD"),
+                          (["step=far"], "step='far'; expected a number > 0")):  # fmt: skip
+        bad = subprocess.run([*cmd[:2], *args, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,
+                             env=run_env, cwd=REPO, timeout=120)  # fmt: skip
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
