@@ -106,17 +106,13 @@ def greedy_success(
     hits = 0
     current = callable(feats) and getattr(feats, "reads_current", False)
 
-    def moves(cur: int | Tensor) -> Tensor:
-        d = qs - qs[cur]
-        if wrap:
-            d[:, 0] = torch.remainder(d[:, 0] + np.pi, 2 * np.pi) - np.pi
-        return d
-
     for g, cur in zip(goals, starts, strict=True):
         if not current:
             cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
         for _ in range(replans):
-            d = moves(cur)
+            d = qs - qs[cur]
+            if wrap:
+                d[:, 0] = torch.remainder(d[:, 0] + np.pi, 2 * np.pi) - np.pi
             if current:
                 cost = feats(int(g), int(cur), d)
             c = torch.where((d.abs() <= window).all(1), cost, torch.full_like(cost, float("inf")))
@@ -230,15 +226,15 @@ def planning_score(
     max_delta = getattr(probe.unwrapped, "max_delta", None)  # joint move per unit action (servoed arms)
     threshold = getattr(probe.unwrapped, "success_threshold", None)
     probe.close()
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+        raise ValueError(f"step={step!r}; expected a number > 0 (rad moved per replan) or None")
     if execute == "action":
         step = max_delta if step is None else float(step)
         if step is None:
             raise ValueError(
                 f"execute=action on env={env_name}: its actions are not joint moves (no max_delta, e.g. "
-                "torques), so one action's move must be given: step=RAD, or execute=jump"
+                "torques); pass step=RAD (the joint angle one action moves), or execute=jump"
             )
-        if not step > 0:
-            raise ValueError(f"step={step!r}; expected > 0 (rad moved per replan)")
     else:
         step = None
     if success == "task" and threshold is None:

@@ -24,7 +24,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.config import hydra_main
-from jepa_agent.scoring import EXECUTE, SCORED_COST_KEYS, SUCCESS, planning_score
+from jepa_agent.scoring import SCORED_COST_KEYS, planning_score
 from jepa_agent.utils import check_int, cli_errors, emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel
 
@@ -39,17 +39,6 @@ def main(cfg: DictConfig) -> None:
     poses = cfg.shoulder_steps * cfg.elbow_steps
     if cfg.goals > poses:
         raise ValueError(f"goals={cfg.goals}; expected at most the grid's {poses} poses")
-    if cfg.execute not in EXECUTE:
-        raise ValueError(f"execute={cfg.execute!r}; expected one of {list(EXECUTE)}")
-    if cfg.success not in SUCCESS:
-        raise ValueError(f"success={cfg.success!r}; expected one of {list(SUCCESS)}")
-    if cfg.step is not None and (isinstance(cfg.step, bool) or not isinstance(cfg.step, (int, float))):
-        raise ValueError(f"step={cfg.step!r}; expected a number > 0 (rad moved per replan) or null")
-    if cfg.execute == "action" and cfg.step is None and "max_delta" not in cfg.env:
-        raise ValueError(
-            f"execute=action with step=null needs env.max_delta, which env={cfg.env.name} has not (its "
-            "actions are torques); pass step=RAD (the joint angle one action moves), or execute=jump"
-        )
     if cfg.window is None and "max_delta" not in cfg.env:  # torque control: no servo step to scale by
         raise ValueError(
             f"window=null needs env.max_delta, which env={cfg.env.name} has not (its actions are torques); "
