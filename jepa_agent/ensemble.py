@@ -192,6 +192,11 @@ class WorldModelEnsemble:
             )
         return spaces[0]
 
+    def resolve_latent_weight(self, *args: Any, **kwargs: Any) -> float | list[float]:
+        """The members' :meth:`WorldModel.resolve_latent_weight` (one value when they agree)."""
+        weights = [m.resolve_latent_weight(*args, **kwargs) for m in self.members]
+        return weights[0] if len(set(weights)) == 1 else weights
+
     def encode(self, obs: dict[str, Any], **options: Any) -> tuple[Any, ...]:
         return tuple(m.encode(obs, **options) for m in self.members)
 

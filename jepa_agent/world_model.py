@@ -45,6 +45,7 @@ from jepa_agent.costs import (
     ProjectedGoalCost,
     RestCost,
     ScaledCost,
+    default_latent_weight,
     goal_latent,
     with_action_terms,
 )
@@ -318,6 +319,24 @@ class WorldModel(nn.Module):
         """Whether the displacement head exists and was trained (checkpoints record its weight)."""
         return self.displacement is not None and float(self.meta.get("displacement_weight", 0) or 0) > 0
 
+    def resolve_latent_weight(
+        self,
+        latent_weight: float | None = CostConfig.latent_weight,
+        displacement_weight: float = CostConfig.displacement_weight,
+        space: str = CostConfig.space,
+    ) -> float:
+        """``cost.latent_weight`` for this model: the value given, or for None the model's default
+        (:func:`~jepa_agent.costs.default_latent_weight`: 0 when its trained displacement head is in the
+        cost, i.e. ``displacement_weight > 0`` in the metric space, else 0.5)."""
+        if latent_weight is not None:
+            return float(latent_weight)
+        in_cost = (
+            self.displacement_trained
+            and bool(displacement_weight)
+            and self.resolve_cost_space(space) == "metric"
+        )
+        return default_latent_weight(in_cost)
+
     @property
     def anchor_trained(self) -> bool:
         """Whether the anchor head exists and its training stage has run (``train.anchor.steps``)."""
@@ -424,7 +443,7 @@ class WorldModel(nn.Module):
         reduction: str = CostConfig.reduction,
         discount: float = CostConfig.discount,
         action_weight: float = CostConfig.action_weight,
-        latent_weight: float = CostConfig.latent_weight,
+        latent_weight: float | None = CostConfig.latent_weight,
         displacement_weight: float = CostConfig.displacement_weight,
         anchor_weight: float = CostConfig.anchor_weight,
         anchor_shift: int = CostConfig.anchor_shift,
@@ -441,7 +460,8 @@ class WorldModel(nn.Module):
         model's :class:`DisplacementHead` reads (metric space, trained head), ``anchor_weight x`` those its
         :class:`AnchorHead` reads at the current frame less the planned actions (:class:`AnchorCost`; trained
         head, metric space; the agent gives it each replan's frame), and ``action_weight * mean ||a||^2``
-        (each when > 0).
+        (each when > 0). ``latent_weight=None`` is the model's default (:meth:`resolve_latent_weight`:
+        0 with a trained displacement head in the cost, else 0.5).
 
         ``goal`` is :meth:`encode_goal`'s :class:`LatentState` or a bare goal latent ``[N, D]`` (which has no
         anchor reading: the anchor term is then left out). ``anchor_shift`` is how the states were encoded
@@ -451,6 +471,7 @@ class WorldModel(nn.Module):
         goal_anchor = goal.anchor if isinstance(goal, LatentState) else None
         goal = goal_latent(goal)
         space = self.resolve_cost_space(space)
+        latent_weight = self.resolve_latent_weight(latent_weight, displacement_weight, space)
         if space == "latent":
             goal_cost = LatentGoalCost(goal, metric=metric, reduction=reduction, discount=discount)
         else:
@@ -458,10 +479,11 @@ class WorldModel(nn.Module):
             disp = self.displacement if space == "metric" and self.displacement_trained else None
             if not displacement_weight:
                 disp = None
-            if latent_weight and space == "metric" and metric == "mse":
+            if (latent_weight or disp is not None) and space == "metric" and metric == "mse":
                 # + the latent term, sharp where the step count is flat (near the goal); single-token latents
                 # move in a (dim + 1)-wide subspace, so both terms fuse into the rollout's head (and the
-                # displacement head's first layer with them)
+                # displacement head's first layer with them; with no latent term, its weight is 0 and the
+                # two heads' first layers still fuse into one projection)
                 basis = self.predictor.motion_basis() if self.latent_shape[0] == 1 else None
                 goal_cost = MetricLatentCost(
                     head,

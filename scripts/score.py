@@ -55,11 +55,15 @@ def main(cfg: DictConfig) -> None:
     spaces = planning_score(model, cfg.env.name, cfg.shoulder_steps, cfg.elbow_steps, cfg.goals, window,
                             cfg.scenes, wrap, cfg.seed, str(cfg.execute), cfg.step, str(cfg.success),
                             int(cfg.replans), cost)  # fmt: skip
+    scored = {k: cost[k] for k in SCORED_COST_KEYS}  # as scored: null latent_weight -> the model's default
+    scored["latent_weight"] = model.resolve_latent_weight(
+        cost["latent_weight"], cost["displacement_weight"], space
+    )
     emit_json_line({"score": spaces[space], "space": space, "spaces": spaces,
                     "state_labels": model.state_labels,
                     "goals": int(cfg.goals) * int(cfg.scenes), "grid": [cfg.shoulder_steps, cfg.elbow_steps],
                     "scenes": int(cfg.scenes), "window": window, "execute": str(cfg.execute),
-                    "success": str(cfg.success), "cost": {k: cost[k] for k in SCORED_COST_KEYS},
+                    "success": str(cfg.success), "cost": scored,
                     "checkpoint": str(cfg.checkpoint),
                     "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
 

@@ -91,6 +91,8 @@ def test_api_defaults_are_the_scripts_defaults():
         ("env.image_size=big", ["env.image_size", "big"]),
         ("planner=beam", ["planner/beam", "cem, gd, mppi"]),
         ("cost.reduction=mean", ["cost.reduction='mean'", "final"]),
+        ("cost.latent_weight=much", ["cost.latent_weight", "much"]),
+        ("cost.latent_weight=-1", ["cost.latent_weight=-1", "null"]),
     ],
 )
 def test_a_wrong_key_or_type_is_one_clear_line(override, names, run_env, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from jepa_agent.models.latent import TemporalDistanceHead
 from jepa_agent.training.latent_cache import LatentEpisodes
 from jepa_agent.training.temporal_distance import MetricTrainConfig, sample_goals, train_metric_head
+from jepa_agent.world_model import WorldModel
 from tests.conftest import REPO
 from tests.test_world_model import A, tiny_world_model
 
@@ -143,8 +144,11 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["state_labels"] is False and res["cost_space"] == "metric" and res["episodes"] == 1
+    # the latent term's weight as planned: cost.latent_weight=null is the model's default
+    trained = WorldModel.from_checkpoint(wm)
+    assert res["latent_weight"] == (0.0 if trained.displacement_trained else 0.5)
     saved = json.loads((tmp_path / "plan" / "results.json").read_text())
-    assert saved["state_labels"] is False
+    assert saved["state_labels"] is False and saved["latent_weight"] == res["latent_weight"]
 
 
 def test_world_model_training_refuses_data_without_actions(tmp_path, python, run_env):
@@ -220,13 +224,22 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
     # without the latent term: the head alone, fused through its first layer as the readout is
     plain = model.cost(goal, latent_weight=0.0, displacement_weight=0.0)
     assert plain.rollout_projection is model.metric.input_layer
-    if displacement:  # the head and the displacement term: not fused, the same cost from the full latents
-        both = model.cost(goal, latent_weight=0.0, displacement_weight=2.0)
+    if displacement:  # the head and the displacement term, no latent term: still fused, and the same cost
+        both = model.cost(goal, latent_weight=0.0, displacement_weight=2.0, action_weight=0.0)
+        assert isinstance(both, MetricLatentCost) and both.rollout_projection is not None
         with torch.inference_mode():
             imagined = model.rollout(state, actions)
             expect = model.cost(goal, latent_weight=0.0, displacement_weight=0.0)(imagined, actions)
             extra = both(imagined, actions) - expect
             assert float(extra.min()) >= 0 and float(extra.std()) > 0
+            fused_both = both(planning_rollout(model, both)(state, actions), actions)
+            assert torch.allclose(fused_both, both(imagined, actions), rtol=1e-5, atol=1e-6)
+    # latent_weight=None (the default): 0 with the displacement term in the cost, else 0.5
+    assert model.resolve_latent_weight() == (0.0 if displacement else 0.5)
+    assert model.resolve_latent_weight(None, displacement_weight=0.0) == 0.5
+    assert model.resolve_latent_weight(0.25) == 0.25
+    default = model.cost(goal, action_weight=0.0)
+    assert default.latent_weight == (0.0 if displacement else 0.5)
 
 
 def test_joint_metric_head_trains_on_predictions_towards_its_frozen_copy(tmp_path):

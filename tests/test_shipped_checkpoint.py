@@ -163,6 +163,8 @@ def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
     # displacement term, read far beyond the 20 steps it learnt from, costs greedy jumps: docs/benchmarks.md)
     assert out["score"] == out["spaces"]["metric"] > out["spaces"]["pixels"] + 0.2, out
     assert out["spaces"]["metric_head"] >= 0.9, out
+    # scored as planned: the shipped model's displacement head is in its cost, so no latent term by default
+    assert out["cost"]["latent_weight"] == 0.0 and out["cost"]["displacement_weight"] == 0.3, out
     cmd = [python, str(REPO / "scripts" / "score.py"), "goals=0", f"hydra.run.dir={tmp_path}"]
     bad = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "goals=0; expected an int >= 1" in bad.stderr
@@ -189,3 +191,4 @@ def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
     assert out["space"] == "metric" and out["state_labels"] is False
     assert set(out["spaces"]) == {"pixels", "latent", "metric_head", "metric", "anchor"}  # + the anchor head
     assert 0.0 <= out["score"] <= 1.0
+    assert out["cost"]["latent_weight"] == 0.5, out  # no displacement head: the latent term holds the goal
