@@ -31,15 +31,17 @@ LATENT_WEIGHT = 0.5  # the latent term's weight where no displacement term is in
 
 
 def default_latent_weight(displacement: bool) -> float:
-    """``cost.latent_weight=null``'s value: 0 when the cost has a displacement term (a trained displacement
-    head, ``displacement_weight > 0``), else :data:`LATENT_WEIGHT`.
+    """``cost.latent_weight=null``'s value: 0 when the cost has a displacement term that reads the way to the
+    goal exactly (a trained displacement head, ``displacement_weight > 0``, on a model that plans from one
+    frame, where an action's effect is a displacement), else :data:`LATENT_WEIGHT`.
 
-    Both terms make the cost sharp within a step of the goal, where the step count is flat. With the
+    Both terms make the cost sharp within a step of the goal, where the step count is flat. With such a
     displacement term there, the latent term only adds bumps far from the goal (in the elbow, 3.5-4.8 rad
-    away on the flat reach), where greedy search stops: the flat reach's score is 0.967 without it and
-    0.913 with it, and it holds 48/50 goals against 45/50; the torque reach plans the same either way.
-    Without a displacement head (the distracting reach's anchor model), the term holds the goal: 42/50
-    held with it, 38/50 without (docs/benchmarks.md, label-free section)."""
+    away on the flat reach), where greedy search stops: the flat reach scores 0.967 without it and 0.913
+    with it, and plans 99/100 reached, 93/100 held, against 100/100 and 90/100. Where the summed actions
+    are not the displacement (torques: the torque reach's ensemble held 39/50 goals without it, 42/50 with
+    it) or there is no displacement head (the distracting reach's anchor model: 38/50 held without it,
+    42/50 with it), the term stays (docs/benchmarks.md, label-free section)."""
     return 0.0 if displacement else LATENT_WEIGHT
 
 
@@ -64,7 +66,8 @@ class CostConfig:
             nearly flat within one step of the goal; the latent distance is sharp there, where the arm
             images overlap, and holds the arm on the goal (docs/benchmarks.md, label-free section).
             None (the default): the model picks, :func:`default_latent_weight`: 0 when its displacement
-            head is in the cost (that term is already sharp at the goal), else 0.5.
+            head is in the cost and it plans from one frame (that term is then already sharp at the
+            goal), else 0.5.
         displacement_weight: with ``space=metric`` and a model with a trained displacement head, ``+
             displacement_weight x`` the squared summed actions it reads from each imagined frame to the goal
             (0: none): the actions still needed, as sharp at the goal as a state readout, label-free.
@@ -112,7 +115,7 @@ class CostConfig:
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
             raise ValueError(
                 f"cost.latent_weight={w!r}; expected a number >= 0 (0: no latent term) or null (the model's "
-                "default: 0 with a displacement head, else 0.5)"
+                "default: 0 with a one-frame model's displacement head, else 0.5)"
             )
         if not self.displacement_weight >= 0:
             raise ValueError(

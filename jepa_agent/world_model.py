@@ -327,15 +327,18 @@ class WorldModel(nn.Module):
     ) -> float:
         """``cost.latent_weight`` for this model: the value given, or for None the model's default
         (:func:`~jepa_agent.costs.default_latent_weight`: 0 when its trained displacement head is in the
-        cost, i.e. ``displacement_weight > 0`` in the metric space, else 0.5)."""
+        cost, i.e. ``displacement_weight > 0`` in the metric space, and it plans from one frame
+        (``context_frames == 1``: an action's effect is a displacement, so the summed actions the head
+        reads locate the goal), else 0.5)."""
         if latent_weight is not None:
             return float(latent_weight)
-        in_cost = (
+        exact = (
             self.displacement_trained
             and bool(displacement_weight)
+            and self.context_frames == 1
             and self.resolve_cost_space(space) == "metric"
         )
-        return default_latent_weight(in_cost)
+        return default_latent_weight(exact)
 
     @property
     def anchor_trained(self) -> bool:
@@ -461,7 +464,7 @@ class WorldModel(nn.Module):
         :class:`AnchorHead` reads at the current frame less the planned actions (:class:`AnchorCost`; trained
         head, metric space; the agent gives it each replan's frame), and ``action_weight * mean ||a||^2``
         (each when > 0). ``latent_weight=None`` is the model's default (:meth:`resolve_latent_weight`:
-        0 with a trained displacement head in the cost, else 0.5).
+        0 with a trained displacement head in the cost of a one-frame model, else 0.5).
 
         ``goal`` is :meth:`encode_goal`'s :class:`LatentState` or a bare goal latent ``[N, D]`` (which has no
         anchor reading: the anchor term is then left out). ``anchor_shift`` is how the states were encoded

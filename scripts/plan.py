@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> None:
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
             "memory": policies["jepa"].memory.capacity,  # frames of context (the model's train.context)
-            # cost.latent_weight as planned (null: the model's default, 0 with a displacement head)
+            # cost.latent_weight as planned (null: the model's default, WorldModel.resolve_latent_weight)
             "latent_weight": model.resolve_latent_weight(
                 cfg.cost.latent_weight, cfg.cost.displacement_weight, cfg.cost.space
             ),

@@ -234,12 +234,14 @@ def test_fused_metric_cost_ranks_as_the_latents_do(reduction, residual, displace
             assert float(extra.min()) >= 0 and float(extra.std()) > 0
             fused_both = both(planning_rollout(model, both)(state, actions), actions)
             assert torch.allclose(fused_both, both(imagined, actions), rtol=1e-5, atol=1e-6)
-    # latent_weight=None (the default): 0 with the displacement term in the cost, else 0.5
-    assert model.resolve_latent_weight() == (0.0 if displacement else 0.5)
+    # latent_weight=None (the default): 0 with the displacement term in a one-frame model's cost, else 0.5
+    assert model.context_frames == 1 and model.resolve_latent_weight() == (0.0 if displacement else 0.5)
     assert model.resolve_latent_weight(None, displacement_weight=0.0) == 0.5
     assert model.resolve_latent_weight(0.25) == 0.25
     default = model.cost(goal, action_weight=0.0)
     assert default.latent_weight == (0.0 if displacement else 0.5)
+    model.meta["context_frames"] = 2  # velocity matters (torques): summed actions are not the displacement
+    assert model.resolve_latent_weight() == 0.5
 
 
 def test_joint_metric_head_trains_on_predictions_towards_its_frozen_copy(tmp_path):
