@@ -16,6 +16,7 @@ Any callable with the same signature (e.g. a true-state oracle cost) works with 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -112,7 +113,7 @@ class CostConfig:
         if not self.discount > 0:
             raise ValueError(f"cost.discount={self.discount:g}; expected a number > 0")
         w = self.latent_weight
-        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
+        if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Real) or not w >= 0):
             raise ValueError(
                 f"cost.latent_weight={w!r}; expected a number >= 0 (0: no latent term) or null (the model's "
                 "default: 0 with a one-frame model's displacement head, else 0.5)"

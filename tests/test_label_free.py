@@ -149,6 +149,13 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     assert res["latent_weight"] == (0.0 if trained.displacement_trained else 0.5)
     saved = json.loads((tmp_path / "plan" / "results.json").read_text())
     assert saved["state_labels"] is False and saved["latent_weight"] == res["latent_weight"]
+    # in the latents' own space there is no latent term to weigh: null
+    plan[-2] = f"hydra.run.dir={tmp_path / 'plan_latent'}"
+    proc = subprocess.run([*plan, "cost.space=latent"], capture_output=True, text=True, env=run_env,
+                          cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["cost_space"] == "latent" and res["latent_weight"] is None
 
 
 def test_world_model_training_refuses_data_without_actions(tmp_path, python, run_env):

@@ -214,6 +214,7 @@ def test_plan_with_an_ensemble_of_checkpoints(pipeline, tmp_path):
     res = json_line(run("plan.py", both, "episodes=1", "baselines=false", *TINY_PLAN, "disagreement=0.5",
                         f"hydra.run.dir={tmp_path / 'run'}"))  # fmt: skip
     assert res["episodes"] == 1 and res["memory"] == 1 and res["state_labels"] is False
+    assert res["latent_weight"] == other.resolve_latent_weight()  # both members: the same default
     assert (tmp_path / "run" / "energy_landscape.png").exists()
     for args, msg in (
         ([f"checkpoint={pipeline['wm']}", "disagreement=0.5"], "weighs an ensemble's spread"),
