@@ -192,7 +192,7 @@ class WorldModelEnsemble:
             )
         return spaces[0]
 
-    def resolve_latent_weight(self, *args: Any, **kwargs: Any) -> float | list[float]:
+    def resolve_latent_weight(self, *args: Any, **kwargs: Any) -> float | None | list[float | None]:
         """The members' :meth:`WorldModel.resolve_latent_weight` (one value when they agree)."""
         weights = [m.resolve_latent_weight(*args, **kwargs) for m in self.members]
         return weights[0] if len(set(weights)) == 1 else weights

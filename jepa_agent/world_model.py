@@ -324,20 +324,18 @@ class WorldModel(nn.Module):
         latent_weight: float | None = CostConfig.latent_weight,
         displacement_weight: float = CostConfig.displacement_weight,
         space: str = CostConfig.space,
-    ) -> float:
-        """``cost.latent_weight`` for this model: the value given, or for None the model's default
+    ) -> float | None:
+        """``cost.latent_weight`` for this model in ``space``: None outside the metric space (the term
+        exists only there); else the value given, or for None the model's default
         (:func:`~jepa_agent.costs.default_latent_weight`: 0 when its trained displacement head is in the
-        cost, i.e. ``displacement_weight > 0`` in the metric space, and it plans from one frame
-        (``context_frames == 1``: an action's effect is a displacement, so the summed actions the head
-        reads locate the goal), else 0.5)."""
+        cost, ``displacement_weight > 0``, and it plans from one frame (``context_frames == 1``: an
+        action's effect is a displacement, so the summed actions the head reads locate the goal), else
+        0.5). ``plan.py`` and ``score.py`` record it."""
+        if self.resolve_cost_space(space) != "metric":
+            return None
         if latent_weight is not None:
             return float(latent_weight)
-        exact = (
-            self.displacement_trained
-            and bool(displacement_weight)
-            and self.context_frames == 1
-            and self.resolve_cost_space(space) == "metric"
-        )
+        exact = self.displacement_trained and bool(displacement_weight) and self.context_frames == 1
         return default_latent_weight(exact)
 
     @property

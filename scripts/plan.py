@@ -107,14 +107,11 @@ def main(cfg: DictConfig) -> None:
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
             "memory": policies["jepa"].memory.capacity,  # frames of context (the model's train.context)
+            # cost.latent_weight as planned (null: the model's default; null outside the metric space)
+            "latent_weight": model.resolve_latent_weight(
+                cfg.cost.latent_weight, cfg.cost.displacement_weight, cfg.cost.space
+            ),
         }
-        # cost.latent_weight as planned (null: the model's default, WorldModel.resolve_latent_weight); the
-        # term exists in the metric space only (elsewhere: null)
-        supervision["latent_weight"] = (
-            model.resolve_latent_weight(cfg.cost.latent_weight, cfg.cost.displacement_weight, cfg.cost.space)
-            if supervision["cost_space"] == "metric"
-            else None
-        )
         has_oracle = type(env.unwrapped) in ORACLES  # env=gym: any env, with no true-state model
         if cfg.baselines and kind == "image" and has_oracle:  # a user image has no true goal state
             policies["oracle"] = build_oracle(env, cfg)

@@ -56,10 +56,8 @@ def main(cfg: DictConfig) -> None:
                             cfg.scenes, wrap, cfg.seed, str(cfg.execute), cfg.step, str(cfg.success),
                             int(cfg.replans), cost)  # fmt: skip
     scored = {k: cost[k] for k in SCORED_COST_KEYS}  # as scored: null latent_weight -> the model's default
-    scored["latent_weight"] = (  # the term exists in the metric space only (elsewhere: null)
-        model.resolve_latent_weight(cost["latent_weight"], cost["displacement_weight"], space)
-        if space == "metric"
-        else None
+    scored["latent_weight"] = model.resolve_latent_weight(
+        cost["latent_weight"], cost["displacement_weight"], space
     )
     emit_json_line({"score": spaces[space], "space": space, "spaces": spaces,
                     "state_labels": model.state_labels,
