@@ -542,7 +542,9 @@ class MetricLatentCost(Cost):
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         """``pred``: latents ``[S, H, N, D]``, or ``rollout_projection`` of them ``[S, H, hidden + k]``."""
         if pred.dim() != 3 or self.rollout_projection is None:
-            cost = self.metric(pred, actions) + self.latent_weight * self.latent(pred, actions)
+            cost = self.metric(pred, actions)
+            if self.latent_weight:  # weight 0 (a displacement term alone): nothing to add
+                cost = cost + self.latent_weight * self.latent(pred, actions)
             if self.displacement is not None:
                 cost = cost + self.displacement_weight * self.displacement(pred, actions)
             if self.rest_weight:
@@ -555,12 +557,13 @@ class MetricLatentCost(Cost):
         rest = rest_motion(pred[..., width:], self.basis.shape[0]) if self.rest_weight else None
         if self.reduction == "final":
             pred = pred[:, -1:]
-        coords = pred[..., width:]  # [S, H, k]
-        goal = self.goal_coords.to(device=coords.device, dtype=coords.dtype)
-        # [S, H]: the latent MSE, less a constant
-        near = (coords - goal).square().sum(-1) / self.basis.shape[0]
         cost = self.metric(pred[..., : self.hidden], actions)
-        cost = cost + self.latent_weight * reduce_steps(near, self.reduction, self.discount)
+        if self.latent_weight:  # weight 0 (a displacement term alone): no latent term to compute
+            coords = pred[..., width:]  # [S, H, k]
+            goal = self.goal_coords.to(device=coords.device, dtype=coords.dtype)
+            # [S, H]: the latent MSE, less a constant
+            near = (coords - goal).square().sum(-1) / self.basis.shape[0]
+            cost = cost + self.latent_weight * reduce_steps(near, self.reduction, self.discount)
         if self.displacement is not None:
             h = self.displacement.head.from_input_layer(pred[..., self.hidden : width])  # [S, H', hidden]
             cost = cost + self.displacement_weight * self.displacement.from_embeddings(h)
