@@ -62,6 +62,7 @@ class TaskConfig:
         MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
     )
     context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
+    action_chunk: int = 1  # env steps per world-model step (a macro-action of that many env actions)
     displacement_inputs: str = MISSING  # the displacement head: pair | diff (diff: a new scene per episode)
     displacement_hidden: int = MISSING  # world_model.displacement.hidden (0: none)
     anchor_hidden: int = MISSING  # the anchor head's width (world_model.anchor.hidden; 0: none)
@@ -125,6 +126,7 @@ META_KEYS = (
     "continuous_joints",
     "data_policy",
     "context_frames",
+    "action_chunk",
     "displacement_inputs",
     "displacement_hidden",
     "anchor_hidden",

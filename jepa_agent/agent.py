@@ -1,9 +1,14 @@
 """Actor + short-term memory: a receding-horizon (MPC) agent over any planning model and planner.
 
-The agent plans a chunk of ``horizon`` actions in the model's state space, executes the first
-``execute_steps`` of them, and replans (warm-starting from the shifted previous plan). Its short-term
-memory holds the last few encoded observations and the actions between them: the world model's
-context. Planning runs under ``torch.inference_mode()``.
+The agent plans ``horizon`` actions in the model's state space, executes the first ``execute_steps`` of
+them, and replans (warm-starting from the shifted previous plan). Its short-term memory holds the last
+few encoded observations and the actions between them: the world model's context. Planning runs under
+``torch.inference_mode()``.
+
+A model whose imagined step spans ``action_chunk`` > 1 env steps (``model.action_chunk``, 1 when absent)
+plans *macro-actions*: each is ``action_chunk`` env actions, concatenated (``model.action_dim`` wide),
+as DINO-WM's "frameskip" does. The agent then executes a macro-action as that many env steps, observes
+only at its boundaries (the frames the model steps between), and replans there.
 
 A *planning model* supplies the four pieces the agent needs (see :class:`PlanningModel`); the JEPA
 world model (``jepa_agent.world_model``) and the true-state oracle (``jepa_agent.oracle``) both do.
@@ -23,11 +28,15 @@ import torch
 from torch import Tensor
 
 from jepa_agent.costs import CostConfig
+from jepa_agent.utils import check_int
 from planners.base import PlanResult, shift_plan
 
 
 class PlanningModel(Protocol):
-    """What an MPC agent needs from a model: encode, build the context, roll out, and a goal cost."""
+    """What an MPC agent needs from a model: encode, build the context, roll out, and a goal cost.
+
+    ``action_dim`` is the width of one imagined step's action: ``action_chunk`` env actions (an optional
+    attribute, 1 when absent) concatenated."""
 
     action_dim: int
 
@@ -156,6 +165,12 @@ class MPCAgent:
                 f"{trained}, or retrain with train.context={memory}"
             )
         self.memory = ShortTermMemory(memory)
+        self.chunk = model_chunk(model)
+        if model.action_dim % self.chunk:
+            raise ValueError(
+                f"the model's actions are {model.action_dim} wide, not a multiple of its action_chunk="
+                f"{self.chunk} env steps"
+            )
         if isinstance(cost, Mapping):
             unknown = sorted(set(cost) - {f.name for f in fields(CostConfig)})
             if unknown:
@@ -167,6 +182,8 @@ class MPCAgent:
         self._queue: deque[Tensor] = deque()
         self._prev_mean: Tensor | None = None
         self._last_action: Tensor | None = None  # the action taken last (None: none yet this episode)
+        self._macro: Tensor | None = None  # [chunk, A]: the env actions of the macro-action under way
+        self._sub = 0  # env steps of it taken
         self._cost_fn: Callable[[Tensor, Tensor], Tensor] | None = None
         self._rollout_fn: Callable[[Any, Tensor], Any] | None = None  # set with the goal (reset)
         self.goal_encoded: Any = None
@@ -184,6 +201,7 @@ class MPCAgent:
         self._queue.clear()
         self._prev_mean = None
         self._last_action = None
+        self._macro, self._sub = None, 0
         with self._no_grad():
             self.goal_encoded = self.model.encode_goal(goal, **self.encode_options)
             self._cost_fn = self.model.cost(self.goal_encoded, **self.cost_options)
@@ -208,19 +226,31 @@ class MPCAgent:
             return self.planner.plan(self._rollout_fn, self._cost_fn, context, init_mean=init)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Observe, replan when the queue is empty, and return the next action (numpy ``[A]``)."""
-        with self._no_grad():
-            self.memory.observe(self.model.encode(obs, **self.encode_options))
+        """Observe, replan when the queue is empty, and return the next env action (numpy ``[A]``).
+
+        With ``action_chunk`` > 1 it observes, replans and takes a macro-action only at a macro-action's
+        boundary, and returns that macro-action's env actions one per call in between."""
         self.last_plan_seconds = None
-        if not self._queue:
-            t0 = time.perf_counter()
-            result = self.plan()
-            self.last_plan_seconds = time.perf_counter() - t0
-            self.last_plan = result
-            self.plans.append(result)
-            self._queue.extend(result.actions[: self.execute_steps])
-            self._prev_mean = shift_plan(result.mean, self.execute_steps)
-        action = self._queue.popleft().clamp(self.action_low, self.action_high)
-        self.memory.acted(action)
-        self._last_action = action
+        if self._sub == 0:
+            with self._no_grad():
+                self.memory.observe(self.model.encode(obs, **self.encode_options))
+            if not self._queue:
+                t0 = time.perf_counter()
+                result = self.plan()
+                self.last_plan_seconds = time.perf_counter() - t0
+                self.last_plan = result
+                self.plans.append(result)
+                self._queue.extend(result.actions[: self.execute_steps])
+                self._prev_mean = shift_plan(result.mean, self.execute_steps)
+            action = self._queue.popleft().clamp(self.action_low, self.action_high)
+            self.memory.acted(action)
+            self._last_action = action
+            self._macro = action.reshape(self.chunk, -1)
+        action = self._macro[self._sub]
+        self._sub = (self._sub + 1) % self.chunk
         return action.detach().cpu().numpy().astype(np.float32)
+
+
+def model_chunk(model: Any) -> int:
+    """Env steps per imagined step of ``model`` (its ``action_chunk``; 1 when it has none), checked."""
+    return check_int("the model's action_chunk", getattr(model, "action_chunk", 1), 1, "env steps per step")

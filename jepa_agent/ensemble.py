@@ -153,6 +153,7 @@ class WorldModelEnsemble:
                 ("env_id", lambda w: w.meta.get("env_id")),
                 ("image_size", lambda w: w.encoder.img_size),
                 ("action_dim", lambda w: w.action_dim),
+                ("action_chunk", lambda w: w.action_chunk),
                 ("context_frames", lambda w: w.context_frames),
             ):
                 if get(m) != get(first):
@@ -173,6 +174,10 @@ class WorldModelEnsemble:
     @property
     def action_dim(self) -> int:
         return self.members[0].action_dim
+
+    @property
+    def action_chunk(self) -> int:
+        return self.members[0].action_chunk
 
     @property
     def anchor_trained(self) -> bool:  # the agent then encodes frames for the members' anchor heads

@@ -32,6 +32,7 @@ from envs.push import PushEnv
 from envs.push_expert import PUSHER_RADIUS, T_CORNERS
 from envs.reach import LINK_LENGTHS, ReachEnv
 from jepa_agent.costs import REDUCTIONS, Cost, CostConfig, reduce_steps, with_action_terms
+from jepa_agent.utils import check_int
 
 
 class ReachKinematics:
@@ -121,24 +122,30 @@ class SimulatorModel:
     scratch ``MjData`` and step every candidate as the env steps (:meth:`controls`, then ``frame_skip``
     physics steps; ``mujoco.rollout``, one batched call per env step). A subclass says how an action
     becomes controls, and what the cost is.
+
+    ``action_chunk`` > 1: each imagined step is that many env steps, its action their env actions
+    concatenated (``action_dim`` = ``action_chunk`` x the env's), the pose read at its end: the JEPA
+    agent's macro-actions on the same budget (:class:`~jepa_agent.agent.MPCAgent`).
     """
 
     check_dims = 2
 
-    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
+    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1, action_chunk: int = 1) -> None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r}: expected an int >= 1")
         u = env.unwrapped
         self.env, self.model = u, u.model
         self.device = torch.device(device)
         self.frame_skip = u.frame_skip
-        self.action_dim = int(u.action_space.shape[0])
+        self.action_chunk = check_int("action_chunk", action_chunk, 1, "env steps per planned step")
+        self.env_action_dim = int(u.action_space.shape[0])
+        self.action_dim = self.action_chunk * self.env_action_dim
         self._datas = [mujoco.MjData(self.model) for _ in range(threads)]
         self._qpos = slice(1, 1 + self.model.nq)  # after time in an mjSTATE_FULLPHYSICS vector
 
     @classmethod
-    def from_env(cls, env: gym.Env, device: Any = "cpu") -> SimulatorModel:
-        return cls(env, device=device)
+    def from_env(cls, env: gym.Env, device: Any = "cpu", action_chunk: int = 1) -> SimulatorModel:
+        return cls(env, device=device, action_chunk=action_chunk)
 
     def encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The env's full physics state ``[nstate]`` (``obs`` must be its latest observation)."""
@@ -163,17 +170,19 @@ class SimulatorModel:
         return self.env.controls(qpos, action)
 
     def rollout(self, state: np.ndarray, actions: Tensor) -> Tensor:
-        """Joint positions after each action: ``state [nstate]``, ``actions [S, H, A]`` -> ``[S, H, nq]``,
-        simulated."""
-        a = actions.detach().to("cpu", torch.float64).numpy()
-        S, H = a.shape[:2]
+        """Joint positions after each (macro-)action: ``state [nstate]``, ``actions [S, H, action_dim]``
+        -> ``[S, H, nq]``, simulated."""
+        S, H = actions.shape[:2]
+        k = self.action_chunk
+        a = actions.detach().to("cpu", torch.float64).numpy().reshape(S, H * k, self.env_action_dim)
         states = np.repeat(np.asarray(state, np.float64)[None], S, axis=0)  # [S, nstate]
         poses = np.empty((S, H, self.model.nq))
-        for t in range(H):  # H is small (the horizon); batched over samples
+        for t in range(H * k):  # H x chunk env steps (a few dozen); batched over samples
             ctrl = self.controls(states[:, self._qpos], np.clip(a[:, t], -1.0, 1.0))
             out, _ = mj_rollout.rollout(self.model, self._datas, states, ctrl[:, None], nstep=self.frame_skip)
             states = out[:, -1]  # [S, nstate]
-            poses[:, t] = states[:, self._qpos]
+            if (t + 1) % k == 0:
+                poses[:, t // k] = states[:, self._qpos]
         return torch.as_tensor(poses, dtype=torch.float32, device=self.device)
 
 
@@ -182,12 +191,12 @@ class ReachSimulator(SimulatorModel):
     (the arm coasts, so :class:`ReachKinematics` does not hold); cost: the end-effector distance, as for
     the position arm. Valid for the position arm as well, only slower than its kinematics."""
 
-    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
+    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1, action_chunk: int = 1) -> None:
         if not isinstance(env.unwrapped, ReachEnv):
             raise ValueError(
                 f"ReachSimulator needs a JepaAgent/Reach env; got {type(env.unwrapped).__name__}"
             )
-        super().__init__(env, device, threads)
+        super().__init__(env, device, threads, action_chunk)
 
     encode_goal = ReachKinematics.encode_goal  # the goal's end-effector xy, and its distance as the cost
     cost = ReachKinematics.cost
@@ -199,11 +208,11 @@ class PushSimulator(SimulatorModel):
     ``pusher xy + a * max_delta`` clipped to the pusher's range. Its rollouts give the poses ``(pusher x, y,
     block x, y, yaw)``; cost: :class:`PushStateCost`."""
 
-    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1) -> None:
+    def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1, action_chunk: int = 1) -> None:
         u = env.unwrapped
         if not isinstance(u, PushEnv):
             raise ValueError(f"PushSimulator needs JepaAgent/Push-v0; got {type(u).__name__}")
-        super().__init__(env, device, threads)
+        super().__init__(env, device, threads, action_chunk)
         self.pos_scale, self.yaw_scale = u.success_threshold, u.yaw_threshold
 
     def encode_goal(self, goal: dict[str, np.ndarray]) -> Tensor:
@@ -288,22 +297,26 @@ class PushStateCost(Cost):
 
 
 # ------------------------------------------------------------------------------------------- dispatch
-def reach_oracle(env: gym.Env, device: Any = "cpu") -> ReachKinematics | ReachSimulator:
+def reach_oracle(
+    env: gym.Env, device: Any = "cpu", action_chunk: int = 1
+) -> ReachKinematics | ReachSimulator:
     """The position arm's kinematics (valid only there: its servos track the target within ~1% per step),
-    else the simulator (the torque arm coasts: only the true dynamics predict it)."""
-    if env.unwrapped.control == "position":
+    else the simulator (the torque arm coasts: only the true dynamics predict it). Macro-actions
+    (``action_chunk`` > 1) step the simulator, for either arm."""
+    if env.unwrapped.control == "position" and action_chunk == 1:
         return ReachKinematics.from_env(env, device=device)
-    return ReachSimulator.from_env(env, device=device)
+    return ReachSimulator.from_env(env, device=device, action_chunk=action_chunk)
 
 
-ORACLES: dict[type, Callable[..., Any]] = {  # env class -> (env, device) -> planning model
+ORACLES: dict[type, Callable[..., Any]] = {  # (env, device, action_chunk) -> planning model, by env class
     ReachEnv: reach_oracle,
     PushEnv: PushSimulator.from_env,
 }
 
 
-def oracle_model(env: gym.Env, device: Any = "cpu") -> Any:
-    """The true-state planning model of ``env``'s task (:data:`ORACLES`, by env class).
+def oracle_model(env: gym.Env, device: Any = "cpu", action_chunk: int = 1) -> Any:
+    """The true-state planning model of ``env``'s task (:data:`ORACLES`, by env class), planning
+    macro-actions of ``action_chunk`` env steps (a world model's ``action_chunk``, for the same budget).
 
     Raises:
         ValueError: the env has no oracle (names it and the tasks that have one).
@@ -313,4 +326,4 @@ def oracle_model(env: gym.Env, device: Any = "cpu") -> Any:
     if make is None:
         name = env.spec.id if env.spec is not None else type(u).__name__
         raise ValueError(f"no true-state oracle for {name}; available for {[c.__name__ for c in ORACLES]}")
-    return make(env, device=device)
+    return make(env, device=device, action_chunk=action_chunk)

@@ -79,8 +79,9 @@ def build_agent(
     action_space: Any,
 ) -> MPCAgent:
     """An MPC agent over ``model`` from the run's ``planner``, ``agent`` and ``cost`` configs, acting
-    within the env's ``action_space`` bounds."""
-    planner = build_planner(planner_cfg, action_space.shape[0])
+    within the env's ``action_space`` bounds. The planner plans the model's actions: ``model.action_dim``
+    wide, i.e. ``model.action_chunk`` env actions per imagined step."""
+    planner = build_planner(planner_cfg, int(model.action_dim))
     return MPCAgent(
         model,
         planner,
@@ -195,7 +196,7 @@ def write_plan_report(
         costs, planned = {}, None
         for name, agent in agents.items():
             values, costs[name] = energy_landscape(
-                agent.model, obs, goal, env.action_space.shape[0], agent.horizon, grid,
+                agent.model, obs, goal, int(agent.model.action_dim), agent.horizon, grid,
                 cost_options=agent.cost_options,
             )  # fmt: skip
             if planned is None:

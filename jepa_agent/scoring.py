@@ -218,6 +218,11 @@ def planning_score(
     (on the goal pose); ``cost``: plan.py's ``cost.*`` settings for the ``metric`` space."""
     if execute not in EXECUTE:
         raise ValueError(f"execute={execute!r}; expected one of {list(EXECUTE)}")
+    if getattr(model, "action_chunk", 1) != 1:
+        raise ValueError(
+            f"the pose-grid score moves one env action per replan; this model steps action_chunk="
+            f"{model.action_chunk} env steps at a time: score a model trained with action_chunk=1"
+        )
     if success not in SUCCESS:
         raise ValueError(f"success={success!r}; expected one of {list(SUCCESS)}")
     totals: dict[str, float] = {}

@@ -61,7 +61,7 @@ from jepa_agent.models.latent import (
     variance_loss,
 )
 from jepa_agent.models.vit import VideoViT, build_encoder, encoder_config, pixels_to_images
-from jepa_agent.utils import resolve_device
+from jepa_agent.utils import check_int, resolve_device
 
 KIND = "world_model"
 __all__ = [
@@ -278,7 +278,20 @@ class WorldModel(nn.Module):
 
     @property
     def action_dim(self) -> int:
+        """Width of one imagined step's action: ``action_chunk`` env actions, concatenated."""
         return self.predictor.action_dim
+
+    @property
+    def action_chunk(self) -> int:
+        """Env steps per imagined step (``action_chunk``; 1 for checkpoints older than the setting): the
+        model steps between frames ``action_chunk`` apart, under their env actions concatenated (a
+        *macro-action*, DINO-WM's frameskip); an agent executes each planned one as that many env steps."""
+        return int(self.meta.get("action_chunk", 1) or 1)
+
+    @property
+    def env_action_dim(self) -> int:
+        """Width of one env action (``action_dim / action_chunk``)."""
+        return self.action_dim // self.action_chunk
 
     @property
     def image_size(self) -> int:
@@ -662,7 +675,7 @@ class WorldModel(nn.Module):
         have = {
             "env_id": self.meta.get("env_id"),
             "image_size": self.image_size,
-            "action_dim": self.action_dim,
+            "action_dim": self.env_action_dim,  # the env's action, whatever the model's chunk
         }
         for key, w in {"env_id": env_id, "image_size": image_size, "action_dim": action_dim}.items():
             h = have[key]
@@ -717,7 +730,11 @@ class WorldModel(nn.Module):
 
 def build_world_model(cfg: Any) -> WorldModel:
     """An untrained world model from a config with ``encoder``, ``world_model`` and ``action_dim``
-    (+ ``proprio_dim``, ``env_id``) keys: a checkpoint's config or a training run's."""
+    (+ ``proprio_dim``, ``env_id``, ``action_chunk``) keys: a checkpoint's config or a training run's.
+    ``action_dim`` is the env's; the model's actions are ``action_chunk`` (1 when absent) of them."""
+    chunk = cfg.get("action_chunk", 1)
+    chunk = check_int("action_chunk", 1 if chunk is None else chunk, 1, "env steps per imagined step")
+    action_dim = int(cfg["action_dim"]) * chunk
     enc_cfg = dict(cfg["encoder"])
     encoder = build_encoder(str(enc_cfg.pop("name", "vit_tiny")), **enc_cfg)
     wm = cfg["world_model"]
@@ -735,14 +752,14 @@ def build_world_model(cfg: Any) -> WorldModel:
     proprio_dim = int(cfg["proprio_dim"]) if wm["use_proprio"] else 0
     predictor = ACPredictor(
         latent_dim=pooler.out_dim,
-        action_dim=int(cfg["action_dim"]),
+        action_dim=action_dim,
         num_tokens=pooler.num_tokens,
         proprio_dim=proprio_dim,
         **dict(wm["predictor"]),
     )
-    meta = {"env_id": cfg.get("env_id"), "image_size": encoder.img_size}
+    meta = {"env_id": cfg.get("env_id"), "image_size": encoder.img_size, "action_chunk": chunk}
     latent_shape = None if pooler.learned else (pooler.num_tokens, pooler.out_dim)
-    normalizer = Normalizer(int(cfg["action_dim"]), proprio_dim, latent_shape)
+    normalizer = Normalizer(action_dim, proprio_dim, latent_shape)
     ro = wm.get("readout") or {}
     readout = None
     if int(ro.get("angles", 0) or 0) > 0:
@@ -762,14 +779,14 @@ def build_world_model(cfg: Any) -> WorldModel:
     displacement = None
     if int(dc.get("hidden", 0) or 0) > 0:
         displacement = DisplacementHead(
-            pooler.num_tokens * pooler.out_dim, int(cfg["action_dim"]), hidden=int(dc["hidden"]),
+            pooler.num_tokens * pooler.out_dim, action_dim, hidden=int(dc["hidden"]),
             inputs=str(dc.get("inputs", "pair")),
         )  # fmt: skip
     ac = wm.get("anchor") or {}
     anchor = None
     if int(ac.get("hidden", 0) or 0) > 0:
         anchor = AnchorHead(
-            hp * hp, encoder.embed_dim, int(cfg["action_dim"]), hidden=int(ac["hidden"]),
+            hp * hp, encoder.embed_dim, action_dim, hidden=int(ac["hidden"]),
             channels=int(ac.get("channels", 16)),
         )  # fmt: skip
     return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement, anchor)
@@ -810,7 +827,8 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "channels": model.anchor.channels if model.anchor else 16,
             },
         },
-        "action_dim": model.action_dim,
+        "action_dim": model.env_action_dim,
+        "action_chunk": model.action_chunk,
         "proprio_dim": model.predictor.proprio_dim,
         "env_id": model.meta.get("env_id"),
         "image_size": model.image_size,

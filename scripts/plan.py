@@ -59,10 +59,12 @@ def check_counts(cfg: DictConfig) -> None:
         )
 
 
-def build_oracle(env: Any, cfg: DictConfig) -> Any:
+def build_oracle(env: Any, cfg: DictConfig, action_chunk: int) -> Any:
     """The true-state baseline: the env's oracle model (``jepa_agent.oracle.ORACLES``) under the run's
-    planner, agent and cost settings, i.e. the JEPA agent's budget."""
-    return build_agent(oracle_model(env), cfg.planner, cfg.agent, cfg.cost, env.action_space)
+    planner, agent and cost settings, stepping ``action_chunk`` env steps per planned step: the JEPA
+    agent's budget."""
+    model = oracle_model(env, action_chunk=action_chunk)
+    return build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
 
 
 @hydra_main("plan")
@@ -83,7 +85,7 @@ def main(cfg: DictConfig) -> None:
     policies = {}
     supervision: dict = {"state_labels": None, "cost_space": "oracle"}  # goal=state: the simulator's own
     if kind == "state":
-        policies["oracle"] = build_oracle(env, cfg)
+        policies["oracle"] = build_oracle(env, cfg, int(cfg.env.action_chunk))
     else:
         checkpoint = cfg.checkpoint
         checkpoint = OmegaConf.to_container(checkpoint) if OmegaConf.is_list(checkpoint) else str(checkpoint)
@@ -114,7 +116,7 @@ def main(cfg: DictConfig) -> None:
         }
         has_oracle = type(env.unwrapped) in ORACLES  # env=gym: any env, with no true-state model
         if cfg.baselines and kind == "image" and has_oracle:  # a user image has no true goal state
-            policies["oracle"] = build_oracle(env, cfg)
+            policies["oracle"] = build_oracle(env, cfg, model.action_chunk)  # the same macro-actions
     if cfg.baselines and kind != "file":
         policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)
         policies["zero"] = ZeroPolicy(env.action_space)

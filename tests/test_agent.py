@@ -129,3 +129,50 @@ def test_wilson_interval():
     lo, hi = wilson_interval(95, 100)
     assert lo == pytest.approx(0.8882, abs=1e-3) and hi == pytest.approx(0.9785, abs=1e-3)
     assert all(np.isnan(wilson_interval(0, 0)))
+
+
+class ChunkedModel(CountingModel):
+    """Macro-actions of 3 env steps of 2-d actions (6 wide)."""
+
+    action_dim = 6
+    action_chunk = 3
+
+
+def test_macro_actions_run_as_env_steps_and_memory_keeps_their_boundaries():
+    planner = RecordingPlanner()
+
+    def plan(rollout_fn, cost_fn, z0, init_mean=None):  # a recognisable 6-wide plan per call
+        planner.calls.append({"z0": z0, "init_mean": init_mean})
+        k = len(planner.calls)
+        actions = (torch.arange(24, dtype=torch.float32).reshape(4, 6) + 100 * k) / 1000
+        return PlanResult(actions, 0.0, torch.zeros(1), actions.clone(), torch.zeros_like(actions))
+
+    planner.plan = plan
+    agent = MPCAgent(ChunkedModel(), planner, horizon=4, memory=2)
+    assert agent.chunk == 3
+    agent.reset({"state": np.zeros(2)})
+    taken = np.stack([agent.act(_obs(i)) for i in range(7)])  # [7, 2]
+    assert len(planner.calls) == 3  # one plan per macro-action: at env steps 0, 3 and 6
+    np.testing.assert_allclose(taken[:3].reshape(-1), (np.arange(6) + 100) / 1000, atol=1e-6)
+    np.testing.assert_allclose(taken[3:6].reshape(-1), (np.arange(6) + 200) / 1000, atol=1e-6)
+    # the memory holds the frames at the boundaries (env steps 3 and 6) and the macro-action between them
+    states, acts = planner.calls[2]["z0"]
+    assert [float(s[0]) for s in states] == [3.0, 6.0]
+    assert len(acts) == 1 and acts[0].shape == (6,)
+    np.testing.assert_allclose(acts[0].numpy(), (np.arange(6) + 200) / 1000, atol=1e-6)
+    agent.reset({"state": np.zeros(2)})
+    agent.act(_obs(0))
+    assert len(planner.calls) == 4  # reset starts a new macro-action
+
+
+def test_bad_action_chunk_is_one_clear_error():
+    class Odd(CountingModel):
+        action_dim, action_chunk = 5, 2
+
+    class Zero(CountingModel):
+        action_chunk = 0
+
+    with pytest.raises(ValueError, match="not a multiple of its action_chunk=2"):
+        MPCAgent(Odd(), RecordingPlanner(), horizon=4)
+    with pytest.raises(ValueError, match="action_chunk=0"):
+        MPCAgent(Zero(), RecordingPlanner(), horizon=4)

@@ -217,6 +217,23 @@ def test_oracle_rollout_is_the_env():
     env.close()
 
 
+def test_oracle_macro_actions_are_env_steps():
+    env = envs.make_env("push")
+    obs, _ = env.reset(seed=3)
+    model = oracle_model(env, action_chunk=3)
+    assert model.action_dim == 6 and model.action_chunk == 3
+    actions = torch.as_tensor(np.random.default_rng(1).uniform(-1, 1, (2, 2, 6)), dtype=torch.float32)
+    pred = model.rollout(model.context([model.encode(obs)], []), actions)  # [2, 2, 5]: a pose per macro
+    assert pred.shape == (2, 2, 5)
+    for t in range(2):
+        for sub in actions[0, t].reshape(3, 2):
+            env.step(sub.numpy())
+        np.testing.assert_allclose(pred[0, t].numpy(), env.unwrapped.data.qpos, atol=1e-6)
+    with pytest.raises(ValueError, match="action_chunk=0"):
+        oracle_model(env, action_chunk=0)
+    env.close()
+
+
 def test_oracle_pushes_the_block_to_a_nearby_goal():
     torch.manual_seed(0)
     env = envs.make_env("push", max_episode_steps=12)

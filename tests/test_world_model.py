@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from jepa_agent.agent import MPCAgent
 from jepa_agent.checkpoint import CheckpointError, save_checkpoint
 from jepa_agent.models.ac_predictor import ACPredictor
 from jepa_agent.models.vit import VideoViT, encoder_config, vit_micro
@@ -215,7 +216,7 @@ class Episodes:
         return self.eps[i]
 
 
-def tiny_world_model(**wm) -> WorldModel:
+def tiny_world_model(action_chunk: int | None = None, **wm) -> WorldModel:
     torch.manual_seed(0)
     enc = vit_micro(img_size=IMG, patch_size=4, num_frames=2, embed_dim=32, depth=1, num_heads=2)
     cfg = {
@@ -225,6 +226,8 @@ def tiny_world_model(**wm) -> WorldModel:
                         "predictor": {"dim": 32, "depth": 2, "num_heads": 2, "max_steps": 8}} | wm,
         "action_dim": A, "proprio_dim": PS, "env_id": "Synthetic-v0",
     }  # fmt: skip
+    if action_chunk is not None:
+        cfg["action_chunk"] = action_chunk
     model = build_world_model(cfg)
     model.encoder.load_state_dict(enc.state_dict())
     return model
@@ -273,6 +276,45 @@ def test_train_world_model_from_pixels(tmp_path, wm):
     loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
     assert loaded.latent_shape == model.latent_shape
     torch.testing.assert_close(loaded.predictor.delta_scale, model.predictor.delta_scale)
+
+
+def test_strided_cache_is_every_kth_frame_under_its_actions_concatenated():
+    z = torch.arange(11, dtype=torch.float32)[:, None, None]  # two episodes: 7 and 4 frames
+    acts = torch.stack([torch.arange(11.0), -torch.arange(11.0)], 1)  # [11, 2]; row t: the action after t
+    acts[[6, 10]] = 0.0  # each episode's padding row
+    data = LatentEpisodes(z, acts, None, [0, 7], [7, 4])
+    assert data.strided(1) is data
+    s = data.strided(3)
+    frames = [[0, 3, 6], [1, 4], [2, 5], [7, 10], [8], [9]]
+    assert s.lengths == [len(f) for f in frames] and s.starts == [0, 3, 5, 7, 9, 10]
+    assert s.z[:, 0, 0].tolist() == [float(f) for ep in frames for f in ep]
+    assert s.actions.shape == (11, 6)
+    torch.testing.assert_close(s.actions[0], torch.tensor([0.0, 0, 1, -1, 2, -2]))  # actions 0, 1, 2
+    torch.testing.assert_close(s.actions[1], torch.tensor([3.0, -3, 4, -4, 5, -5]))  # frame 3 -> 6
+    last = [st + n - 1 for st, n in zip(s.starts, s.lengths, strict=True)]
+    assert s.actions[last].abs().sum() == 0  # no macro-action after an episode's last frame
+    assert s.window_starts(2).tolist() == [0, 1, 3, 5, 7]  # windows stay inside one episode
+
+
+def test_world_model_of_macro_actions_trains_saves_and_plans(tmp_path):
+    model = tiny_world_model(action_chunk=2)
+    assert (model.action_chunk, model.action_dim, model.env_action_dim) == (2, 2 * A, A)
+    res = train_world_model(model, Episodes(range(6)), Episodes([100, 101]), cfg(steps=20), tmp_path,
+                            progress=False)  # fmt: skip
+    assert all(np.isfinite(res.losses)) and np.isfinite(res.val["val_one_step_l1"])
+    mean = model.normalizer.action_mean
+    torch.testing.assert_close(mean[:A], mean[A:])  # the env action's statistics, once per env step
+    loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
+    assert (loaded.action_chunk, loaded.action_dim) == (2, 2 * A)
+    with pytest.raises(CheckpointError, match=r"action_dim=2.*action_dim=4"):
+        WorldModel.from_checkpoint(tmp_path, device="cpu", action_dim=2 * A)  # the env's, not the macro's
+    planner = CEMPlanner(action_dim=loaded.action_dim, horizon=2, population=8, elites=2, iterations=1)
+    agent = MPCAgent(loaded, planner)
+    agent.reset({"image": obs(seed=9)["pixels"]})
+    taken = [agent.act(obs(seed=i)) for i in range(4)]
+    assert all(a.shape == (A,) for a in taken) and len(agent.plans) == 2  # a plan per 2 env steps
+    with pytest.raises(ValueError, match="action_chunk=0"):
+        tiny_world_model(action_chunk=0)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -248,6 +248,11 @@ class WorldModelVecEnv(VecEnv):
         seed: int | None = None,
         latent_weight: float = 0.0,
     ) -> None:
+        if model.action_chunk != 1:
+            raise ValueError(
+                f"this world model steps action_chunk={model.action_chunk} env steps at a time; imagination "
+                "trains policies of single env actions: use a model trained with action_chunk=1"
+            )
         context = model.context_frames if context is None else context
         for name, value in (("num_envs", num_envs), ("horizon", horizon), ("context", context)):
             if not isinstance(value, (int, np.integer)) or value < 1:

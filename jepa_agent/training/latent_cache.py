@@ -74,6 +74,32 @@ class LatentEpisodes:
         return LatentEpisodes(self.z[idx], self.actions[idx], pick(self.proprio), starts, lengths,
                               pick(self.targets))  # fmt: skip
 
+    def strided(self, chunk: int) -> LatentEpisodes:
+        """The cache as a model of macro-actions sees it (``action_chunk``): every episode split into
+        ``chunk`` episodes of every ``chunk``-th frame (offsets 0 .. chunk - 1), each frame's action the
+        ``chunk`` env actions after it, concatenated (``[F', chunk * A]``; the last row of each episode is
+        padding). ``chunk=1`` returns the cache itself."""
+        if chunk == 1:
+            return self
+        device = self.z.device
+        F, A = self.actions.shape
+        idx, starts, lengths = [], [], []
+        total = 0
+        for s, n in zip(self.starts, self.lengths, strict=True):
+            for o in range(min(chunk, n)):
+                rows = torch.arange(s + o, s + n, chunk)
+                idx.append(rows)
+                starts.append(total)
+                lengths.append(len(rows))
+                total += len(rows)
+        idx = torch.cat(idx).to(device)  # [F']
+        steps = (idx[:, None] + torch.arange(chunk, device=device)).clamp(max=F - 1)  # [F', chunk]
+        actions = self.actions[steps].reshape(len(idx), chunk * A)
+        last = torch.tensor(starts, device=device) + torch.tensor(lengths, device=device) - 1
+        actions[last] = 0.0  # padding: no macro-action after an episode's last frame
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return LatentEpisodes(self.z[idx], actions, pick(self.proprio), starts, lengths, pick(self.targets))
+
     def target_windows(self, first: Tensor, window: int) -> Tensor | None:
         """``first [B]`` -> readout targets ``[B, T, R]`` (None without a readout)."""
         if self.targets is None:
@@ -103,15 +129,16 @@ def encode_episodes(
     zs, acts, props, targets, starts, lengths = [], [], [], [], [], []
     total = 0
     use_p = model.predictor.proprio_dim > 0
+    A, chunk = model.env_action_dim, model.action_chunk  # env actions; a chunked model's stats are tiled
     for i in tqdm(range(source.num_episodes), desc="encode frames", disable=not progress, leave=False):
         ep = source.episode(i)
         frames = np.asarray(ep["frames"])
         T = frames.shape[0]
         action = torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32, device=device)
-        if action.shape != (T - 1, model.action_dim):
+        if action.shape != (T - 1, A):
             raise ValueError(
                 f"episode {i}: action shape {tuple(action.shape)} for {T} frames; expected "
-                f"({T - 1}, {model.action_dim}) (the world model's action_dim)"
+                f"({T - 1}, {A}) (the world model's env action_dim)"
             )
         out = []
         with torch.inference_mode():
@@ -121,9 +148,8 @@ def encode_episodes(
                 out.append((model.pooler(tokens) if pooled else tokens).float().cpu())
         zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
         with torch.no_grad():
-            acts.append(
-                torch.cat([model.normalizer.actions(action), action.new_zeros(1, model.action_dim)])
-            )  # [T, A]
+            normed = model.normalizer.actions(action.repeat(1, chunk))[:, :A]  # the stats repeat every A
+            acts.append(torch.cat([normed, action.new_zeros(1, A)]))  # [T, A]; per env step
             if use_p or model.readout is not None:
                 prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32, device=device)
                 if use_p:
@@ -154,14 +180,16 @@ def fit_delta_scale(model: WorldModel, data: LatentEpisodes, max_pairs: int = 20
 
 
 def fit_normalizer(model: WorldModel, source: EpisodeSource) -> None:
-    """Set the action (and proprio) statistics from every episode of ``source``."""
+    """Set the action (and proprio) statistics from every episode of ``source`` (a model of macro-actions,
+    ``action_chunk`` > 1, gets the env action's statistics repeated for each of its env steps)."""
     acts, props = [], []
     for i in range(source.num_episodes):
         ep = source.episode(i)
         acts.append(torch.as_tensor(np.asarray(ep["action"]), dtype=torch.float32))
         if model.predictor.proprio_dim:
             props.append(torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32))
-    model.normalizer.set_stats(torch.cat(acts), torch.cat(props) if props else None)
+    actions = torch.cat(acts).repeat(1, model.action_chunk)  # [M, chunk * A]
+    model.normalizer.set_stats(actions, torch.cat(props) if props else None)
 
 
 # -- the displacement head's targets ------------------------------------------------------------------

@@ -496,6 +496,12 @@ def train_world_model(
     if state is not None:  # resumed: the encoder in the checkpoint is the fine-tuned one (if any)
         model.meta["encoder_tune_steps"] = int(load_meta(ckpt).get("encoder_tune_steps", 0) or 0)
     elif cfg.encoder.steps > 0:
+        if model.action_chunk > 1:
+            raise ValueError(
+                f"the encoder fine-tune (train.encoder.steps={cfg.encoder.steps}) learns from single env "
+                f"steps; this model steps action_chunk={model.action_chunk} at a time: set "
+                "train.encoder.steps=0 or action_chunk=1"
+            )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ValueError(
                 "the encoder fine-tune (train.encoder.steps > 0) runs in one process; run it without "
@@ -519,6 +525,9 @@ def train_world_model(
     val = None
     if val_source is not None:
         val = encode_episodes(model, val_source, cfg.encode_batch, pooled and not anchor, show)
+    # a model of macro-actions (action_chunk > 1) learns from frames that far apart: every stage below
+    train = train.strided(model.action_chunk)
+    val = None if val is None else val.strided(model.action_chunk)
     train_tokens = _pool_cache(model, train) if anchor else None
     val_tokens = _pool_cache(model, val) if anchor and val is not None else None
     if (
