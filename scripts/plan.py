@@ -52,6 +52,8 @@ def check_counts(cfg: DictConfig) -> None:
     )
     for key, least, what in counts:
         check_int(key, cfg[key], least, what)
+    # the state oracle's macro-actions (goal=state); with a checkpoint, the model's own action_chunk rules
+    check_int("env.action_chunk", cfg.env.action_chunk, 1, "env steps per planned step")
     w = cfg.disagreement
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
         raise ValueError(
@@ -85,7 +87,7 @@ def main(cfg: DictConfig) -> None:
     policies = {}
     supervision: dict = {"state_labels": None, "cost_space": "oracle"}  # goal=state: the simulator's own
     if kind == "state":
-        policies["oracle"] = build_oracle(env, cfg, int(cfg.env.action_chunk))
+        policies["oracle"] = build_oracle(env, cfg, int(cfg.env.action_chunk))  # a world model's, below
     else:
         checkpoint = cfg.checkpoint
         checkpoint = OmegaConf.to_container(checkpoint) if OmegaConf.is_list(checkpoint) else str(checkpoint)

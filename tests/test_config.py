@@ -93,6 +93,8 @@ def test_api_defaults_are_the_scripts_defaults():
         ("cost.reduction=mean", ["cost.reduction='mean'", "final"]),
         ("cost.latent_weight=much", ["cost.latent_weight", "much"]),
         ("cost.latent_weight=-1", ["cost.latent_weight=-1", "null"]),
+        ("env.action_chunk=0", ["env.action_chunk=0", ">= 1"]),
+        ("env.action_chunk=two", ["env.action_chunk", "two"]),
     ],
 )
 def test_a_wrong_key_or_type_is_one_clear_line(override, names, run_env, tmp_path):
