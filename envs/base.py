@@ -60,6 +60,24 @@ class TopDownEnv(gym.Env):
         renderer.update_scene(data, camera=self._camera)
         return renderer.render().copy()  # uint8 [size, size, 3]
 
+    def render_poses(self, qpos: np.ndarray) -> np.ndarray:
+        """Observation frames of the scene at poses ``qpos [M, nq]`` -> uint8 ``[M, S, S, 3]`` (S: the
+        observation size), rendered in a scratch copy of the simulation (the env's own state is untouched):
+        what the env would show at each pose."""
+        qpos = np.asarray(qpos, dtype=np.float64)
+        if qpos.ndim != 2 or qpos.shape[1] != self.model.nq:
+            raise ValueError(f"qpos has shape {qpos.shape}; expected [M, {self.model.nq}]")
+        scratch = getattr(self, "_pose_data", None)
+        if scratch is None:
+            scratch = self._pose_data = mujoco.MjData(self.model)
+        frames = np.empty((len(qpos), self.image_size, self.image_size, 3), np.uint8)
+        for i, q in enumerate(qpos):  # one render per pose: the renderer takes one scene at a time
+            scratch.qpos[:] = q
+            scratch.qvel[:] = 0.0
+            mujoco.mj_forward(self.model, scratch)
+            frames[i] = self._render_data(scratch, self.image_size)
+        return frames
+
     def get_state(self) -> np.ndarray:
         """Full simulator state ``(qpos, qvel)`` as float64 ``[nq + nv]``."""
         return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)

@@ -296,6 +296,69 @@ class PushStateCost(Cost):
         return reduce_steps(d, self.reduction, self.discount)
 
 
+# ----------------------------------------------------------------- a world model's cost, true futures
+class SimulatorImagination:
+    """A world model's cost on the true futures: the diagnostic that splits a planning failure between
+    the world model's imagination and its cost (``plan.py dynamics=simulator``).
+
+    Every candidate is rolled out in the env's simulator (:class:`SimulatorModel`, in the world model's
+    macro-actions), each imagined step's pose is rendered as the env renders it
+    (``render_poses``) and encoded by the world model, and the world model's own cost scores those
+    latents. Where this plans and the world model does not, imagination is what fails; where this fails
+    too, the cost (the planning space) does. Slow: every candidate step is a render and an encoder pass.
+
+    Args:
+        world_model: a :class:`~jepa_agent.world_model.WorldModel` (or an ensemble): its encoder, cost
+            and ``action_chunk`` are used, its predictor is not.
+        env: the env the agent acts in (a task with a :data:`SIMULATORS` entry and ``render_poses``).
+    """
+
+    def __init__(self, world_model: Any, env: gym.Env) -> None:
+        u = env.unwrapped
+        make = SIMULATORS.get(type(u))
+        if make is None or not hasattr(u, "render_poses"):
+            raise ValueError(
+                f"dynamics=simulator needs a task whose simulator the library can roll out and render; "
+                f"{type(u).__name__} is not one of {[c.__name__ for c in SIMULATORS]}"
+            )
+        if not hasattr(world_model, "encode_pixels"):
+            raise ValueError(
+                f"dynamics=simulator encodes rendered futures with one world model; got "
+                f"{type(world_model).__name__}: pass one checkpoint"
+            )
+        self.world_model, self.env = world_model, u
+        self.simulator = make(env, device="cpu", action_chunk=world_model.action_chunk)
+        self.action_dim, self.action_chunk = world_model.action_dim, world_model.action_chunk
+        self.anchor_trained = getattr(world_model, "anchor_trained", False)
+        self.meta = dict(getattr(world_model, "meta", {}))
+        self._state: np.ndarray | None = None
+
+    def encode(self, obs: dict[str, np.ndarray], **options: Any) -> Any:
+        """The world model's encoding of ``obs`` (what its cost reads); the simulator's state is kept."""
+        self._state = self.simulator.encode(obs)
+        return self.world_model.encode(obs, **options)
+
+    def encode_goal(self, goal: dict[str, np.ndarray], **options: Any) -> Any:
+        return self.world_model.encode_goal(goal, **options)
+
+    def context(self, states: list[Any], actions: list[Tensor]) -> np.ndarray:
+        """The simulator's state at the latest observation (true dynamics are Markov)."""
+        return self._state
+
+    def cost(self, goal: Any, **options: Any) -> Cost:
+        return self.world_model.cost(goal, **options)
+
+    def rollout(self, state: np.ndarray, actions: Tensor, project: Any = None) -> Tensor:
+        """Simulate ``actions [S, H, action_dim]``, render and encode each step -> latents ``[S, H, N, D]``
+        (or ``project`` of each flattened frame, as :meth:`WorldModel.rollout` gives a fused cost)."""
+        poses = self.simulator.rollout(state, actions).cpu().numpy()  # [S, H, nq]
+        S, H = poses.shape[:2]
+        frames = self.env.render_poses(poses.reshape(S * H, -1))  # [S*H, px, px, 3]
+        z = self.world_model.encode_pixels(frames).to(actions.device)  # [S*H, N, D]
+        z = z.reshape(S, H, *z.shape[1:])
+        return z if project is None else project(z.flatten(2))
+
+
 # ------------------------------------------------------------------------------------------- dispatch
 def reach_oracle(
     env: gym.Env, device: Any = "cpu", action_chunk: int = 1
@@ -308,6 +371,10 @@ def reach_oracle(
     return ReachSimulator.from_env(env, device=device, action_chunk=action_chunk)
 
 
+SIMULATORS: dict[type, Callable[..., SimulatorModel]] = {  # env class -> its simulator as a model
+    ReachEnv: ReachSimulator.from_env,
+    PushEnv: PushSimulator.from_env,
+}
 ORACLES: dict[type, Callable[..., Any]] = {  # (env, device, action_chunk) -> planning model, by env class
     ReachEnv: reach_oracle,
     PushEnv: PushSimulator.from_env,

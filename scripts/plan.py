@@ -5,6 +5,7 @@
     python scripts/plan.py goal=path/to/goal.png episodes=3     # any image as the goal
     python scripts/plan.py planner=mppi episodes=100 checkpoint=outputs/train_all/.../world_model
     python scripts/plan.py ... seed=1 record=data/planner_eps   # also keep the agent's episodes as a dataset
+    python scripts/plan.py env=push checkpoint=C dynamics=simulator  # the model's cost on true futures
 
 Writes to the run dir: an mp4 per recorded episode (observation | goal), episodes.jsonl (a line per
 episode as it ends, kept if the run is interrupted), results.json, the planner's cost per iteration
@@ -29,7 +30,7 @@ from jepa_agent.collect import EpisodeRecorder
 from jepa_agent.config import hydra_main
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, ZeroPolicy, evaluate
 from jepa_agent.goals import goal_kind, load_goal_image
-from jepa_agent.oracle import ORACLES, oracle_model
+from jepa_agent.oracle import ORACLES, SimulatorImagination, oracle_model
 from jepa_agent.planning import build_agent, load_planning_model, write_plan_report
 from jepa_agent.utils import (
     atomic_write_json,
@@ -42,6 +43,8 @@ from jepa_agent.utils import (
     strict_json,
 )
 
+DYNAMICS = ("model", "simulator")  # dynamics=: what imagines the candidates' futures
+
 
 def check_counts(cfg: DictConfig) -> None:
     """Refuse nonsensical counts up front (before any env or model is built), naming the key."""
@@ -52,6 +55,8 @@ def check_counts(cfg: DictConfig) -> None:
     )
     for key, least, what in counts:
         check_int(key, cfg[key], least, what)
+    if cfg.dynamics not in DYNAMICS:
+        raise ValueError(f"dynamics={cfg.dynamics!r}; expected one of {list(DYNAMICS)}")
     # the state oracle's macro-actions (goal=state); with a checkpoint, the model's own action_chunk rules
     check_int("env.action_chunk", cfg.env.action_chunk, 1, "env steps per planned step")
     w = cfg.disagreement
@@ -105,12 +110,14 @@ def main(cfg: DictConfig) -> None:
             device,
             disagreement=float(cfg.disagreement),
         )
-        policies["jepa"] = build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
+        imagination = model if cfg.dynamics == "model" else SimulatorImagination(model, env)
+        policies["jepa"] = build_agent(imagination, cfg.planner, cfg.agent, cfg.cost, env.action_space)
         # what the headline was trained with: recorded states (a readout or proprio input) or not
         supervision = {
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
             "memory": policies["jepa"].memory.capacity,  # frames of context (the model's train.context)
+            "dynamics": str(cfg.dynamics),  # simulator: the cost on true futures (a diagnostic)
             # cost.latent_weight as planned (null: the model's default; null outside the metric space)
             "latent_weight": model.resolve_latent_weight(
                 cfg.cost.latent_weight, cfg.cost.displacement_weight, cfg.cost.space

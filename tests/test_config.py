@@ -95,6 +95,7 @@ def test_api_defaults_are_the_scripts_defaults():
         ("cost.latent_weight=-1", ["cost.latent_weight=-1", "null"]),
         ("env.action_chunk=0", ["env.action_chunk=0", ">= 1"]),
         ("env.action_chunk=two", ["env.action_chunk", "two"]),
+        ("dynamics=sim", ["dynamics='sim'", "simulator"]),
     ],
 )
 def test_a_wrong_key_or_type_is_one_clear_line(override, names, run_env, tmp_path):

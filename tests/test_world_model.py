@@ -463,3 +463,30 @@ def test_the_metric_heads_datasets_select_their_episodes_from_the_cache():
     assert part.z.flatten().tolist() == [5, 6, 7, 8, 0, 1, 2]
     assert part.actions.flatten().tolist() == [5, 6, 7, 8, 0, 1, 2]
     assert part.window_starts(3).tolist() == [0, 1, 4]  # windows never cross the new episode boundaries
+
+
+def test_simulator_imagination_is_the_world_models_cost_on_true_futures():
+    import envs
+    from jepa_agent.oracle import SimulatorImagination
+
+    model = tiny_world_model(action_chunk=2)  # 16 px, 2-d env actions: push at image_size=16
+    env = envs.make_env("push", image_size=16)
+    obs, _ = env.reset(seed=4)
+    sim = SimulatorImagination(model, env)
+    assert (sim.action_dim, sim.action_chunk) == (4, 2)
+    state = sim.encode(obs)
+    torch.testing.assert_close(state.z, model.encode(obs).z)  # the cost reads the world model's encoding
+    actions = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (3, 2, 4)), dtype=torch.float32)
+    z = sim.rollout(sim.context([state], []), actions)  # [3, 2, N, D]
+    assert z.shape == (3, 2, *model.latent_shape)
+    for t in range(2):  # candidate 1, stepped in the env itself: the same frames, the same latents
+        for a in actions[1, t].reshape(2, 2):
+            obs, *_ = env.step(a.numpy())
+        torch.testing.assert_close(z[1, t], model.encode(obs).z, atol=1e-4, rtol=1e-4)
+    project = torch.nn.Linear(z[0, 0].numel(), 3)
+    torch.testing.assert_close(sim.rollout(sim._state, actions, project=project)[1, 0], project(z[1, 0].flatten()))
+    with pytest.raises(ValueError, match="Pendulum|simulator"):
+        import gymnasium as gym
+
+        SimulatorImagination(model, gym.make("Pendulum-v1"))
+    env.close()

@@ -107,6 +107,13 @@ class LatentEpisodes:
         return self.targets[first[:, None] + torch.arange(window, device=first.device)]
 
 
+def normalize_env_actions(model: WorldModel, action: Tensor) -> Tensor:
+    """Env actions ``[..., A]`` normalised with ``model``'s statistics. A model of macro-actions
+    (``action_chunk`` > 1) holds the env action's statistics once per env step, so the first ``A`` serve."""
+    reps = [1] * (action.dim() - 1) + [model.action_chunk]
+    return model.normalizer.actions(action.repeat(*reps))[..., : model.env_action_dim]
+
+
 def encode_episodes(
     model: WorldModel,
     source: EpisodeSource,
@@ -129,7 +136,7 @@ def encode_episodes(
     zs, acts, props, targets, starts, lengths = [], [], [], [], [], []
     total = 0
     use_p = model.predictor.proprio_dim > 0
-    A, chunk = model.env_action_dim, model.action_chunk  # env actions; a chunked model's stats are tiled
+    A = model.env_action_dim  # per env step, whatever the model's action_chunk
     for i in tqdm(range(source.num_episodes), desc="encode frames", disable=not progress, leave=False):
         ep = source.episode(i)
         frames = np.asarray(ep["frames"])
@@ -148,8 +155,7 @@ def encode_episodes(
                 out.append((model.pooler(tokens) if pooled else tokens).float().cpu())
         zs.append(torch.cat(out))  # [T, N, D]; outside inference mode: a normal tensor
         with torch.no_grad():
-            normed = model.normalizer.actions(action.repeat(1, chunk))[:, :A]  # the stats repeat every A
-            acts.append(torch.cat([normed, action.new_zeros(1, A)]))  # [T, A]; per env step
+            acts.append(torch.cat([normalize_env_actions(model, action), action.new_zeros(1, A)]))  # [T, A]
             if use_p or model.readout is not None:
                 prop = torch.as_tensor(np.asarray(ep["proprio"]), dtype=torch.float32, device=device)
                 if use_p:

@@ -18,6 +18,7 @@ loss module is wrapped in ``DistributedDataParallel``; each rank samples its own
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -54,6 +55,7 @@ from jepa_agent.training.latent_cache import (
     encode_episodes,
     fit_delta_scale,
     fit_normalizer,
+    normalize_env_actions,
 )
 from jepa_agent.training.logger import MetricLogger
 from jepa_agent.training.pretrain import NonFiniteLossError
@@ -496,19 +498,13 @@ def train_world_model(
     if state is not None:  # resumed: the encoder in the checkpoint is the fine-tuned one (if any)
         model.meta["encoder_tune_steps"] = int(load_meta(ckpt).get("encoder_tune_steps", 0) or 0)
     elif cfg.encoder.steps > 0:
-        if model.action_chunk > 1:
-            raise ValueError(
-                f"the encoder fine-tune (train.encoder.steps={cfg.encoder.steps}) learns from single env "
-                f"steps; this model steps action_chunk={model.action_chunk} at a time: set "
-                "train.encoder.steps=0 or action_chunk=1"
-            )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ValueError(
                 "the encoder fine-tune (train.encoder.steps > 0) runs in one process; run it without "
                 "torchrun, or set train.encoder.steps=0"
             )
         # frames and actions only (no proprio, no state); the frames stay in memory for the latent cache
-        train_source = FrameEpisodes(train_source, model.normalizer.actions)
+        train_source = FrameEpisodes(train_source, functools.partial(normalize_env_actions, model))
         tune_stats = tune_encoder(
             model.encoder, model.pooler, train_source, cfg.encoder, device, cfg.seed, show
         )
