@@ -484,7 +484,8 @@ def test_simulator_imagination_is_the_world_models_cost_on_true_futures():
             obs, *_ = env.step(a.numpy())
         torch.testing.assert_close(z[1, t], model.encode(obs).z, atol=1e-4, rtol=1e-4)
     project = torch.nn.Linear(z[0, 0].numel(), 3)
-    torch.testing.assert_close(sim.rollout(sim._state, actions, project=project)[1, 0], project(z[1, 0].flatten()))
+    fused = sim.rollout(sim._state, actions, project=project)  # [3, 2, 3]: a cost's rollout_projection
+    torch.testing.assert_close(fused[1, 0], project(z[1, 0].flatten()))
     with pytest.raises(ValueError, match="Pendulum|simulator"):
         import gymnasium as gym
 
