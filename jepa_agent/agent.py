@@ -171,6 +171,12 @@ class MPCAgent:
                 f"the model's actions are {model.action_dim} wide, not a multiple of its action_chunk="
                 f"{self.chunk} env steps"
             )
+        planned = getattr(planner, "action_dim", None)
+        if planned is not None and planned != model.action_dim:
+            raise ValueError(
+                f"the planner plans {planned}-wide actions but the model takes {model.action_dim} "
+                f"({self.chunk} env action(s) per imagined step): make it with action_dim=model.action_dim"
+            )
         if isinstance(cost, Mapping):
             unknown = sorted(set(cost) - {f.name for f in fields(CostConfig)})
             if unknown:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     model = WorldModel.from_checkpoint(
         args.checkpoint, device="cpu", env_id=env.spec.id, image_size=env.unwrapped.image_size
     )
-    agent = MPCAgent(model, CEMPlanner(action_dim=env.action_space.shape[0]),
+    agent = MPCAgent(model, CEMPlanner(action_dim=model.action_dim),
                      cost={"action_weight": args.action_weight})  # fmt: skip
     obs, info = env.reset(seed=EVAL_SEED_OFFSET + args.index)
     u = env.unwrapped

@@ -313,6 +313,8 @@ def test_world_model_of_macro_actions_trains_saves_and_plans(tmp_path):
     agent.reset({"image": obs(seed=9)["pixels"]})
     taken = [agent.act(obs(seed=i)) for i in range(4)]
     assert all(a.shape == (A,) for a in taken) and len(agent.plans) == 2  # a plan per 2 env steps
+    with pytest.raises(ValueError, match="planner plans 2-wide actions but the model takes 4"):
+        MPCAgent(loaded, CEMPlanner(action_dim=A))
     with pytest.raises(ValueError, match="action_chunk=0"):
         tiny_world_model(action_chunk=0)
 
