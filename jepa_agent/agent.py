@@ -166,15 +166,16 @@ class MPCAgent:
             )
         self.memory = ShortTermMemory(memory)
         self.chunk = model_chunk(model)
-        if model.action_dim % self.chunk:
+        width = getattr(model, "action_dim", None)  # checked when the model says (a PlanningModel does)
+        if width is not None and width % self.chunk:
             raise ValueError(
-                f"the model's actions are {model.action_dim} wide, not a multiple of its action_chunk="
-                f"{self.chunk} env steps"
+                f"the model's actions are {width} wide, not a multiple of its action_chunk={self.chunk} env "
+                "steps"
             )
         planned = getattr(planner, "action_dim", None)
-        if planned is not None and planned != model.action_dim:
+        if width is not None and planned is not None and planned != width:
             raise ValueError(
-                f"the planner plans {planned}-wide actions but the model takes {model.action_dim} "
+                f"the planner plans {planned}-wide actions but the model takes {width} "
                 f"({self.chunk} env action(s) per imagined step): make it with action_dim=model.action_dim"
             )
         if isinstance(cost, Mapping):

@@ -80,8 +80,8 @@ def build_agent(
 ) -> MPCAgent:
     """An MPC agent over ``model`` from the run's ``planner``, ``agent`` and ``cost`` configs, acting
     within the env's ``action_space`` bounds. The planner plans the model's actions: ``model.action_dim``
-    wide, i.e. ``model.action_chunk`` env actions per imagined step."""
-    planner = build_planner(planner_cfg, int(model.action_dim))
+    wide, i.e. ``model.action_chunk`` env actions per imagined step (the env's width when it does not say)."""
+    planner = build_planner(planner_cfg, int(getattr(model, "action_dim", action_space.shape[0])))
     return MPCAgent(
         model,
         planner,
