@@ -457,7 +457,15 @@ def train_world_model(
     model.to(device)
     state = None
     if resume and checkpoint_exists(ckpt):
-        check_resume_matches(ckpt, load_config(ckpt), world_model_config(model, encoder_name))
+        saved_cfg = load_config(ckpt)
+        saved_chunk = int(saved_cfg.get("action_chunk", 1) or 1)  # checkpoints before the setting: 1
+        if saved_chunk != model.action_chunk:
+            raise ValueError(
+                f"resume=true: the checkpoint in {ckpt} steps action_chunk={saved_chunk} env steps at a "
+                f"time, this run asks for action_chunk={model.action_chunk}; pass action_chunk={saved_chunk} "
+                "or start a new out dir"
+            )
+        check_resume_matches(ckpt, saved_cfg, world_model_config(model, encoder_name))
         saved = int(load_meta(ckpt).get("context_frames", 1) or 1)
         if saved != cfg.context:
             raise ValueError(
