@@ -308,8 +308,8 @@ class SimulatorImagination:
     too, the cost (the planning space) does. Slow: every candidate step is a render and an encoder pass.
 
     Args:
-        world_model: a :class:`~jepa_agent.world_model.WorldModel` (or an ensemble): its encoder, cost
-            and ``action_chunk`` are used, its predictor is not.
+        world_model: a :class:`~jepa_agent.world_model.WorldModel` (one, not an ensemble): its encoder,
+            cost and ``action_chunk`` are used, its predictor is not.
         env: the env the agent acts in (a task with a :data:`SIMULATORS` entry and ``render_poses``).
     """
 
@@ -329,8 +329,7 @@ class SimulatorImagination:
         self.world_model, self.env = world_model, u
         self.simulator = make(env, device="cpu", action_chunk=world_model.action_chunk)
         self.action_dim, self.action_chunk = world_model.action_dim, world_model.action_chunk
-        self.anchor_trained = getattr(world_model, "anchor_trained", False)
-        self.meta = dict(getattr(world_model, "meta", {}))
+        self.anchor_trained = getattr(world_model, "anchor_trained", False)  # encode as its cost reads
         self._state: np.ndarray | None = None
 
     def encode(self, obs: dict[str, np.ndarray], **options: Any) -> Any:

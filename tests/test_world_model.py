@@ -313,7 +313,7 @@ def test_world_model_of_macro_actions_trains_saves_and_plans(tmp_path):
     agent.reset({"image": obs(seed=9)["pixels"]})
     taken = [agent.act(obs(seed=i)) for i in range(4)]
     assert all(a.shape == (A,) for a in taken) and len(agent.plans) == 2  # a plan per 2 env steps
-    with pytest.raises(ValueError, match="action_chunk=2 env steps .* asks for action_chunk=1"):
+    with pytest.raises(CheckpointError, match="action_chunk: checkpoint 2, now 1"):
         train_world_model(tiny_world_model(), Episodes(range(2)), None, cfg(steps=2), tmp_path, resume=True,
                           progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="planner plans 2-wide actions but the model takes 4"):

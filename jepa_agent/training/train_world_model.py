@@ -458,13 +458,8 @@ def train_world_model(
     state = None
     if resume and checkpoint_exists(ckpt):
         saved_cfg = load_config(ckpt)
-        saved_chunk = int(saved_cfg.get("action_chunk", 1) or 1)  # checkpoints before the setting: 1
-        if saved_chunk != model.action_chunk:
-            raise ValueError(
-                f"resume=true: the checkpoint in {ckpt} steps action_chunk={saved_chunk} env steps at a "
-                f"time, this run asks for action_chunk={model.action_chunk}; pass action_chunk={saved_chunk} "
-                "or start a new out dir"
-            )
+        if "action_chunk" not in saved_cfg:  # written before the setting: one env step per imagined step
+            saved_cfg["action_chunk"] = 1
         check_resume_matches(ckpt, saved_cfg, world_model_config(model, encoder_name))
         saved = int(load_meta(ckpt).get("context_frames", 1) or 1)
         if saved != cfg.context:
