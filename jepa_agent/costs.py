@@ -4,6 +4,7 @@
   on the final step or averaged over all steps with an optional discount.
 * :class:`ProjectedGoalCost`: the same after a projection (a state readout, a temporal-distance head).
 * :class:`MetricLatentCost`: the label-free cost (head distance + latent term), fused into the rollout.
+* :class:`CriticGoalCost`: the steps to the goal a goal-conditioned critic reads from each imagined frame.
 * :class:`DisplacementCost`: the squared summed actions a displacement head reads from each imagined frame
   to the goal (fused into :class:`MetricLatentCost` when both are used).
 * :class:`ActionMagnitudeCost`: ``mean_h ||a_h||_p^p`` penalty on the actions.
@@ -403,6 +404,51 @@ class ProjectedGoalCost(LatentGoalCost):
 
     def __repr__(self) -> str:
         return "Projected" + super().__repr__()
+
+
+class CriticGoalCost(Cost):
+    """The steps to the goal that a :class:`~jepa_agent.models.latent.GoalCritic` reads from each imagined
+    frame, reduced over the steps as the goal costs are (the metric space of a critic model).
+
+    Fused (``rollout_projection``): the rollout may return the critic's frame layer ``[S, H, hidden]``
+    instead of the latents; the goal's part of that layer is computed once, at :meth:`set_goal`.
+
+    Args:
+        critic: the critic (``features``, ``goal_features``, ``steps_from_features``, ``input_layer``).
+        goal: goal latent ``[N, D]`` (may be set later with :meth:`set_goal`).
+        reduction, discount: as :class:`LatentGoalCost`.
+    """
+
+    def __init__(
+        self, critic: nn.Module, goal: Tensor | None = None, reduction: str = "final", discount: float = 1.0
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        self.critic, self.reduction, self.discount = critic, reduction, float(discount)
+        self.rollout_projection = critic.input_layer
+        self.goal_features: Tensor | None = None
+        if goal is not None:
+            self.set_goal(goal)
+
+    def set_goal(self, goal: Tensor) -> None:
+        """The goal latent ``[N, D]`` (or ``[1, N, D]``): its part of the critic's first layer, once."""
+        goal = goal_latent(goal)
+        if not isinstance(goal, Tensor):
+            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        with torch.no_grad():
+            self.goal_features = self.critic.goal_features(goal.detach().reshape(*goal.shape[-2:]))  # [hid]
+
+    def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
+        """``pred``: latents ``[S, H, N, D]``, or the critic's frame layer of them ``[S, H, hidden]``."""
+        if self.goal_features is None:
+            raise ValueError("CriticGoalCost has no goal: call set_goal(latent) before planning")
+        if pred.dim() not in (3, 4):
+            raise ValueError(f"predicted latents must be [S, H, N, D]; got shape {tuple(pred.shape)}")
+        if self.reduction == "final":
+            pred = pred[:, -1:]
+        h = self.critic.features(pred) if pred.dim() == 4 else pred
+        steps = self.critic.steps_from_features(h, self.goal_features.to(h))  # [S, H']
+        return reduce_steps(steps, self.reduction, self.discount)
 
 
 class DisplacementCost(Cost):

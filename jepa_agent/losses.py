@@ -247,3 +247,45 @@ def temporal_distance_loss(
         weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
     v = -head.distance(s, goal)
     return (weight * (q - v).square()).mean()
+
+
+def goal_critic_loss(
+    critic: nn.Module,
+    target_critic: nn.Module,
+    s: Tensor,
+    s_next: Tensor,
+    goal: Tensor,
+    reached: Tensor,
+    next_reached: Tensor,
+    gamma: float = 0.98,
+    expectile: float = 0.9,
+    step_cost: Tensor | None = None,
+) -> Tensor:
+    """Expectile TD for a goal-conditioned critic ``steps(s, g) >= 0`` (GCIVL's value, Park et al. 2024,
+    OGBench; the objective of :func:`temporal_distance_loss` without its symmetric ``phi``).
+
+    ``V(s, g) = -steps(s, g)`` is fitted to ``q = -c + gamma * (1 - reached) * V_target(s', g)``, where the
+    step into the goal ends the episode: ``V(s', g) = 0`` when ``s'`` is the goal (``next_reached``). A
+    distance head gets that zero for free (``phi(g) - phi(g) = 0``); a critic does not, and without it the
+    constant ``1 / (1 - gamma)`` solves the TD equation for every pair. So ``steps`` approaches the
+    discounted count of the fewest steps the data shows, ``(1 - gamma^d) / (1 - gamma)``.
+
+    Args:
+        critic, target_critic: the online critic (``distance(s, g)`` -> steps) and its EMA copy.
+        s, s_next, goal: latents ``[B, N, D]``.
+        reached: ``[B]`` bool, True where the goal is ``s`` itself; next_reached: where it is ``s'``.
+        step_cost, gamma, expectile: as :func:`temporal_distance_loss`.
+    """
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"gamma={gamma}; expected 0 < gamma < 1")
+    if not 0.0 < expectile < 1.0:
+        raise ValueError(f"expectile={expectile}; expected 0 < expectile < 1")
+    with torch.no_grad():
+        not_done = (~reached).float()
+        cost = not_done if step_cost is None else not_done * step_cost
+        go_on = not_done * (~next_reached).float()
+        q = -cost + gamma * go_on * -target_critic.distance(s_next, goal)
+        adv = q - -target_critic.distance(s, goal)
+        weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
+    v = -critic.distance(s, goal)
+    return (weight * (q - v).square()).mean()

@@ -39,6 +39,7 @@ from jepa_agent.costs import (
     AnchorCost,
     Cost,
     CostConfig,
+    CriticGoalCost,
     DisplacementCost,
     LatentGoalCost,
     MetricLatentCost,
@@ -54,6 +55,7 @@ from jepa_agent.models.latent import (
     POOLINGS,
     AnchorHead,
     DisplacementHead,
+    GoalCritic,
     LatentPooler,
     Normalizer,
     StateReadout,
@@ -104,12 +106,24 @@ class ReadoutConfig:
     hidden: int = 256
 
 
+METRIC_KINDS = ("distance", "critic")  # world_model.metric.kind
+
+
 @dataclass
 class MetricConfig:
-    """The temporal-distance head (the label-free planning space, ``cost.space=metric``; 0: none)."""
+    """The temporal-distance head (the label-free planning space, ``cost.space=metric``; 0: none).
+
+    ``kind``: ``distance`` (:class:`TemporalDistanceHead`, ``||phi(s) - phi(g)||``, symmetric) or ``critic``
+    (:class:`GoalCritic`, the steps read from the pair, asymmetric: push). ``dim`` is the distance head's
+    output width (any ``dim > 0`` turns a critic on; it has one output)."""
 
     dim: int = 32
     hidden: int = 256
+    kind: str = "distance"
+
+    def __post_init__(self) -> None:
+        if self.kind not in METRIC_KINDS:
+            raise ValueError(f"world_model.metric.kind={self.kind!r}; expected one of {list(METRIC_KINDS)}")
 
 
 @dataclass
@@ -208,7 +222,8 @@ class WorldModel(nn.Module):
         normalizer: action/proprio statistics (identity when None).
         meta: ``env_id``, ``image_size`` ... describing what the model was trained on (checked on use).
         readout: optional :class:`StateReadout` (the labelled baseline's space, ``cost(space="readout")``).
-        metric: optional :class:`TemporalDistanceHead` (the label-free space, ``cost(space="metric")``).
+        metric: optional :class:`TemporalDistanceHead` or :class:`GoalCritic` (the label-free space,
+            ``cost(space="metric")``).
         displacement: optional :class:`DisplacementHead` (summed actions to the goal; a term of the metric
             cost, ``cost.displacement_weight``).
         anchor: optional :class:`AnchorHead` (the same, read from a real frame's patch tokens once per
@@ -223,7 +238,7 @@ class WorldModel(nn.Module):
         normalizer: Normalizer | None = None,
         meta: dict[str, Any] | None = None,
         readout: StateReadout | None = None,
-        metric: TemporalDistanceHead | None = None,
+        metric: TemporalDistanceHead | GoalCritic | None = None,
         displacement: DisplacementHead | None = None,
         anchor: AnchorHead | None = None,
     ) -> None:
@@ -493,7 +508,19 @@ class WorldModel(nn.Module):
             disp = self.displacement if space == "metric" and self.displacement_trained else None
             if not displacement_weight:
                 disp = None
-            if (latent_weight or disp is not None) and space == "metric" and metric == "mse":
+            critic = space == "metric" and isinstance(head, GoalCritic)
+            if critic:  # the steps a goal-conditioned critic reads (not a distance: cost.metric is unused)
+                goal_cost = CriticGoalCost(head, goal, reduction, discount)
+                if latent_weight:
+                    near = LatentGoalCost(goal, metric="mse", reduction=reduction, discount=discount)
+                    goal_cost = goal_cost + ScaledCost(near, latent_weight)
+                if disp is not None:
+                    goal_cost = goal_cost + ScaledCost(
+                        DisplacementCost(disp, goal, reduction, discount), displacement_weight
+                    )
+                if rest_weight:
+                    goal_cost = goal_cost + ScaledCost(RestCost(), rest_weight)
+            elif (latent_weight or disp is not None) and space == "metric" and metric == "mse":
                 # + the latent term, sharp where the step count is flat (near the goal); single-token latents
                 # move in a (dim + 1)-wide subspace, so both terms fuse into the rollout's head (and the
                 # displacement head's first layer with them; with no latent term, its weight is 0 and the
@@ -771,7 +798,12 @@ def build_world_model(cfg: Any) -> WorldModel:
         )
     mc = wm.get("metric") or {}
     metric = None
-    if int(mc.get("dim", 0) or 0) > 0:
+    kind = str(mc.get("kind", "distance"))  # checkpoints before the option hold distance heads
+    if kind not in METRIC_KINDS:
+        raise ValueError(f"world_model.metric.kind={kind!r}; expected one of {list(METRIC_KINDS)}")
+    if int(mc.get("dim", 0) or 0) > 0 and kind == "critic":
+        metric = GoalCritic(pooler.num_tokens * pooler.out_dim, hidden=int(mc.get("hidden", 256)))
+    elif int(mc.get("dim", 0) or 0) > 0:
         metric = TemporalDistanceHead(
             pooler.num_tokens * pooler.out_dim, int(mc["dim"]), hidden=int(mc.get("hidden", 256))
         )
@@ -817,6 +849,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
             "metric": {
                 "dim": model.metric.dim if model.metric else 0,
                 "hidden": model.metric.hidden if model.metric else 256,
+                "kind": "critic" if isinstance(model.metric, GoalCritic) else "distance",
             },
             "displacement": {
                 "hidden": model.displacement.hidden if model.displacement else 0,

@@ -8,6 +8,8 @@
 * :class:`TemporalDistanceHead` maps one frame's latent to a space whose Euclidean distance counts the
   steps between frames, learned from episodes alone (no labels): the default planning cost's space
   (``cost.space=metric``).
+* :class:`GoalCritic` reads the steps from a frame to a goal frame from the pair (``world_model.metric.kind=
+  critic``): the same label-free space, asymmetric where the task is (a pushed block is not pulled back).
 * :class:`DisplacementHead` maps a frame and a goal frame to the summed actions between them (label-free:
   hindsight inverse dynamics on recorded actions); the metric cost adds its squared norm, sharp at the goal.
 * :class:`AnchorHead` reads the same from a real frame's unpooled patch tokens, once per replan; the plan's
@@ -168,6 +170,70 @@ class TemporalDistanceHead(nn.Module):
     def from_input_layer(self, x: Tensor) -> Tensor:
         """The rest of the head: ``input_layer`` outputs ``[..., hidden]`` -> ``[..., dim]``."""
         return self.net[1:](x)
+
+
+class GoalCritic(nn.Module):
+    """(latent, goal latent) -> the steps from one to the other, ``>= 0``: a goal-conditioned value.
+
+    The other kind of the label-free planning space (``world_model.metric.kind=critic``). A
+    :class:`TemporalDistanceHead` is a distance, ``||phi(s) - phi(g)||``, so it is symmetric: it counts the
+    steps from a pushed block back to where it was as if the pusher could pull it. This critic reads the
+    pair, so the way there and the way back may differ. It is fitted by the same expectile TD on recorded
+    episodes alone (:func:`jepa_agent.losses.goal_critic_loss`, GCIVL's value: Park et al. 2024, OGBench),
+    counting the steps to a later frame of the episode or to any frame.
+
+    Measured on push, planned with the true simulator from the true state (a diagnostic; docs/benchmarks.md,
+    seventeenth session): the distance head plans 1 of 10 offset goals, this critic most of them.
+
+    The first layer is split between the frame and the goal (``state_in``, ``goal_in``): the goal's part
+    is computed once per plan, and the frame's is a linear map of the latent (``input_layer``), so the
+    world model's rollout can fuse it as it does the distance head's.
+
+    Args:
+        in_dim: ``N * D`` (one frame's latent, flattened).
+        hidden: MLP width (three hidden layers, layer-normed).
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"metric hidden={hidden}; expected a positive size")
+        self.in_dim, self.hidden = int(in_dim), int(hidden)
+        self.dim = self.out_dim = 1
+        self.state_in = nn.Linear(in_dim, hidden)
+        self.goal_in = nn.Linear(in_dim, hidden, bias=False)
+        self.net = nn.Sequential(
+            nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 1),
+        )  # fmt: skip
+
+    def goal_features(self, g: Tensor) -> Tensor:
+        """A goal latent ``[..., N, D]`` -> its part of the first layer ``[..., hidden]`` (once per plan)."""
+        return self.goal_in(g.flatten(-2))
+
+    def features(self, z: Tensor) -> Tensor:
+        """A frame's part of the first layer ``[..., N, D] -> [..., hidden]``: what the critic reads of a
+        frame (the predictor's term in the head's space compares these)."""
+        return self.state_in(z.flatten(-2))
+
+    def steps_from_features(self, h: Tensor, goal_h: Tensor) -> Tensor:
+        """``features`` of frames ``[..., hidden]`` and of a goal (broadcast) -> steps ``[...]``."""
+        return F.softplus(self.net(h + goal_h)).squeeze(-1)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """The steps from latents ``a`` to goal latents ``b`` (``[..., N, D]``, broadcast) -> ``[...]``."""
+        return self.steps_from_features(self.features(a), self.goal_features(b))
+
+    forward = features
+
+    @property
+    def input_layer(self) -> nn.Linear:
+        """The frame's first (linear) layer: a rollout can fuse it into its output head."""
+        return self.state_in
+
+    def from_input_layer(self, x: Tensor) -> Tensor:
+        """``input_layer`` outputs are already the features (the goal joins after it)."""
+        return x
 
 
 class DisplacementHead(nn.Module):

@@ -50,6 +50,12 @@ def planning_projection(model: WorldModel, space: str = "auto") -> tuple[str, nn
         ValueError: an unknown space, or one the model lacks (the model's own message, naming it).
     """
     resolved = model.resolve_cost_space(space)
+    if resolved == "metric" and getattr(model.metric, "out_dim", 0) == 1:
+        raise ValueError(
+            f"cost.space={space}: this world model's metric head is a goal critic "
+            "(world_model.metric.kind=critic), which reads a frame and a goal together and gives no features "
+            "of a frame alone to observe; use space=latent (or a model with a distance head)"
+        )
     probe_goal = torch.zeros(model.latent_shape, device=model.device)  # [N, D]: any latent frame will do
     cost = model.cost(probe_goal, space=resolved, reduction="final", action_weight=0.0, latent_weight=0.0,
                       displacement_weight=0.0)  # fmt: skip

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from jepa_agent.losses import ema_update, temporal_distance_loss
-from jepa_agent.models.latent import TemporalDistanceHead
+from jepa_agent.losses import ema_update, goal_critic_loss, temporal_distance_loss
+from jepa_agent.models.latent import GoalCritic, TemporalDistanceHead
 from jepa_agent.training.latent_cache import LatentEpisodes
 
 __all__ = ["STEP_COSTS", "MetricTrainConfig", "sample_goals", "train_metric_head"]
@@ -55,6 +55,11 @@ class MetricTrainConfig:
             The head then reads imagined futures where the true ones would be (like the readout), instead
             of the predictor alone having to land in a frozen head's space; the targets stay fixed, so
             the space cannot collapse.
+        env_steps: for a model of macro-actions (``action_chunk`` K > 1), count env steps: the head learns
+            from every frame, not every K-th, so its distances are K times finer near the goal, where one
+            macro-step moves the pusher up to 12 cm (push: the critic plans 1 of 10 goals from the true
+            state counting macro-steps, most of them counting env steps; docs/benchmarks.md). False: the
+            macro-steps the predictor takes (the sixteenth session's push models). No effect with K = 1.
         datasets: with several datasets (``data.path=[A, B, ...]``), the positions in that list of the ones
             the head learns from (None: all). E.g. ``[0]`` keeps the planner's own recorded episodes
             (``plan.py record=DIR``, long stretches at rest near the goal) out of the head's distances
@@ -71,6 +76,7 @@ class MetricTrainConfig:
     random_goals: float = 0.3
     predictor_weight: float = 10.0
     joint: bool = False
+    env_steps: bool = True
     datasets: list[int] | None = None
 
     def __post_init__(self) -> None:
@@ -123,7 +129,7 @@ def sample_goals(
 
 
 def train_metric_head(
-    head: TemporalDistanceHead,
+    head: TemporalDistanceHead | GoalCritic,
     data: LatentEpisodes,
     cfg: MetricTrainConfig,
     seed: int = 0,
@@ -132,7 +138,8 @@ def train_metric_head(
     """Train ``head`` (in place) on the latent cache; returns ``{"metric_loss", "metric_seconds"}``.
 
     Args:
-        head: the temporal-distance head.
+        head: the temporal-distance head, or a :class:`GoalCritic` (trained by
+            :func:`~jepa_agent.losses.goal_critic_loss`, the same samples).
         data: the latent cache (``z``, episode ``starts`` / ``lengths``; nothing else is read).
         cfg: the stage's settings.
     """
@@ -159,9 +166,16 @@ def train_metric_head(
         t = states[torch.randint(len(states), (cfg.batch_size,), generator=gen)]
         g = sample_goals(t, last.cpu(), num, cfg.gamma, cfg.random_goals, gen)
         t, g = t.to(dev), g.to(dev)
-        loss = temporal_distance_loss(
-            head, target, data.z[t], data.z[t + 1], data.z[g], g == t, cfg.gamma, cfg.expectile, step_cost[t]
-        )
+        if isinstance(head, GoalCritic):
+            loss = goal_critic_loss(
+                head, target, data.z[t], data.z[t + 1], data.z[g], g == t, g == t + 1, cfg.gamma,
+                cfg.expectile, step_cost[t],
+            )  # fmt: skip
+        else:
+            loss = temporal_distance_loss(
+                head, target, data.z[t], data.z[t + 1], data.z[g], g == t, cfg.gamma, cfg.expectile,
+                step_cost[t],
+            )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ from jepa_agent.checkpoint import (
     saved_loss,
 )
 from jepa_agent.losses import rollout_loss, teacher_forcing_loss
+from jepa_agent.models.latent import GoalCritic
 from jepa_agent.training.anchor import AnchorTrainConfig, train_anchor_head
 from jepa_agent.training.distributed import init_distributed
 from jepa_agent.training.encoder_tune import EncoderTuneConfig, FrameEpisodes, tune_encoder
@@ -306,6 +308,8 @@ class WorldModelLoss(nn.Module):
             )
             if self.metric_target:
                 parts["metric"] = parts["metric"] + F.mse_loss(phi(z), target)
+            if isinstance(phi, GoalCritic):  # its frame layer has no scale of its own (a layer norm follows)
+                parts["metric"] = parts["metric"] / target.var().clamp_min(1e-6)
             loss = loss + self.metric_weight * parts["metric"]
         if self.displacement is not None:
             if goals is None:
@@ -524,7 +528,14 @@ def train_world_model(
     val = None
     if val_source is not None:
         val = encode_episodes(model, val_source, cfg.encode_batch, pooled and not anchor, show)
-    # a model of macro-actions (action_chunk > 1) learns from frames that far apart: every stage below
+    # a model of macro-actions (action_chunk > 1) learns from frames that far apart: every stage below but
+    # the temporal-distance head, which counts env steps on every frame (train.metric.env_steps)
+    head_frames, episode_lengths = None, list(train.lengths)
+    train_head = model.metric is not None and cfg.metric.steps > 0 and not model.metric_trained
+    if train_head and cfg.metric.env_steps and model.action_chunk > 1:
+        head_frames = train
+        if anchor:
+            _pool_cache(model, head_frames)  # the head reads pooled latents (the tokens are not kept)
     train = train.strided(model.action_chunk)
     val = None if val is None else val.strided(model.action_chunk)
     train_tokens = _pool_cache(model, train) if anchor else None
@@ -537,6 +548,8 @@ def train_world_model(
         train.z = model.normalizer.latent(train.z)
         if val is not None:
             val.z = model.normalizer.latent(val.z)
+        if head_frames is not None:
+            head_frames.z = model.normalizer.latent(head_frames.z)
     head_stats: dict[str, float] = {}
     if state is not None:  # resumed: the head was trained (and saved) before the predictor's first step
         model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
@@ -545,11 +558,18 @@ def train_world_model(
             "a temporal-distance head is trained on fixed latents before the predictor, but this world "
             "model's pooling is learned (world_model.pooling=attentive): set world_model.metric.dim=0"
         )
-    if model.metric is not None and cfg.metric.steps > 0 and not model.metric_trained:
+    if train_head:
         # first, from encoded frames alone (every rank alike: same data, same seed)
-        head_data = train if metric_episodes is None else train.select(metric_episodes)
+        head_data = train if head_frames is None else head_frames
+        if metric_episodes is not None:
+            if head_frames is None and model.action_chunk > 1:  # each episode is min(K, length) strided ones
+                per = [min(model.action_chunk, n) for n in episode_lengths]
+                first = np.cumsum([0, *per[:-1]]).tolist()
+                metric_episodes = [first[e] + o for e in metric_episodes for o in range(per[e])]
+            head_data = head_data.select(metric_episodes)
         head_stats = train_metric_head(model.metric, head_data, cfg.metric, seed=cfg.seed, progress=show)
         model.meta["metric_steps"] = cfg.metric.steps
+        del head_frames, head_data
     if train_tokens is not None:  # frames and actions only, as the displacement head's targets
         mean, std = model.normalizer.action_mean, model.normalizer.action_std
         held = None
