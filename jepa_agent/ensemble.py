@@ -187,6 +187,12 @@ class WorldModelEnsemble:
     def state_labels(self) -> bool:
         return any(m.state_labels for m in self.members)
 
+    @property
+    def metric_kind(self) -> str | None:
+        """The members' metric head kind (``distance`` / ``critic``), ``"mixed"`` where they differ."""
+        kinds = {getattr(m, "metric_kind", None) for m in self.members}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
     def resolve_cost_space(self, space: str) -> str:
         """The one cost space every member resolves ``space`` to (members in different spaces: refused)."""
         spaces = [m.resolve_cost_space(space) for m in self.members]

@@ -343,6 +343,13 @@ class WorldModel(nn.Module):
         return self.metric is not None and int(self.meta.get("metric_steps", 0) or 0) > 0
 
     @property
+    def metric_kind(self) -> str | None:
+        """``"distance"`` or ``"critic"`` (``world_model.metric.kind``); None without a trained head."""
+        if not self.metric_trained:
+            return None
+        return "critic" if isinstance(self.metric, GoalCritic) else "distance"
+
+    @property
     def displacement_trained(self) -> bool:
         """Whether the displacement head exists and was trained (checkpoints record its weight)."""
         return self.displacement is not None and float(self.meta.get("displacement_weight", 0) or 0) > 0

@@ -116,6 +116,7 @@ def main(cfg: DictConfig) -> None:
         supervision = {
             "state_labels": model.state_labels,
             "cost_space": model.resolve_cost_space(cfg.cost.space),
+            "metric_kind": model.metric_kind,  # the metric head: distance | critic (null: none trained)
             "memory": policies["jepa"].memory.capacity,  # frames of context (the model's train.context)
             "dynamics": str(cfg.dynamics),  # simulator: the cost on true futures (a diagnostic)
             # cost.latent_weight as planned (null: the model's default; null outside the metric space)

@@ -80,6 +80,7 @@ def test_critic_world_model_saves_loads_and_plans_fused_as_unfused(tmp_path):
     assert np.isfinite(res.val["metric_loss"])
     loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
     assert isinstance(loaded.metric, GoalCritic) and loaded.resolve_cost_space("auto") == "metric"
+    assert loaded.metric_kind == "critic" and tiny_world_model(metric={"dim": 4}).metric_kind is None
     state, goal = loaded.encode(obs(seed=1)), loaded.encode_goal({"image": obs(seed=2)["pixels"]})
     actions = torch.rand(5, 3, A) * 2 - 1
     with torch.inference_mode():

@@ -144,6 +144,7 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["state_labels"] is False and res["cost_space"] == "metric" and res["episodes"] == 1
+    assert res["metric_kind"] == "distance"
     # the latent term's weight as planned: cost.latent_weight=null is the model's default
     trained = WorldModel.from_checkpoint(wm)
     assert res["latent_weight"] == (0.0 if trained.displacement_trained else 0.5)
