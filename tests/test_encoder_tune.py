@@ -165,6 +165,54 @@ def test_fine_tune_with_the_multi_step_inverse_term_learns_it():
     assert out["encoder_tune_displacement"] < 0.5 * float(sums.var(dim=(0, 1)).mean()), out
 
 
+class ClockEpisodes:
+    """Episodes whose frames show the time: a square moved one pixel right per frame from a random start
+    (the actions are random and do not move it), so the frames between two frames can be read."""
+
+    def __init__(self, n: int, length: int = 10) -> None:
+        rng = np.random.default_rng(0)
+        self.eps = []
+        for _ in range(n):
+            x0, y = rng.integers(0, 3), rng.integers(0, 12)
+            frames = np.full((length, 16, 16, 3), 20, np.uint8)
+            for t in range(length):
+                frames[t, y : y + 4, x0 + t : x0 + t + 4] = (230, 200, 40)
+            action = rng.uniform(-1, 1, (length - 1, 2)).astype(np.float32)
+            self.eps.append(
+                {"frames": frames, "action": action, "proprio": np.zeros((length, 4), np.float32)}
+            )
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.eps)
+
+    def episode(self, i: int) -> dict:
+        return self.eps[i]
+
+
+def test_fine_tune_with_the_time_term_learns_the_frames_between():
+    """With ``time_weight`` the stage regresses the signed frames from each clip frame to the goal frame
+    (over ``goal_steps``): where the frames show the time, its error ends well below the offsets'
+    variance; off by default (no term)."""
+    torch.manual_seed(0)
+    model = tiny_world_model(grid_size=2)
+    data = FrameEpisodes(ClockEpisodes(24), lambda a: a)
+    tune = EncoderTuneConfig(steps=300, batch_size=16, window=2, lr=1e-3, head_lr=3e-3, warmup=10,
+                             proj_dim=16, hidden=64, shift=0, variance_weight=1.0, covariance_weight=0.5,
+                             time_weight=1.0, goal_steps=6, back_steps=2)  # fmt: skip
+    first = data.clip_starts(2)
+    goal, _ = data.sums.sample(first, 2, tune, torch.Generator().manual_seed(5))
+    offsets = (goal[:, None] - (first[:, None] + torch.arange(2))).float() / 6
+    out = tune_encoder(model.encoder, model.pooler, data, tune, torch.device("cpu"), progress=False)
+    assert np.isfinite(out["encoder_tune_time"]) and "encoder_tune_displacement" not in out
+    assert out["encoder_tune_time"] < 0.3 * float(offsets.var()), out
+    off = EncoderTuneConfig(steps=2, window=2, warmup=0)
+    assert "encoder_tune_time" not in tune_encoder(model.encoder, model.pooler, data, off, torch.device("cpu"),
+                                                   progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"train\.encoder\.time_weight=-1"):
+        EncoderTuneConfig(time_weight=-1)
+
+
 def test_fine_tune_with_the_pixel_term_redraws_the_frames():
     """With ``pixel_weight`` a throwaway decoder redraws each frame from its pooled latent: the share of
     the pixels' variance it leaves unexplained ends well below 1 (predicting the batch mean scores 1)."""

@@ -24,6 +24,11 @@ no state, no reward), so that what the actions move is kept:
   T's turn (probe R^2 0.2), which a same-size encoder trained for it reads at 0.95. Redrawing the frame
   needs the T's outline, so this term makes the latent keep more of it, from frames alone (push, weight
   10: the planning latent's linear yaw R^2 0.15 -> 0.49; docs/benchmarks.md).
+- **time between frames** (``time_weight``; temporal-distance and "time-contrastive" objectives: TCN,
+  HILP's and PcLast's time structure): an MLP reads the embeddings of a clip frame and of a goal frame of
+  the same episode (the multi-step inverse term's goal) and regresses the signed frames between them,
+  over ``goal_steps``. What changes with time pays it, the pushed block and its turn as well as the
+  pusher: the planning space's steps-to-go reads them (docs/benchmarks.md, seventeenth session).
 - **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
 
 The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
@@ -72,6 +77,7 @@ class EncoderTuneConfig:
         variance_weight: weight of the variance hinge (VICReg).
         covariance_weight: weight of the off-diagonal covariance term (VICReg).
         displacement_weight: weight of the multi-step inverse term (0: off, and no goal frames are encoded).
+        time_weight: weight of the time term: the signed frames from a clip frame to the goal frame (0: off).
         pixel_weight: weight of the pixel-reconstruction term (0: off, and no decoder is built).
         goal_steps: the goal frame lies up to this many frames after the clip's first frame...
         back_steps: ... or up to this many before it (clamped to the episode).
@@ -94,6 +100,7 @@ class EncoderTuneConfig:
     variance_weight: float = 16.0
     covariance_weight: float = 8.0
     displacement_weight: float = 0.0
+    time_weight: float = 0.0
     pixel_weight: float = 0.0
     goal_steps: int = 20
     back_steps: int = 4
@@ -112,7 +119,7 @@ class EncoderTuneConfig:
             raise ValueError(f"train.encoder.window={self.window}; expected >= 2 frames (one action)")
         for name in ("lr", "head_lr", "weight_decay", "inverse_weight", "prediction_weight",
                      "variance_weight", "covariance_weight", "clip_grad", "displacement_weight",
-                     "pixel_weight"):  # fmt: skip
+                     "time_weight", "pixel_weight"):  # fmt: skip
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number >= 0")
@@ -182,6 +189,9 @@ class ActionTuneHeads(nn.Module):
             nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
             nn.Linear(hidden, action_dim),
         )  # fmt: skip
+        self.time = nn.Sequential(
+            nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1),
+        )  # fmt: skip
 
     def rollout(self, e0: Tensor, actions: Tensor) -> Tensor:
         """Open loop from ``e0 [B, P]`` with ``actions [B, K, A]`` -> ``[B, K, P]``."""
@@ -228,11 +238,13 @@ def action_tune_loss(
     gen: torch.Generator | None = None,
     goals: Tensor | None = None,
     sums: Tensor | None = None,
+    offsets: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The stage's loss on ``clips`` (float ``[B, T, 3, H, W]`` in [0, 1]) and standardised
     ``actions [B, T-1, A]``; returns ``(loss, parts)``. With ``goals [B, 3, H, W]`` (a frame of each clip's
     episode) and ``sums [B, T, A]`` (the capped env-unit actions from each clip frame to it), the multi-step
-    inverse term is added; the goal frame gets its clip's shift."""
+    inverse term is added; the goal frame gets its clip's shift. With ``offsets [B, T]`` (the signed frames
+    from each clip frame to the goal, over ``cfg.goal_steps``) the time term is added."""
     B, T = clips.shape[:2]
     if goals is not None:
         clips = torch.cat([clips, goals[:, None]], dim=1)
@@ -261,8 +273,14 @@ def action_tune_loss(
         loss = loss + cfg.pixel_weight * parts["pixel"]
     if goals is not None:
         pairs = torch.cat([e, e_goal.expand(-1, T, -1)], dim=-1)  # [B, T, 2P]
-        parts["displacement"] = F.mse_loss(heads.displacement(pairs), sums)
-        loss = loss + cfg.displacement_weight * parts["displacement"]
+        if cfg.displacement_weight > 0:
+            parts["displacement"] = F.mse_loss(heads.displacement(pairs), sums)
+            loss = loss + cfg.displacement_weight * parts["displacement"]
+        if cfg.time_weight > 0:
+            if offsets is None:
+                raise ValueError("the time term needs the frames from each clip frame to the goal (offsets)")
+            parts["time"] = F.mse_loss(heads.time(pairs).squeeze(-1), offsets)
+            loss = loss + cfg.time_weight * parts["time"]
     return loss, parts
 
 
@@ -369,15 +387,18 @@ def tune_encoder(
                 cfg.batch_size, cfg.window, 3, *data.frames.shape[1:3]
             )  # [B, T, 3, H, W]
             actions = data.actions[idx[:, :-1]].to(device)  # [B, T-1, A]
-            goals = sums = None
-            if cfg.displacement_weight > 0:
+            goals = sums = to_goal = None
+            if cfg.displacement_weight > 0 or cfg.time_weight > 0:
                 goal, sums = data.sums.sample(idx[:, 0], cfg.window, cfg, gen)
                 goals = pixels_to_images(data.frames[goal], device)  # [B, 3, H, W]
                 sums = sums.to(device)
+                to_goal = ((goal[:, None] - idx).float() / max(cfg.goal_steps, 1)).to(device)  # [B, T]
             for g in optimizer.param_groups:
                 base = g["base"]
                 g["lr"] = warmup_cosine(step, cfg.steps, min(cfg.warmup, cfg.steps), base, base / 100)
-            loss, parts = action_tune_loss(encoder, pooler, heads, clips, actions, cfg, gen, goals, sums)
+            loss, parts = action_tune_loss(
+                encoder, pooler, heads, clips, actions, cfg, gen, goals, sums, to_goal
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad > 0:
