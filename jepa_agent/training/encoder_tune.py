@@ -190,7 +190,8 @@ class ActionTuneHeads(nn.Module):
             nn.Linear(hidden, action_dim),
         )  # fmt: skip
         self.time = nn.Sequential(
-            nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1),
+            nn.Linear(2 * proj_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 1),
         )  # fmt: skip
 
     def rollout(self, e0: Tensor, actions: Tensor) -> Tensor:
