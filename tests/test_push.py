@@ -332,3 +332,28 @@ def test_bad_policy_and_oracle_input_is_one_clear_error():
         make_policy("push", infos["push"], rng)(np.zeros(4))
     with pytest.raises(ValueError, match="no true-state oracle for Pendulum-v1; available for"):
         oracle_model(gym.make("Pendulum-v1"))
+
+
+def test_state_value_diagnostic_trains_a_head_on_true_states_and_plans_with_it(tmp_path, python, run_env):
+    """``scripts/bench_state_value.py``: the library's metric head (either kind), trained on recorded true
+    push states, planned on the true simulator; one JSON line that says it used state labels. A directory
+    without push episodes is refused in one line."""
+    import json
+    import subprocess
+
+    from tests.conftest import REPO
+
+    collect(tmp_path / "ds", 3, env="push", env_kwargs={"max_episode_steps": 12}, policy="push", num_envs=1,
+            progress=False)  # fmt: skip
+    script = str(REPO / "scripts" / "bench_state_value.py")
+    for kind in ("critic", "distance"):
+        args = [python, script, "--data", str(tmp_path / "ds"), "--kind", kind, "--steps", "20", "--episodes",
+                "1", "--population", "8", "--iterations", "1"]  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert res["kind"] == kind and res["state_labels"] is True and res["episodes"] == 1
+        assert res["counts"] == "env_steps" and np.isfinite(res["metric_loss"])
+    bad = subprocess.run([python, script, "--data", str(tmp_path)], capture_output=True, text=True,
+                         env=run_env, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "no episode_*.npz" in bad.stderr and "Traceback" not in bad.stderr
