@@ -69,7 +69,8 @@ def test_sample_goals_stay_in_the_episode_unless_random():
 @pytest.mark.parametrize(
     "kw, msg",
     [({"gamma": 1.0}, "train.metric.gamma=1.0"), ({"random_goals": 1.5}, "train.metric.random_goals=1.5"),
-     ({"steps": -1}, "train.metric.steps=-1"), ({"lr": 0.0}, "train.metric.lr=0.0")],
+     ({"steps": -1}, "train.metric.steps=-1"), ({"lr": 0.0}, "train.metric.lr=0.0"),
+     ({"env_steps": "yes"}, "train.metric.env_steps='yes'")],
 )  # fmt: skip
 def test_metric_config_refuses_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg.replace(".", r"\.")):

@@ -57,8 +57,8 @@ class MetricTrainConfig:
             the space cannot collapse.
         env_steps: for a model of macro-actions (``action_chunk`` K > 1), count env steps: the head learns
             from every frame, not every K-th, so its distances are K times finer near the goal, where one
-            macro-step moves the pusher up to 12 cm (push: the critic plans 1 of 10 goals from the true
-            state counting macro-steps, most of them counting env steps; docs/benchmarks.md). False: the
+            macro-step moves the pusher up to 12 cm (push, from the true state: the goal critic plans 0 of
+            10 goals counting macro-steps, 6-7 of 10 counting env steps; docs/benchmarks.md). False: the
             macro-steps the predictor takes (the sixteenth session's push models). No effect with K = 1.
         datasets: with several datasets (``data.path=[A, B, ...]``), the positions in that list of the ones
             the head learns from (None: all). E.g. ``[0]`` keeps the planner's own recorded episodes
@@ -90,6 +90,9 @@ class MetricTrainConfig:
                 raise ValueError(f"train.metric.{key}={getattr(self, key)}; expected a number in (0, 1)")
         if not 0.0 <= float(self.random_goals) <= 1.0:
             raise ValueError(f"train.metric.random_goals={self.random_goals}; expected a fraction in [0, 1]")
+        for key in ("joint", "env_steps"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"train.metric.{key}={getattr(self, key)!r}; expected true or false")
         if self.step_cost not in STEP_COSTS:
             raise ValueError(f"train.metric.step_cost={self.step_cost!r}; expected one of {list(STEP_COSTS)}")
         if not self.lr > 0:
