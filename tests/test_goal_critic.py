@@ -126,3 +126,36 @@ def test_macro_action_models_count_env_steps_in_the_head(tmp_path, monkeypatch, 
     twm.train_world_model(model, Episodes(range(4)), None, train_cfg, tmp_path, progress=False)
     assert seen["episodes"] == (4 if env_steps else 8)
     assert 0.5 < seen["std"] < 2.0
+
+
+class TwoDatasets:
+    """Two datasets read as one (as ``ConcatEpisodes``): 3 episodes, then 2."""
+
+    def __init__(self) -> None:
+        self.datasets = [Episodes(range(3)), Episodes(range(3, 5))]
+        self.eps = [ep for d in self.datasets for ep in d.eps]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.eps)
+
+    def episode(self, i: int) -> dict:
+        return self.eps[i]
+
+
+@pytest.mark.parametrize("env_steps", [True, False])
+def test_metric_datasets_pick_the_same_episodes_whether_strided_or_not(tmp_path, monkeypatch, env_steps):
+    """``train.metric.datasets=[1]`` with 2-step macro-actions: the head learns from the second dataset's
+    2 episodes, whole (env steps) or as the 4 strided ones they split into, never from the first's."""
+    seen = {}
+
+    def record(head, data, cfg_, seed=0, progress=True):
+        seen["episodes"], seen["frames"] = len(data.lengths), len(data.z)
+        return {"metric_loss": 0.0, "metric_seconds": 0.0}
+
+    monkeypatch.setattr(twm, "train_metric_head", record)
+    model = tiny_world_model(action_chunk=2, metric={"dim": 4, "hidden": 16})
+    train_cfg = cfg(steps=2, metric=MetricTrainConfig(steps=5, env_steps=env_steps, datasets=[1]))
+    twm.train_world_model(model, TwoDatasets(), None, train_cfg, tmp_path, progress=False)
+    frames = sum(len(ep["frames"]) for ep in TwoDatasets().datasets[1].eps)
+    assert (seen["episodes"], seen["frames"]) == ((2 if env_steps else 4), frames)
