@@ -197,6 +197,20 @@ def goal_latent(goal: Any) -> Any:
     return z if isinstance(z, Tensor) else goal
 
 
+def tensor_goal(goal: Any) -> Tensor:
+    """:func:`goal_latent` of ``goal``, detached; anything but a tensor latent is refused (``TypeError``)."""
+    goal = goal_latent(goal)
+    if not isinstance(goal, Tensor):
+        raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+    return goal.detach()
+
+
+def check_reduction(reduction: str) -> None:
+    """``reduction`` must be one of :data:`REDUCTIONS`, naming the bad value."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+
+
 class Cost:
     """Base class: ``cost(pred [S, H, ...], actions [S, H, A]) -> [S]``; supports ``+`` and ``*`` (scalar).
 
@@ -319,8 +333,7 @@ class LatentGoalCost(Cost):
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r}; expected one of {list(METRICS)}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         if not discount > 0:
             raise ValueError(f"discount={discount} must be > 0")
         self.metric, self.reduction, self.discount = metric, reduction, float(discount)
@@ -330,10 +343,7 @@ class LatentGoalCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Replace the goal latent (detached)."""
-        goal = goal_latent(goal)
-        if not isinstance(goal, Tensor):
-            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
-        self.goal = goal.detach()
+        self.goal = tensor_goal(goal)
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         if self.goal is None:
@@ -386,11 +396,9 @@ class ProjectedGoalCost(LatentGoalCost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Project the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
-        goal = goal_latent(goal)
-        if not isinstance(goal, Tensor):
-            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        goal = tensor_goal(goal)
         with torch.no_grad():
-            self.goal = self.project(goal.detach()).reshape(1, -1)  # [1, F]: one "token" of features
+            self.goal = self.project(goal).reshape(1, -1)  # [1, F]: one "token" of features
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         """``pred``: latents ``[S, H, N, D]``, or ``rollout_projection`` of them ``[S, H, F']``."""
@@ -422,8 +430,7 @@ class CriticGoalCost(Cost):
     def __init__(
         self, critic: nn.Module, goal: Tensor | None = None, reduction: str = "final", discount: float = 1.0
     ) -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         self.critic, self.reduction, self.discount = critic, reduction, float(discount)
         self.rollout_projection = critic.input_layer
         self.goal_features: Tensor | None = None
@@ -432,11 +439,9 @@ class CriticGoalCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """The goal latent ``[N, D]`` (or ``[1, N, D]``): its part of the critic's first layer, once."""
-        goal = goal_latent(goal)
-        if not isinstance(goal, Tensor):
-            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        goal = tensor_goal(goal)
         with torch.no_grad():
-            self.goal_features = self.critic.goal_features(goal.detach().reshape(*goal.shape[-2:]))  # [hid]
+            self.goal_features = self.critic.goal_features(goal.reshape(*goal.shape[-2:]))  # [hidden]
 
     def __call__(self, pred: Tensor, actions: Tensor) -> Tensor:
         """``pred``: latents ``[S, H, N, D]``, or the critic's frame layer of them ``[S, H, hidden]``."""
@@ -464,8 +469,7 @@ class DisplacementCost(Cost):
     def __init__(
         self, head: nn.Module, goal: Tensor | None = None, reduction: str = "final", discount: float = 1.0
     ) -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         self.head, self.reduction, self.discount = head, reduction, float(discount)
         self.goal_embedding: Tensor | None = None
         self._towards: Callable[[Tensor], Tensor] | None = None
@@ -474,11 +478,9 @@ class DisplacementCost(Cost):
 
     def set_goal(self, goal: Tensor) -> None:
         """Embed the goal latent ``[N, D]`` (or ``[1, N, D]``) once."""
-        goal = goal_latent(goal)
-        if not isinstance(goal, Tensor):
-            raise TypeError(f"goal must be a tensor latent; got {type(goal).__name__}")
+        goal = tensor_goal(goal)
         with torch.no_grad():
-            self.goal_embedding = self.head.embed(goal.detach().reshape(1, *goal.shape[-2:]))  # [1, hidden]
+            self.goal_embedding = self.head.embed(goal.reshape(1, *goal.shape[-2:]))  # [1, hidden]
             towards = getattr(self.head, "towards", None)
             self._towards = towards(self.goal_embedding) if towards is not None else None
 
@@ -659,8 +661,7 @@ class AnchorCost(Cost):
     def __init__(
         self, head: nn.Module, goal: Any = None, reduction: str = "final", discount: float = 1.0
     ) -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         self.head, self.reduction, self.discount = head, reduction, float(discount)
         self.goal_embedding: Tensor | None = None
         self.start: Tensor | None = None  # [A]: the reading at the current frame

@@ -31,7 +31,7 @@ from torch import Tensor
 from envs.push import PushEnv
 from envs.push_expert import PUSHER_RADIUS, T_CORNERS
 from envs.reach import LINK_LENGTHS, ReachEnv
-from jepa_agent.costs import REDUCTIONS, Cost, CostConfig, reduce_steps, with_action_terms
+from jepa_agent.costs import Cost, CostConfig, check_reduction, reduce_steps, with_action_terms
 from jepa_agent.utils import check_int
 
 
@@ -98,8 +98,7 @@ class EndEffectorCost(Cost):
 
     def __init__(self, goal_ee: np.ndarray | Tensor, reduction: str = CostConfig.reduction,
                  discount: float = CostConfig.discount, device="cpu") -> None:  # fmt: skip
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         self.goal_ee = torch.as_tensor(goal_ee, dtype=torch.float32, device=device)  # [2]
         self.reduction, self.discount = reduction, float(discount)
 
@@ -270,8 +269,7 @@ class PushStateCost(Cost):
                  reduction: str = CostConfig.reduction, discount: float = CostConfig.discount,
                  device: Any = "cpu", travel_weight: float = 0.5, yaw_weight: float = 2.0,
                  radius: float = 0.08) -> None:  # fmt: skip
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r}; expected one of {list(REDUCTIONS)}")
+        check_reduction(reduction)
         self.goal = torch.as_tensor(goal_state, dtype=torch.float32, device=device)  # [5]
         self.pos_scale, self.yaw_scale = float(pos_scale), float(yaw_scale)
         self.reduction, self.discount = reduction, float(discount)
