@@ -163,7 +163,7 @@ def cost_space_features(
         "latent": z.flatten(1).float().cpu(),
     }
     if model.metric_trained:
-        if model.metric.out_dim > 1:  # a distance head's space (a goal critic has no space of its own)
+        if model.metric_kind == "distance":  # a distance head's space (a goal critic has none of its own)
             spaces["metric_head"] = model.metric(z).float().cpu()  # the temporal-distance head alone
         still = torch.zeros(len(z), 1, model.action_dim, device=z.device)  # the action term is left out
 

@@ -107,6 +107,9 @@ def test_rl_bridge_refuses_a_critic_space_by_name():
     with pytest.raises(ValueError, match="goal critic.*space=latent"):
         planning_projection(model, "metric")
     assert planning_projection(model, "latent") == ("latent", None)
+    narrow = tiny_world_model(metric={"dim": 1, "hidden": 16})  # a 1-wide distance head is not a critic
+    narrow.meta["metric_steps"] = 1
+    assert planning_projection(narrow, "metric")[0] == "metric"
 
 
 @pytest.mark.parametrize("env_steps", [True, False])

@@ -50,7 +50,7 @@ def planning_projection(model: WorldModel, space: str = "auto") -> tuple[str, nn
         ValueError: an unknown space, or one the model lacks (the model's own message, naming it).
     """
     resolved = model.resolve_cost_space(space)
-    if resolved == "metric" and getattr(model.metric, "out_dim", 0) == 1:
+    if resolved == "metric" and model.metric_kind == "critic":
         raise ValueError(
             f"cost.space={space}: this world model's metric head is a goal critic "
             "(world_model.metric.kind=critic), which reads a frame and a goal together and gives no features "
