@@ -106,6 +106,9 @@ def test_world_model_run_with_fine_tune_records_it_and_resumes(tmp_path):
         ({"lr": float("nan")}, "train.encoder.lr=nan"),
         ({"batch_size": 0}, "train.encoder.batch_size=0"),
         ({"pixel_weight": -1.0}, "train.encoder.pixel_weight=-1.0"),
+        ({"critic_weight": -1.0}, "train.encoder.critic_weight=-1.0"),
+        ({"critic_gamma": 1.0}, "train.encoder.critic_gamma=1.0"),
+        ({"critic_expectile": 0}, "train.encoder.critic_expectile=0"),
     ],
 )
 def test_fine_tune_config_refuses_bad_values(kw, msg):
@@ -236,3 +239,64 @@ def test_pixel_decoder_sizes():
     assert PixelDecoder(32, 16)(torch.zeros(1, 32)).shape == (1, 3, 16, 16)
     with pytest.raises(ValueError, match="48 px: set train.encoder.pixel_weight=0"):
         PixelDecoder(32, 48)
+
+
+def test_critic_term_counts_the_steps_and_trains_the_encoder():
+    """``train.encoder.critic_weight``: the goal critic's TD term alone (VICReg's variance hinge aside) gets
+    gradient into the encoder, and after a short fine-tune the critic's steps between two frames of one
+    episode grow with the fewest steps between them: the square's distance over its largest step."""
+    import copy
+
+    from jepa_agent.losses import ema_update
+    from jepa_agent.models.vit import pixels_to_images
+    from jepa_agent.training.encoder_tune import ActionTuneHeads, action_tune_loss
+
+    torch.manual_seed(0)
+    model = tiny_world_model(grid_size=2)
+    data = FrameEpisodes(Episodes(range(24)), lambda a: a)
+    tune = EncoderTuneConfig(
+        window=3, inverse_weight=0.0, prediction_weight=0.0, variance_weight=1.0, covariance_weight=0.0,
+        critic_weight=1.0, critic_ema=0.05, goal_steps=8, back_steps=0, shift=0, proj_dim=16, hidden=64,
+    )  # fmt: skip
+    latent = model.pooler.num_tokens * model.pooler.out_dim
+    heads = ActionTuneHeads(latent, A, tune.proj_dim, tune.hidden, critic=True)
+    target = copy.deepcopy(heads.critic).requires_grad_(False)
+    model.encoder.requires_grad_(True).train()
+    opt = torch.optim.Adam([*model.encoder.parameters(), *heads.parameters()], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    first = data.clip_starts(3)
+    for step in range(300):
+        idx = first[torch.randint(len(first), (16,), generator=gen)][:, None] + torch.arange(3)
+        clips = pixels_to_images(data.frames[idx.flatten()], torch.device("cpu")).view(16, 3, 3, 16, 16)
+        goal, sums = data.sums.sample(idx[:, 0], 3, tune, gen)
+        goals = pixels_to_images(data.frames[goal], torch.device("cpu"))
+        loss, parts = action_tune_loss(
+            model.encoder, model.pooler, heads, clips, data.actions[idx[:, :-1]], tune, gen, goals, sums,
+            None, target, idx, goal,
+        )  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:  # the TD term reaches the encoder
+            grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+            assert set(parts) >= {"critic"} and grads and sum(float(g.abs().sum()) for g in grads) > 0
+        opt.step()
+        ema_update(target, heads.critic, 1.0 - tune.critic_ema)
+    model.encoder.requires_grad_(False).eval()
+    heads.eval()
+    with torch.no_grad():  # every frame of 8 episodes against every later frame of the same episode
+        steps, gaps = [], []
+        for e in range(8):
+            s, n = data.starts[e], data.lengths[e]
+            frames = pixels_to_images(data.frames[s : s + n], torch.device("cpu"))
+            emb = heads.projector(model.pooler(model.encoder.encode_images(frames)).flatten(1))
+            d = heads.critic.distance(
+                emb[:, None, None], emb[None, :, None]
+            )  # [n, n]: row frame -> column goal
+            i, j = torch.triu_indices(n, n, 1)
+            steps.append(d[i, j])
+            pos = torch.as_tensor(data.episode(e)["proprio"])
+            gaps.append((pos[j] - pos[i]).abs().amax(-1) / 1.5)
+    steps, gaps = torch.cat(steps), torch.cat(gaps)
+    rank = lambda x: x.argsort().argsort().float()  # noqa: E731
+    rho = float(torch.corrcoef(torch.stack([rank(steps), rank(gaps)]))[0, 1])
+    assert rho > 0.45, rho  # 0.55 here; 0.11 for the untrained critic

@@ -29,6 +29,13 @@ no state, no reward), so that what the actions move is kept:
   the same episode (the multi-step inverse term's goal) and regresses the signed frames between them,
   over ``goal_steps``. What changes with time pays it, the pushed block and its turn as well as the
   pusher: the planning space's steps-to-go reads them (docs/benchmarks.md, seventeenth session).
+- **a goal critic's TD error** (``critic_weight``; GCIVL's value from pixels, as OGBench's visual tasks train
+  their encoder): a :class:`~jepa_agent.models.latent.GoalCritic` on the embeddings counts the fewest steps
+  from each clip transition's frame to every frame of the batch (expectile TD,
+  :func:`~jepa_agent.losses.goal_critic_loss`, an EMA target, counted in units of ``1 / (1 - gamma)``
+  steps), and its error trains the encoder. The time term regresses the steps the recorded episode took;
+  this one the fewest the data shows, what the world model's own critic then reads
+  (``world_model.metric.kind=critic``).
 - **a random shift** of each clip (all its frames alike, replicate padding), as ACRO and DrQ.
 
 The embedding these terms act on is the world model's own frame latent (the pooled, layer-normed patch
@@ -39,6 +46,7 @@ encoder call per step for every frame of every clip.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -50,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_agent.models.latent import LatentPooler
+from jepa_agent.losses import ema_update, goal_critic_loss
+from jepa_agent.models.latent import GoalCritic, LatentPooler
 from jepa_agent.models.vit import VideoViT, pixels_to_images
 from jepa_agent.training.latent_cache import ActionSums, window_starts
 from jepa_agent.training.schedules import warmup_cosine
@@ -79,6 +88,10 @@ class EncoderTuneConfig:
         displacement_weight: weight of the multi-step inverse term (0: off, and no goal frames are encoded).
         time_weight: weight of the time term: the signed frames from a clip frame to the goal frame (0: off).
         pixel_weight: weight of the pixel-reconstruction term (0: off, and no decoder is built).
+        critic_weight: weight of the goal critic's TD error (0: off, and no critic is built).
+        critic_gamma: the critic's discount (it counts steps up to about ``1 / (1 - gamma)``).
+        critic_expectile: the critic's expectile (> 0.5: the fewest steps the data shows).
+        critic_ema: the critic's target update rate.
         goal_steps: the goal frame lies up to this many frames after the clip's first frame...
         back_steps: ... or up to this many before it (clamped to the episode).
         cap: the summed actions are rescaled so their largest component is at most this.
@@ -102,6 +115,10 @@ class EncoderTuneConfig:
     displacement_weight: float = 0.0
     time_weight: float = 0.0
     pixel_weight: float = 0.0
+    critic_weight: float = 0.0
+    critic_gamma: float = 0.98
+    critic_expectile: float = 0.9
+    critic_ema: float = 0.005
     goal_steps: int = 20
     back_steps: int = 4
     cap: float = 2.0
@@ -119,10 +136,13 @@ class EncoderTuneConfig:
             raise ValueError(f"train.encoder.window={self.window}; expected >= 2 frames (one action)")
         for name in ("lr", "head_lr", "weight_decay", "inverse_weight", "prediction_weight",
                      "variance_weight", "covariance_weight", "clip_grad", "displacement_weight",
-                     "time_weight", "pixel_weight"):  # fmt: skip
+                     "time_weight", "pixel_weight", "critic_weight"):  # fmt: skip
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number >= 0")
+        for name in ("critic_gamma", "critic_expectile", "critic_ema"):
+            if not 0.0 < float(getattr(self, name)) < 1.0:
+                raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a number in (0, 1)")
         if not (math.isfinite(float(self.cap)) and float(self.cap) > 0):
             raise ValueError(f"train.encoder.cap={self.cap}; expected a number > 0")
 
@@ -160,8 +180,8 @@ class PixelDecoder(nn.Module):
 class ActionTuneHeads(nn.Module):
     """The stage's throwaway heads: projector (latent -> embedding), residual action-conditioned
     predictor, inverse model ``(e_t, e_{t+1}) -> a_t``, multi-step inverse model
-    ``(e_t, e_goal) -> capped sum of the actions between them`` and, given ``image_size``, a pixel
-    decoder (latent -> frame)."""
+    ``(e_t, e_goal) -> capped sum of the actions between them``, given ``image_size`` a pixel decoder
+    (latent -> frame) and, given ``critic``, a goal critic on the embeddings."""
 
     def __init__(
         self,
@@ -170,9 +190,11 @@ class ActionTuneHeads(nn.Module):
         proj_dim: int = 64,
         hidden: int = 256,
         image_size: int | None = None,
+        critic: bool = False,
     ) -> None:
         super().__init__()
         self.decoder = PixelDecoder(latent_dim, image_size) if image_size else None
+        self.critic = GoalCritic(proj_dim, hidden) if critic else None
         self.projector = nn.Sequential(  # batch-standardised first, as the world model standardises latents
             nn.BatchNorm1d(latent_dim, affine=False), nn.Linear(latent_dim, hidden), nn.GELU(),
             nn.Linear(hidden, proj_dim),
@@ -240,12 +262,18 @@ def action_tune_loss(
     goals: Tensor | None = None,
     sums: Tensor | None = None,
     offsets: Tensor | None = None,
+    target_critic: GoalCritic | None = None,
+    frame_idx: Tensor | None = None,
+    goal_idx: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The stage's loss on ``clips`` (float ``[B, T, 3, H, W]`` in [0, 1]) and standardised
     ``actions [B, T-1, A]``; returns ``(loss, parts)``. With ``goals [B, 3, H, W]`` (a frame of each clip's
     episode) and ``sums [B, T, A]`` (the capped env-unit actions from each clip frame to it), the multi-step
     inverse term is added; the goal frame gets its clip's shift. With ``offsets [B, T]`` (the signed frames
-    from each clip frame to the goal, over ``cfg.goal_steps``) the time term is added."""
+    from each clip frame to the goal, over ``cfg.goal_steps``) the time term is added. With
+    ``cfg.critic_weight > 0``, ``target_critic`` (the EMA copy of ``heads.critic``) and the frames' global
+    indices in the data (``frame_idx [B, T]``, ``goal_idx [B]``: equal indices are the same frame), the
+    critic's TD term is added over every (clip transition, batch frame) pair."""
     B, T = clips.shape[:2]
     if goals is not None:
         clips = torch.cat([clips, goals[:, None]], dim=1)
@@ -282,6 +310,21 @@ def action_tune_loss(
                 raise ValueError("the time term needs the frames from each clip frame to the goal (offsets)")
             parts["time"] = F.mse_loss(heads.time(pairs).squeeze(-1), offsets)
             loss = loss + cfg.time_weight * parts["time"]
+    if cfg.critic_weight > 0:
+        if heads.critic is None or target_critic is None or frame_idx is None:
+            raise ValueError("the critic term needs heads built with critic=True, its target and frame_idx")
+        # every clip transition (s, s') against every frame of the batch as the goal: B(T-1) x G pairs for
+        # one MLP call, where a goal from another episode is a random goal (never reached)
+        goal_e = e.flatten(0, 1) if goals is None else torch.cat([e.flatten(0, 1), e_goal.flatten(0, 1)])
+        gidx = frame_idx.flatten() if goal_idx is None else torch.cat([frame_idx.flatten(), goal_idx])
+        s_idx = frame_idx[:, :-1].reshape(-1, 1)
+        # in units of the critic's horizon 1 / (1 - gamma), so the term is on the others' scale (< 1)
+        parts["critic"] = (1.0 - cfg.critic_gamma) ** 2 * goal_critic_loss(
+            heads.critic, target_critic, e[:, :-1].reshape(-1, 1, 1, e.shape[-1]),
+            e[:, 1:].reshape(-1, 1, 1, e.shape[-1]), goal_e[None, :, None], gidx[None] == s_idx,
+            gidx[None] == s_idx + 1, cfg.critic_gamma, cfg.critic_expectile,
+        )  # fmt: skip
+        loss = loss + cfg.critic_weight * parts["critic"]
     return loss, parts
 
 
@@ -367,7 +410,9 @@ def tune_encoder(
             "set train.encoder.pixel_weight=0"
         )
     heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
-                            cfg.hidden, size if cfg.pixel_weight > 0 else None).to(device)  # fmt: skip
+                            cfg.hidden, size if cfg.pixel_weight > 0 else None,
+                            critic=cfg.critic_weight > 0).to(device)  # fmt: skip
+    target_critic = None if heads.critic is None else copy.deepcopy(heads.critic).requires_grad_(False)
     encoder.to(device).requires_grad_(True).train()
     decay = [p for p in encoder.parameters() if p.ndim > 1]
     groups = [
@@ -388,8 +433,8 @@ def tune_encoder(
                 cfg.batch_size, cfg.window, 3, *data.frames.shape[1:3]
             )  # [B, T, 3, H, W]
             actions = data.actions[idx[:, :-1]].to(device)  # [B, T-1, A]
-            goals = sums = to_goal = None
-            if cfg.displacement_weight > 0 or cfg.time_weight > 0:
+            goals = sums = to_goal = goal = None
+            if cfg.displacement_weight > 0 or cfg.time_weight > 0 or cfg.critic_weight > 0:
                 goal, sums = data.sums.sample(idx[:, 0], cfg.window, cfg, gen)
                 goals = pixels_to_images(data.frames[goal], device)  # [B, 3, H, W]
                 sums = sums.to(device)
@@ -398,13 +443,27 @@ def tune_encoder(
                 base = g["base"]
                 g["lr"] = warmup_cosine(step, cfg.steps, min(cfg.warmup, cfg.steps), base, base / 100)
             loss, parts = action_tune_loss(
-                encoder, pooler, heads, clips, actions, cfg, gen, goals, sums, to_goal
+                encoder,
+                pooler,
+                heads,
+                clips,
+                actions,
+                cfg,
+                gen,
+                goals,
+                sums,
+                to_goal,
+                target_critic,
+                idx.to(device),
+                None if goal is None else goal.to(device),
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad > 0:
                 nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             optimizer.step()
+            if target_critic is not None:
+                ema_update(target_critic, heads.critic, 1.0 - cfg.critic_ema)
             if step % 50 == 0 or step == cfg.steps - 1:  # a host sync only now and then
                 value = float(loss.detach())
                 if not math.isfinite(value):
