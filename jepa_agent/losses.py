@@ -204,6 +204,20 @@ def rollout_loss(
     return (out, z_hat) if return_predictions else out
 
 
+def _check_td(gamma: float, expectile: float) -> None:
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"gamma={gamma}; expected 0 < gamma < 1")
+    if not 0.0 < expectile < 1.0:
+        raise ValueError(f"expectile={expectile}; expected 0 < expectile < 1")
+
+
+def _expectile_td(q: Tensor, v_old: Tensor, v: Tensor, expectile: float) -> Tensor:
+    """The expectile regression of the value ``v`` onto the TD target ``q``: errors where ``q`` beats the
+    target network's value ``v_old`` weigh ``expectile``, the others ``1 - expectile``."""
+    weight = torch.where(q - v_old >= 0, expectile, 1.0 - expectile)
+    return (weight * (q - v).square()).mean()
+
+
 def temporal_distance_loss(
     head: nn.Module,
     target_head: nn.Module,
@@ -234,19 +248,14 @@ def temporal_distance_loss(
         gamma: discount (the distance saturates at ``1 / (1 - gamma)`` steps).
         expectile: ``tau`` of the expectile regression, in (0, 1).
     """
-    if not 0.0 < gamma < 1.0:
-        raise ValueError(f"gamma={gamma}; expected 0 < gamma < 1")
-    if not 0.0 < expectile < 1.0:
-        raise ValueError(f"expectile={expectile}; expected 0 < expectile < 1")
+    _check_td(gamma, expectile)
     with torch.no_grad():
         t_s, t_next, t_g = target_head(s), target_head(s_next), target_head(goal)
         not_done = (~reached).float()
         cost = not_done if step_cost is None else not_done * step_cost
         q = -cost + gamma * not_done * -(t_next - t_g).norm(dim=-1)
-        adv = q - -(t_s - t_g).norm(dim=-1)
-        weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
-    v = -head.distance(s, goal)
-    return (weight * (q - v).square()).mean()
+        v_old = -(t_s - t_g).norm(dim=-1)
+    return _expectile_td(q, v_old, -head.distance(s, goal), expectile)
 
 
 def goal_critic_loss(
@@ -276,16 +285,11 @@ def goal_critic_loss(
         reached: ``[B]`` bool, True where the goal is ``s`` itself; next_reached: where it is ``s'``.
         step_cost, gamma, expectile: as :func:`temporal_distance_loss`.
     """
-    if not 0.0 < gamma < 1.0:
-        raise ValueError(f"gamma={gamma}; expected 0 < gamma < 1")
-    if not 0.0 < expectile < 1.0:
-        raise ValueError(f"expectile={expectile}; expected 0 < expectile < 1")
+    _check_td(gamma, expectile)
     with torch.no_grad():
         not_done = (~reached).float()
         cost = not_done if step_cost is None else not_done * step_cost
         go_on = not_done * (~next_reached).float()
         q = -cost + gamma * go_on * -target_critic.distance(s_next, goal)
-        adv = q - -target_critic.distance(s, goal)
-        weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
-    v = -critic.distance(s, goal)
-    return (weight * (q - v).square()).mean()
+        v_old = -target_critic.distance(s, goal)
+    return _expectile_td(q, v_old, -critic.distance(s, goal), expectile)
