@@ -169,7 +169,7 @@ def test_a_two_frame_context_tells_opposite_velocities_apart(tmp_path):
     ``train.context=2`` predicts each next frame where that motion goes (the one-frame model cannot: its
     input is identical), and imagines held-out futures far better than the one-frame model."""
     train, val = momentum_latents(150, 0), momentum_latents(20, 1)
-    cfg = dict(steps=800, batch_size=32, rollout_steps=3, lr=3e-3, warmup=10, log_every=50, ckpt_every=0,
+    cfg = dict(steps=1200, batch_size=32, rollout_steps=3, lr=3e-3, warmup=10, log_every=50, ckpt_every=0,
                eval_horizon=3, device="cpu")  # fmt: skip
     models, errors = {}, {}
     for context in (1, 2):
