@@ -381,8 +381,12 @@ def tune_encoder(
     device: torch.device,
     seed: int = 0,
     progress: bool = True,
+    heads: ActionTuneHeads | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``encoder`` in place (then freeze it again); returns the final loss terms and seconds.
+
+    ``heads``: the stage's throwaway heads, built to ``cfg`` when None; pass them to read them afterwards
+    (e.g. what the goal critic learnt). They are trained in place.
 
     Raises:
         ValueError: no episode has ``cfg.window`` frames.
@@ -409,9 +413,19 @@ def tune_encoder(
             f"the pixel term decodes square frames; these are {size} x {int(data.frames.shape[2])}: "
             "set train.encoder.pixel_weight=0"
         )
-    heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
-                            cfg.hidden, size if cfg.pixel_weight > 0 else None,
-                            critic=cfg.critic_weight > 0).to(device)  # fmt: skip
+    if heads is None:
+        heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
+                                cfg.hidden, size if cfg.pixel_weight > 0 else None,
+                                critic=cfg.critic_weight > 0)  # fmt: skip
+    elif (heads.critic is not None) != (cfg.critic_weight > 0) or (heads.decoder is not None) != (
+        cfg.pixel_weight > 0
+    ):
+        raise ValueError(
+            f"heads with critic={heads.critic is not None}, decoder={heads.decoder is not None} do not match "
+            f"train.encoder.critic_weight={cfg.critic_weight}, pixel_weight={cfg.pixel_weight} (a weight > 0 "
+            "needs its head, a weight of 0 none)"
+        )
+    heads = heads.to(device).train()
     target_critic = None if heads.critic is None else copy.deepcopy(heads.critic).requires_grad_(False)
     encoder.to(device).requires_grad_(True).train()
     decay = [p for p in encoder.parameters() if p.ndim > 1]
