@@ -99,6 +99,32 @@ def test_critic_world_model_saves_loads_and_plans_fused_as_unfused(tmp_path):
         tiny_world_model(metric={"dim": 4, "hidden": 16, "kind": "twin"})
 
 
+def test_value_term_compares_the_critics_steps_and_trains_only_the_predictions(tmp_path):
+    """``train.metric.value_weight``: the steps the critic reads from predicted latents against those from
+    the true frames (goals: each window's last frame and another window's). Zero for perfect predictions,
+    positive otherwise, with gradient into the predictions; logged in a run; a negative weight refused."""
+    torch.manual_seed(0)
+    critic = GoalCritic(in_dim=8, hidden=16)
+    z = torch.randn(4, 3, 2, 4)  # [B, k, N, D]
+    with torch.no_grad():
+        feats = critic.features(z)
+    zero = twm.critic_value_loss(critic, z, z.clone().requires_grad_(True), feats)
+    assert float(zero.detach()) < 1e-10
+    pred = (z + 0.5 * torch.randn_like(z)).requires_grad_(True)
+    loss = twm.critic_value_loss(critic, z, pred, feats)
+    loss.backward()
+    assert float(loss.detach()) > 0 and pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    # in a training run the term is logged
+    model = tiny_world_model(metric={"dim": 4, "hidden": 16, "kind": "critic"})
+    train_cfg = cfg(steps=4, log_every=1, metric=MetricTrainConfig(steps=10, batch_size=32, value_weight=1.0))
+    res = twm.train_world_model(model, Episodes(range(4)), None, train_cfg, tmp_path, progress=False)
+    assert np.isfinite(res.final_loss)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "value" in header
+    with pytest.raises(ValueError, match=r"train\.metric\.value_weight=-1"):
+        MetricTrainConfig(value_weight=-1.0)
+
+
 def test_rl_bridge_refuses_a_critic_space_by_name():
     from jepa_agent.rl.space import planning_projection
 

@@ -50,6 +50,11 @@ class MetricTrainConfig:
         predictor_weight: the predictor then trains with ``predictor_weight *`` the squared error of its
             predictions in the (frozen) head's space added to its own loss: the label-free counterpart of
             the readout term, so imagination is accurate where the cost looks.
+        value_weight: a goal critic only (``world_model.metric.kind=critic``): the predictor also trains with
+            ``value_weight *`` the squared error of the steps the (frozen) critic reads from its predicted
+            latents against those it reads from the true frames, over their variance. The goals are each
+            window's last true frame and another window's: what the planner ranks its candidates by, where
+            ``predictor_weight`` compares only the critic's first (linear) layer. 0: off.
         joint: keep training the head with the predictor, as the labelled readout is: on encoded AND
             predicted latents, towards a frozen copy of itself (as this stage left it) on the true frames.
             The head then reads imagined futures where the true ones would be (like the readout), instead
@@ -75,6 +80,7 @@ class MetricTrainConfig:
     ema: float = 0.005
     random_goals: float = 0.3
     predictor_weight: float = 10.0
+    value_weight: float = 0.0
     joint: bool = False
     env_steps: bool = True
     datasets: list[int] | None = None
@@ -97,8 +103,9 @@ class MetricTrainConfig:
             raise ValueError(f"train.metric.step_cost={self.step_cost!r}; expected one of {list(STEP_COSTS)}")
         if not self.lr > 0:
             raise ValueError(f"train.metric.lr={self.lr}; expected > 0")
-        if not self.predictor_weight >= 0:
-            raise ValueError(f"train.metric.predictor_weight={self.predictor_weight}; expected >= 0")
+        for key in ("predictor_weight", "value_weight"):
+            if not float(getattr(self, key)) >= 0:
+                raise ValueError(f"train.metric.{key}={getattr(self, key)}; expected >= 0")
         if self.datasets is not None:
             picked = list(self.datasets)
             if (

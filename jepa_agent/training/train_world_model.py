@@ -311,6 +311,9 @@ class WorldModelLoss(nn.Module):
             if isinstance(phi, GoalCritic):  # its frame layer has no scale of its own (a layer norm follows)
                 parts["metric"] = parts["metric"] / target.var().clamp_min(1e-6)
             loss = loss + self.metric_weight * parts["metric"]
+            if isinstance(phi, GoalCritic) and c.metric.value_weight > 0:
+                parts["value"] = critic_value_loss(phi, z[:, C : C + k], z_ro, target[:, C : C + k])
+                loss = loss + c.metric.value_weight * parts["value"]
         if self.displacement is not None:
             if goals is None:
                 raise ValueError("this world model has a displacement head: the loss needs goals and targets")
@@ -325,6 +328,21 @@ class WorldModelLoss(nn.Module):
         if "variance" in parts:
             loss = loss + c.variance_weight * parts["variance"]
         return loss, parts
+
+
+def critic_value_loss(critic: GoalCritic, z_true: Tensor, z_pred: Tensor, true_features: Tensor) -> Tensor:
+    """The steps ``critic`` reads from predicted latents against those from the true ones (``train.metric.
+    value_weight``): ``z_true``, ``z_pred`` ``[B, k, N, D]`` (the true frames and the rollout's predictions of
+    them), ``true_features`` ``[B, k, hidden]`` (the critic's features of the true frames, no gradient). The
+    goals are each window's last true frame and the next window's (in the batch); the squared error is over
+    the variance of the true steps, so the term has no scale of its own. Gradient reaches ``z_pred`` only."""
+    with torch.no_grad():
+        last = z_true[:, -1]  # [B, N, D]
+        goals = torch.stack([last, last.roll(1, dims=0)], 1)  # [B, 2, N, D]: own, another window's
+        goal_h = critic.goal_features(goals)[:, None]  # [B, 1, 2, hidden]
+        true_steps = critic.steps_from_features(true_features[:, :, None], goal_h)  # [B, k, 2]
+    pred_steps = critic.steps_from_features(critic.features(z_pred)[:, :, None], goal_h)
+    return F.mse_loss(pred_steps, true_steps) / true_steps.var().clamp_min(1e-6)
 
 
 @torch.inference_mode()
