@@ -135,6 +135,21 @@ def main() -> None:
             if hasattr(cost_fn, "set_start"):
                 cost_fn.set_start(state)
             costs[name] = cost_fn(planning_rollout(m, cost_fn)(m.context([state], []), macro), macro).numpy()
+        # how well imagination ranks the candidates round the expert at each step ahead: each prefix of
+        # h macro-actions scored at its last step, imagined against simulated (does the error build up?)
+        near = level == NOISE[1]
+        final = {**options, "reduction": "final"}
+        per_step = {}
+        for h in range(1, horizon + 1):
+            prefix = {}
+            for name, m in (("model", model), ("sim", sim_img)):
+                state = m.encode(obs, **encoding)
+                cost_fn = m.cost(m.encode_goal(goal, **encoding), **final)
+                if hasattr(cost_fn, "set_start"):
+                    cost_fn.set_start(state)
+                a = macro[near, :h]
+                prefix[name] = cost_fn(planning_rollout(m, cost_fn)(m.context([state], []), a), a).numpy()
+            per_step[f"rho_model_sim_s{NOISE[1]}_h{h}"] = spearman(prefix["model"], prefix["sim"])
         row = {
             "seed": seed,
             "expert": float(true[0]),
@@ -147,11 +162,18 @@ def main() -> None:
             "pick_sim": float(true[np.argmin(costs["sim"])]),
             "expert_rank_model": int((costs["model"] < costs["model"][0]).sum()),
             "expert_rank_sim": int((costs["sim"] < costs["sim"][0]).sum()),
+            **per_step,
         }
-        # the same on CEM's own draws only (what its first iteration sees)
-        cem = level < 0
-        row["rho_model_true_cem"] = spearman(costs["model"][cem], true[cem])
-        row["rho_sim_true_cem"] = spearman(costs["sim"][cem], true[cem])
+        # the same within each kind of candidate: CEM's own draws (what its first iteration sees), and each
+        # noise level round the expert (the fine ranking near the goal, where the last centimetres are won)
+        for name, pick in [("cem", level < 0)] + [(f"s{n}", level == n) for n in NOISE[1:]]:
+            row[f"rho_model_true_{name}"] = spearman(costs["model"][pick], true[pick])
+            row[f"rho_sim_true_{name}"] = spearman(costs["sim"][pick], true[pick])
+        # which part of the outcome each cost follows round the expert: the pusher's or the block's error
+        block = err["block_distance"] + err["yaw_error"] * u.success_threshold / u.yaw_threshold
+        for part, value in (("pusher", err["pusher_distance"]), ("block", block)):
+            row[f"rho_model_{part}_s{NOISE[1]}"] = spearman(costs["model"][near], value[near])
+            row[f"rho_sim_{part}_s{NOISE[1]}"] = spearman(costs["sim"][near], value[near])
         rows.append(row)
         print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k not in ("seed", "expert_success")]

@@ -3,6 +3,8 @@
     python scripts/train_world_model.py data.path=/tmp/eps_reach encoder_checkpoint=runs/pt/checkpoint
     python scripts/train_world_model.py ... world_model=grid2 train.steps=5000 out=runs/wm resume=true
     python scripts/train_world_model.py 'data.path=[data/scripted,data/planner]' ...   # several datasets
+    python scripts/train_world_model.py data.path=D init=runs/wm world_model.predictor.dim=256  # a new
+        # predictor for a trained model: its (tuned) encoder, statistics and heads are kept, not retrained
     torchrun --nproc_per_node=2 scripts/train_world_model.py ...    # DDP (gloo / nccl)
 
 Ends with one JSON line: {"checkpoint", "steps", "final_loss", "val_one_step_l1",
@@ -25,14 +27,21 @@ from jepa_agent.models.vit import encoder_config, load_encoder
 from jepa_agent.training.distributed import dist_info, shutdown_distributed
 from jepa_agent.training.train_world_model import WorldModelTrainConfig, train_world_model
 from jepa_agent.utils import RESUME_HINT, cli_errors, emit_json_line, seed_everything, set_threads
-from jepa_agent.world_model import build_world_model, resolve_checkpoint
+from jepa_agent.world_model import WorldModel, build_world_model, resolve_checkpoint
 
 
 def run(cfg: DictConfig) -> dict:
     """Load the encoder and episodes named by ``cfg``, train, return the JSON summary."""
-    for key in ("encoder_checkpoint", "data.path"):
-        if OmegaConf.is_missing(cfg, key):
-            raise ValueError(f"{key} is required: pass {key}=PATH")
+    init = cfg.get("init")
+    if OmegaConf.is_missing(cfg, "data.path"):
+        raise ValueError("data.path is required: pass data.path=PATH")
+    if init is None and OmegaConf.is_missing(cfg, "encoder_checkpoint"):
+        raise ValueError("encoder_checkpoint is required: pass encoder_checkpoint=PATH (or init=WORLD_MODEL)")
+    if init is not None and not OmegaConf.is_missing(cfg, "encoder_checkpoint"):
+        raise ValueError(
+            f"init={init} brings its own encoder; encoder_checkpoint={cfg.encoder_checkpoint} would replace "
+            "it: pass one of the two"
+        )
     if cfg.data.kind != "episodes" or int(cfg.data.frame_stride) != 1:
         raise ValueError(
             f"world-model training needs data=episodes with data.frame_stride=1; got {cfg.data.kind}, "
@@ -44,8 +53,13 @@ def run(cfg: DictConfig) -> dict:
         check_has_actions(str(path))
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    enc_path = resolve_checkpoint(cfg.encoder_checkpoint)
-    encoder = load_encoder(enc_path, which=cfg.encoder_which)
+    base = None
+    if init is not None:
+        base, enc_path = load_init(str(init), cfg)
+        encoder = base.encoder
+    else:
+        enc_path = resolve_checkpoint(cfg.encoder_checkpoint)
+        encoder = load_encoder(enc_path, which=cfg.encoder_which)
     if encoder.img_size != cfg.env.image_size:
         raise ValueError(
             f"encoder {enc_path} takes {encoder.img_size}px images but env.image_size="
@@ -55,6 +69,11 @@ def run(cfg: DictConfig) -> dict:
         **{**OmegaConf.to_container(cfg.train, resolve=True), "seed": cfg.seed, "device": cfg.device}
     )
     train_cfg.betas = tuple(train_cfg.betas)
+    if base is not None and train_cfg.encoder.steps > 0:
+        raise ValueError(
+            f"init={init}: its encoder is kept as it was trained; train.encoder.steps="
+            f"{train_cfg.encoder.steps} would tune it again: set train.encoder.steps=0"
+        )
     common = dict(
         val_fraction=cfg.data.val_fraction, expect_env_id=cfg.env.id, expect_image_size=cfg.env.image_size
     )
@@ -75,8 +94,12 @@ def run(cfg: DictConfig) -> dict:
         image_size=encoder.img_size,
         encoder_checkpoint=str(enc_path),
     )
+    if base is not None:
+        run_config["init"] = str(enc_path)
     model = build_world_model(run_config)
     model.encoder.load_state_dict(encoder.state_dict())
+    if base is not None:
+        keep_trained_parts(base, model, str(init))
     out = cfg.out if cfg.out is not None else HydraConfig.get().runtime.output_dir
     result = train_world_model(
         model,
@@ -89,6 +112,7 @@ def run(cfg: DictConfig) -> dict:
         resume=cfg.resume,
         tensorboard=cfg.logger == "tensorboard",
         progress=cfg.progress,
+        keep_stats=base is not None,
     )
     skipped = len(train_ds.skipped) + (len(val_ds.skipped) if val_ds is not None else 0)
     return {
@@ -98,6 +122,38 @@ def run(cfg: DictConfig) -> dict:
         "train_episodes": train_ds.num_episodes,
         "val_episodes": val_ds.num_episodes if val_ds else 0,
     }
+
+
+def load_init(init: str, cfg: DictConfig) -> tuple[WorldModel, Path]:
+    """The trained world model ``init=`` names, checked against the run (env, image size, macro-actions)."""
+    path = resolve_checkpoint(init)
+    base = WorldModel.from_checkpoint(path, device="cpu", env_id=cfg.env.id, image_size=cfg.env.image_size)
+    if base.action_chunk != int(cfg.action_chunk):
+        raise ValueError(
+            f"init={init} steps macro-actions of {base.action_chunk} env steps, this run action_chunk="
+            f"{cfg.action_chunk}; pass action_chunk={base.action_chunk}"
+        )
+    return base, Path(path)
+
+
+def keep_trained_parts(base: WorldModel, model: WorldModel, init: str) -> None:
+    """Give ``model`` the statistics and trained heads of ``base`` (``init=``): the heads' stages are then
+    skipped, as on resume, and only the predictor (and the displacement head, trained with it) learns."""
+    parts = ["normalizer"]
+    for name, steps in (("metric", "metric_steps"), ("anchor", "anchor_steps")):
+        if getattr(model, name) is not None and getattr(base, name) is not None and base.meta.get(steps):
+            parts.append(name)
+            model.meta[steps] = base.meta[steps]
+    for name in parts:
+        try:
+            getattr(model, name).load_state_dict(getattr(base, name).state_dict())
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ValueError(
+                f"init={init}: its {name} does not fit this run's world_model settings ({first}); pass the "
+                f"checkpoint's world_model settings for it"
+            ) from None
+    model.meta["encoder_tune_steps"] = int(base.meta.get("encoder_tune_steps", 0) or 0)
 
 
 def check_has_actions(path: str) -> None:

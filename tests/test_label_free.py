@@ -160,6 +160,53 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     assert res["cost_space"] == "latent" and res["latent_weight"] is None
 
 
+def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python, run_env):
+    """``train_world_model.py init=WM``: a new predictor (another size) for a trained model. Its encoder,
+    statistics and temporal-distance head are the checkpoint's, bit for bit (that stage is not re-run);
+    the settings that would change them are refused, naming them."""
+    import copy
+
+    from jepa_agent.checkpoint import save_checkpoint
+    from jepa_agent.models.vit import encoder_config, vit_micro
+
+    eps = tmp_path / "eps"
+    _collect(tmp_path, python, run_env, eps)
+    enc = vit_micro(img_size=16, patch_size=4, num_frames=2, embed_dim=32, depth=1, num_heads=2)
+    save_checkpoint(tmp_path / "pt" / "checkpoint", {"encoder": enc, "target_encoder": copy.deepcopy(enc)},
+                    {"encoder": {"name": "vit_micro", **encoder_config(enc)}},
+                    meta={"kind": "pretrain"})  # fmt: skip
+    common = [python, str(REPO / "scripts" / "train_world_model.py"), f"data.path={eps}", "env.image_size=16",
+              "train.steps=4", "train.warmup=1", "train.batch_size=8", "train.eval_horizon=3",
+              "train.metric.steps=30", "progress=false", "world_model.predictor.num_heads=2",
+              "device=cpu"]  # fmt: skip
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*common, *args], capture_output=True, text=True, env=run_env, cwd=tmp_path,
+                              timeout=300)  # fmt: skip
+
+    wm, new = tmp_path / "wm", tmp_path / "wm_new"
+    proc = train(f"encoder_checkpoint={tmp_path / 'pt'}", f"out={wm}", "world_model.predictor.dim=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = train(f"init={wm}", f"out={new}", "world_model.predictor.dim=48")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "metric_loss" not in out and np.isfinite(out["final_loss"])  # the head's stage did not run
+    a, b = WorldModel.from_checkpoint(wm, device="cpu"), WorldModel.from_checkpoint(new, device="cpu")
+    assert b.predictor.dim == 48 != a.predictor.dim and b.metric_trained
+    for name in ("encoder", "normalizer", "metric"):
+        kept = getattr(b, name).state_dict()
+        for key, x in getattr(a, name).state_dict().items():
+            torch.testing.assert_close(x, kept[key], rtol=0, atol=0, msg=f"{name}.{key}")
+    for args, match in (
+        ((f"init={wm}", f"encoder_checkpoint={tmp_path / 'pt'}"), "pass one of the two"),
+        ((f"init={wm}", "train.encoder.steps=2"), "train.encoder.steps=2 would tune it again"),
+        ((f"init={wm}", "world_model.metric.hidden=8"), "its metric does not fit"),
+    ):
+        proc = train(*args, f"out={tmp_path / 'refused'}")
+        assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+
+
 def test_world_model_training_refuses_data_without_actions(tmp_path, python, run_env):
     """A plain folder of videos has no actions: world-model training says so (not a deep traceback)."""
     from jepa_agent.data.video_io import write_video

@@ -457,6 +457,7 @@ def train_world_model(
     resume: bool = False,
     tensorboard: bool = False,
     progress: bool = True,
+    keep_stats: bool = False,
 ) -> WorldModelTrainResult:
     """Encode the episodes once, then train on their latents (:func:`train_on_latents`).
 
@@ -470,6 +471,9 @@ def train_world_model(
         resume: continue from ``out_dir/checkpoint`` when it exists (weights, optimizer, sampling RNG).
         tensorboard: also log to TensorBoard.
         progress: tqdm bars (stderr, rank 0).
+        keep_stats: keep ``model.normalizer``'s action and latent statistics instead of fitting them to
+            these episodes: the model's heads were trained on latents standardised with them
+            (``train_world_model.py init=CKPT``, a new predictor for a trained model).
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last checkpoint is left untouched).
@@ -512,7 +516,8 @@ def train_world_model(
     else:
         if resume and rank == 0:
             warnings.warn(f"resume=true but no checkpoint in {ckpt}; starting from step 0", stacklevel=2)
-        fit_normalizer(model, train_source)
+        if not keep_stats:
+            fit_normalizer(model, train_source)
     show = progress and rank == 0
     t0 = time.perf_counter()
     # the episodes the temporal-distance head learns from (train.metric.datasets): checked before any work
@@ -561,7 +566,7 @@ def train_world_model(
     if (
         pooled
     ):  # standardise the cached latents as WorldModel.encode does (stats from train, or the checkpoint)
-        if state is None:
+        if state is None and not keep_stats:
             model.normalizer.set_latent_stats(train.z)
         train.z = model.normalizer.latent(train.z)
         if val is not None:
