@@ -424,6 +424,7 @@ TINY_PLAN = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # ~21 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_mjcf_env_end_to_end_through_the_scripts(tmp_path):
     """The MJCF-string env, from config only: collect (2 workers, P=0) -> pretrain -> world model -> plan."""
     env = ["env=gym", f"env.id={SLIDER}", "env.success_slice=[0,2]", "env.max_episode_steps=8"]
@@ -443,6 +444,7 @@ def test_mjcf_env_end_to_end_through_the_scripts(tmp_path):
     assert (out / "jepa_episode_000.mp4").exists()
 
 
+@pytest.mark.slow  # ~22 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_pusher_v5_end_to_end_through_train_all(tmp_path):
     """Gymnasium's Pusher-v5 from nothing to a plan with train_all.py: the env settings reach every stage."""
     out = tmp_path / "ta"

@@ -160,6 +160,7 @@ def test_default_pipeline_never_reads_states(tmp_path, python, run_env):
     assert res["cost_space"] == "latent" and res["latent_weight"] is None
 
 
+@pytest.mark.slow  # ~25 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python, run_env):
     """``train_world_model.py init=WM``: a new predictor (another size) for a trained model. Its encoder,
     statistics and temporal-distance head are the checkpoint's, bit for bit (that stage is not re-run);

@@ -142,6 +142,7 @@ def test_plan_smoke(pipeline):
     assert lines[0]["seed"] == results["results"]["jepa"]["per_episode"][0]["seed"]
 
 
+@pytest.mark.slow  # ~22 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_plan_records_the_agents_episodes_to_train_on(pipeline, tmp_path):
     """record=DIR keeps the main policy's episodes as a dataset (the states the planner visits), and the
     world model trains on it beside the scripted data: data.path=[A,B]."""
@@ -313,6 +314,7 @@ def test_plan_missing_checkpoint(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "nothing" in proc.stderr
 
 
+@pytest.mark.slow  # ~70 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_train_all_tiny_runs_every_stage_ships_and_resumes(tmp_path):
     """scripts/train_all.py chains the four scripts; a re-run skips what is done; ship= copies the model."""
     out, ship = tmp_path / "ta", tmp_path / "ship" / "reach"

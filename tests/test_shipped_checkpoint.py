@@ -148,6 +148,7 @@ def test_bench_plan_times_the_anchor_term_as_the_agent_plans_with_it(capsys):
     assert res["ratio_to_readout_cost"] > 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~18 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_score_script_ranks_the_cost_spaces(run_env, python, tmp_path):
     """score.py on a coarse grid: the shipped model's planning spaces strand fewer goals than pixels."""
     proc = subprocess.run(

@@ -164,6 +164,7 @@ def momentum_latents(n_eps: int, seed: int) -> LatentEpisodes:
     return LatentEpisodes(torch.cat(zs), torch.cat(acts), None, [i * T for i in range(n_eps)], [T] * n_eps)
 
 
+@pytest.mark.slow  # ~50 s on the 2-core VM; CI runs it (.ci/run: -m slow)
 def test_a_two_frame_context_tells_opposite_velocities_apart(tmp_path):
     """The same current frame reached moving left or moving right: a world model trained with
     ``train.context=2`` predicts each next frame where that motion goes (the one-frame model cannot: its
