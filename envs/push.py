@@ -184,7 +184,7 @@ class PushEnv(TopDownEnv):
         turn = np.abs(wrap_angle(np.diff(q[:, 2])))
         return (shift > MOVE_DISTANCE) | (turn > MOVE_ANGLE)
 
-    def _errors(self, states: np.ndarray, goal_states: np.ndarray) -> dict[str, np.ndarray]:
+    def pose_errors(self, states: np.ndarray, goal_states: np.ndarray) -> dict[str, np.ndarray]:
         """Pusher, block and combined distances (m), yaw error and success of states ``[..., >= 5]`` (qpos
         first) against goal states of that layout: the task's one success rule (``info``, hindsight)."""
         a, b = np.asarray(states, dtype=np.float64), np.asarray(goal_states, dtype=np.float64)
@@ -203,7 +203,7 @@ class PushEnv(TopDownEnv):
         (hindsight relabelling): states ``[..., >= 5]`` with ``(pusher x, y, block x, y, yaw)`` first, as
         :meth:`get_state` and :meth:`goal_state` give them -> (pusher-and-block distance in m ``[...]``,
         success ``[...]``: that distance and the yaw error within their thresholds, as ``info``)."""
-        errors = self._errors(states, goal_states)
+        errors = self.pose_errors(states, goal_states)
         return errors["distance"], errors["is_success"]
 
     def goal_state(self) -> np.ndarray:
@@ -261,7 +261,7 @@ class PushEnv(TopDownEnv):
         return {"pixels": self._render_data(self.data, self.image_size), "proprio": proprio}
 
     def _get_info(self) -> dict[str, Any]:
-        errors = self._errors(self.data.qpos, self._goal)
+        errors = self.pose_errors(self.data.qpos, self._goal)
         return {k: bool(v) if k == "is_success" else float(v) for k, v in errors.items()}
 
     # ------------------------------------------------------------------------------ gymnasium api

@@ -64,7 +64,8 @@ def expert_actions(env: PushEnv, start: np.ndarray, steps: int, seed: int) -> tu
     for _ in range(steps):
         a = np.clip(expert(sim.qpos), -1.0, 1.0)
         actions.append(a)
-        env._apply(sim, a)
+        sim.ctrl[:] = env.controls(sim.qpos, a)  # one env step, as the env takes it
+        mujoco.mj_step(env.model, sim, nstep=env.frame_skip)
     return np.stack(actions), sim.qpos.copy()
 
 
@@ -126,7 +127,7 @@ def main() -> None:
         goal = {"image": u.render_goal(), "state": u.goal_state()}
         macro, level = candidates(acts.reshape(horizon, chunk * acts.shape[-1]), args.candidates, gen)
         poses = truth.rollout(truth.encode(obs), macro).numpy()  # [S, H, 5]
-        err = u._errors(poses[:, -1], goal["state"])
+        err = u.pose_errors(poses[:, -1], goal["state"])
         true = err["distance"] + err["yaw_error"] * u.success_threshold / u.yaw_threshold
         costs = {}
         for name, m in (("model", model), ("sim", sim_img)):

@@ -357,3 +357,37 @@ def test_state_value_diagnostic_trains_a_head_on_true_states_and_plans_with_it(t
     bad = subprocess.run([python, script, "--data", str(tmp_path)], capture_output=True, text=True,
                          env=run_env, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "no episode_*.npz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_candidates_scores_imagined_and_true_futures_of_the_same_candidates(tmp_path, python, run_env):
+    """``scripts/bench_candidates.py`` on a tiny untrained push model: the expert's candidate reaches the
+    goal it defines (the scratch rollout is the env's), every figure is a finite correlation or distance,
+    and a model of another env is refused in one line."""
+    import json
+    import subprocess
+
+    from jepa_agent.world_model import save_world_model
+    from tests.conftest import REPO
+    from tests.test_world_model import tiny_world_model
+
+    model = tiny_world_model(action_chunk=5)  # 16 px frames, 2-d env actions, macro-actions of 5 env steps
+    model.meta["env_id"] = "JepaAgent/Push-v0"
+    save_world_model(tmp_path / "wm", model, {"env_id": "JepaAgent/Push-v0"}, encoder_name="vit_micro")
+    args = [python, str(REPO / "scripts" / "bench_candidates.py"), "--checkpoint", str(tmp_path / "wm"),
+            "--goals", "2", "--candidates", "16", "--threads", "1"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    rows, summary = lines[:-1], lines[-1]
+    assert len(rows) == 2 and summary["goals"] == 2 and summary["candidates"] == 16
+    assert summary["expert_success_rate"] == 1.0 and all(r["expert"] < 1e-6 for r in rows)
+    for r in rows:
+        assert all(-1.0 <= r[k] <= 1.0 for k in r if k.startswith("rho_")), r
+        assert 0 <= r["expert_rank_model"] < 16 and r["best"] <= r["pick_model"]
+    other = tiny_world_model(action_chunk=5)
+    other.meta["env_id"] = "JepaAgent/Reach-v0"
+    save_world_model(tmp_path / "reach", other, {"env_id": "JepaAgent/Reach-v0"}, encoder_name="vit_micro")
+    args[3] = str(tmp_path / "reach")
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
+    assert "Traceback" not in proc.stderr
