@@ -30,7 +30,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -84,6 +86,22 @@ def candidates(expert: np.ndarray, n: int, gen: torch.Generator) -> tuple[torch.
     return torch.cat(out), np.asarray(level)
 
 
+def scorer(m: Any, obs: dict, goal: dict, encoding: dict) -> Callable[[torch.Tensor, dict], np.ndarray]:
+    """``(actions [S, H, A], cost options) -> costs [S]``: what ``m`` (a world model, or its cost on the
+    true futures) charges each candidate from ``obs`` to ``goal``, as the planner scores it; the observation
+    and the goal are encoded once. ``obs`` must be the env's latest (the simulator reads its state then)."""
+    state = m.encode(obs, **encoding)
+    goal_encoded, context = m.encode_goal(goal, **encoding), m.context([state], [])
+
+    def score(actions: torch.Tensor, options: dict) -> np.ndarray:
+        cost_fn = m.cost(goal_encoded, **options)
+        if hasattr(cost_fn, "set_start"):  # a cost that reads the current frame itself
+            cost_fn.set_start(state)
+        return cost_fn(planning_rollout(m, cost_fn)(context, actions), actions).numpy()
+
+    return score
+
+
 @torch.inference_mode()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,27 +147,15 @@ def main() -> None:
         poses = truth.rollout(truth.encode(obs), macro).numpy()  # [S, H, 5]
         err = u.pose_errors(poses[:, -1], goal["state"])
         true = err["distance"] + err["yaw_error"] * u.success_threshold / u.yaw_threshold
-        costs = {}
-        for name, m in (("model", model), ("sim", sim_img)):
-            state = m.encode(obs, **encoding)
-            cost_fn = m.cost(m.encode_goal(goal, **encoding), **options)
-            if hasattr(cost_fn, "set_start"):
-                cost_fn.set_start(state)
-            costs[name] = cost_fn(planning_rollout(m, cost_fn)(m.context([state], []), macro), macro).numpy()
+        score = {name: scorer(m, obs, goal, encoding) for name, m in (("model", model), ("sim", sim_img))}
+        costs = {name: f(macro, options) for name, f in score.items()}
         # how well imagination ranks the candidates round the expert at each step ahead: each prefix of
         # h macro-actions scored at its last step, imagined against simulated (does the error build up?)
         near = level == NOISE[1]
         final = {**options, "reduction": "final"}
         per_step = {}
         for h in range(1, horizon + 1):
-            prefix = {}
-            for name, m in (("model", model), ("sim", sim_img)):
-                state = m.encode(obs, **encoding)
-                cost_fn = m.cost(m.encode_goal(goal, **encoding), **final)
-                if hasattr(cost_fn, "set_start"):
-                    cost_fn.set_start(state)
-                a = macro[near, :h]
-                prefix[name] = cost_fn(planning_rollout(m, cost_fn)(m.context([state], []), a), a).numpy()
+            prefix = {name: f(macro[near, :h], final) for name, f in score.items()}
             per_step[f"rho_model_sim_s{NOISE[1]}_h{h}"] = spearman(prefix["model"], prefix["sim"])
         row = {
             "seed": seed,
