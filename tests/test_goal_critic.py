@@ -123,6 +123,10 @@ def test_value_term_compares_the_critics_steps_and_trains_only_the_predictions(t
     assert "value" in header
     with pytest.raises(ValueError, match=r"train\.metric\.value_weight=-1"):
         MetricTrainConfig(value_weight=-1.0)
+    # a model with no goal critic (a distance head) refuses the term instead of ignoring it
+    distance = tiny_world_model(metric={"dim": 4, "hidden": 16})
+    with pytest.raises(ValueError, match=r"value_weight=1\.0 .* no trained goal critic .*kind distance"):
+        twm.train_world_model(distance, Episodes(range(4)), None, train_cfg, tmp_path / "d", progress=False)
 
 
 def test_rl_bridge_refuses_a_critic_space_by_name():

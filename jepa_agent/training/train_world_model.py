@@ -264,6 +264,15 @@ class WorldModelLoss(nn.Module):
         self.metric_weight = float(metric_weight)
         self.metric_target = [metric_target] if metric_target is not None else []  # a list: not a submodule
         self.displacement = model.displacement if cfg.displacement.weight > 0 else None
+        self.value_weight = float(cfg.metric.value_weight)
+        if self.value_weight > 0 and not (isinstance(model.metric, GoalCritic) and model.metric_trained):
+            raise ValueError(
+                f"train.metric.value_weight={cfg.metric.value_weight} trains the predictor on a goal "
+                f"critic's steps, but this world model has no trained goal critic (metric kind "
+                f"{model.metric_kind}): set world_model.metric.kind=critic (env.metric_kind=critic) or "
+                "train.metric.value_weight=0"
+            )
+        self.critic = [model.metric] if self.value_weight > 0 else []  # a list: not a second submodule
 
     def forward(
         self,
@@ -311,9 +320,12 @@ class WorldModelLoss(nn.Module):
             if isinstance(phi, GoalCritic):  # its frame layer has no scale of its own (a layer norm follows)
                 parts["metric"] = parts["metric"] / target.var().clamp_min(1e-6)
             loss = loss + self.metric_weight * parts["metric"]
-            if isinstance(phi, GoalCritic) and c.metric.value_weight > 0:
-                parts["value"] = critic_value_loss(phi, z[:, C : C + k], z_ro, target[:, C : C + k])
-                loss = loss + c.metric.value_weight * parts["value"]
+        if self.critic:
+            critic = self.critic[0]
+            with torch.no_grad():  # the steps read from the true frames: by the frozen copy when joint
+                true = (self.metric_target[0] if self.metric_target else critic)(z[:, C : C + k])
+            parts["value"] = critic_value_loss(critic, z[:, C : C + k], z_ro, true)
+            loss = loss + self.value_weight * parts["value"]
         if self.displacement is not None:
             if goals is None:
                 raise ValueError("this world model has a displacement head: the loss needs goals and targets")
