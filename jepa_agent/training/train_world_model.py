@@ -308,10 +308,13 @@ class WorldModelLoss(nn.Module):
                 + F.mse_loss(r(z_ro), targets[:, C : C + k])
             )  # fmt: skip
             loss = loss + c.readout_weight * parts["readout"]
+        target = None  # the head's features of the true frames, read once for both terms below
+        if self.metric is not None or self.critic:
+            head = self.metric if self.metric is not None else self.critic[0]
+            with torch.no_grad():  # by the frozen copy when the head trains on (joint)
+                target = (self.metric_target[0] if self.metric_target else head)(z)  # [B, T, F]
         if self.metric is not None:
             phi = self.metric
-            with torch.no_grad():
-                target = (self.metric_target[0] if self.metric_target else phi)(z)  # [B, T, F]
             parts["metric"] = F.mse_loss(phi(z_tf), target[:, 1:]) + F.mse_loss(
                 phi(z_ro), target[:, C : C + k]
             )
@@ -321,10 +324,7 @@ class WorldModelLoss(nn.Module):
                 parts["metric"] = parts["metric"] / target.var().clamp_min(1e-6)
             loss = loss + self.metric_weight * parts["metric"]
         if self.critic:
-            critic = self.critic[0]
-            with torch.no_grad():  # the steps read from the true frames: by the frozen copy when joint
-                true = (self.metric_target[0] if self.metric_target else critic)(z[:, C : C + k])
-            parts["value"] = critic_value_loss(critic, z[:, C : C + k], z_ro, true)
+            parts["value"] = critic_value_loss(self.critic[0], z[:, C : C + k], z_ro, target[:, C : C + k])
             loss = loss + self.value_weight * parts["value"]
         if self.displacement is not None:
             if goals is None:
