@@ -3,7 +3,9 @@
 Episode ``i`` of a run is fully determined by ``seed + i``: the env is reset with that seed and the
 policy draws from its own generator seeded from it, whichever worker runs it. Re-running the same
 command therefore resumes: finished episodes are kept untouched and only the missing ones are
-computed (see :class:`~jepa_agent.data.EpisodeWriter` for the on-disk guarantees).
+computed (see :class:`~jepa_agent.data.EpisodeWriter` for the on-disk guarantees). With ``branches``
+(several continuations of each recorded state), episodes come in groups that share a reset seed
+(:func:`episode_plan`).
 
 Parallelism: ``gymnasium.vector.AsyncVectorEnv`` in ``autoreset_mode=DISABLED``; each finished env
 is reset explicitly with the next episode's seed (``reset_mask``), so no frame of one episode can
@@ -308,10 +310,17 @@ class PushPolicy:
         self.low, self.high, self.rng = np.asarray(low), np.asarray(high), rng
         self.random_prob, self.repeat_prob, self.smoothing = float(random_prob), float(repeat_prob), smoothing
         self.random_episode = bool(rng.uniform() < random_episodes)
+        self.max_noise = float(noise)
         self.noise = float(rng.uniform(0.0, noise))  # this episode's noise std
         self.expert = ScriptedPusher(rng, max_delta, **self.expert_settings)
         self._last = np.zeros(len(self.low))
         self._eps = np.zeros(len(self.low))
+
+    def branch(self, rng: np.random.Generator) -> None:
+        """Continue on the stream ``rng`` (collect's ``branches``) with a new noise level: the expert keeps its
+        sub-goal, and its later draws come from the new stream too (it shares the generator)."""
+        self.rng.bit_generator.state = rng.bit_generator.state
+        self.noise = float(self.rng.uniform(0.0, self.max_noise))
 
     def __call__(self, proprio: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         if state is None:
@@ -355,6 +364,39 @@ def make_policy(name: str, env_info: dict[str, Any], rng: np.random.Generator, *
     env_args = {"low": env_info["action_low"], "high": env_info["action_high"], "rng": rng}
     env_args.update({key: env_info[key] for key in cls.env_keys})
     return cls(**env_args, **kwargs)
+
+
+def branch_policy(policy: Any, rng: np.random.Generator) -> None:
+    """Continue ``policy`` from where it is on the fresh stream ``rng`` (collect's ``branches``): its own
+    ``branch(rng)`` where it has one, else its generator ``policy.rng`` takes ``rng``'s state in place (so
+    every part of it that shares that generator, e.g. push's expert, draws from the new stream)."""
+    if hasattr(policy, "branch"):
+        policy.branch(rng)
+    else:
+        policy.rng.bit_generator.state = rng.bit_generator.state
+
+
+BRANCH_STREAM = 0xB4A7C4  # the key of the branch streams (branch step and policy draws), besides the seed
+
+
+def episode_plan(index: int, seed: int, branches: int, branch_at: tuple[int, int]) -> dict[str, Any]:
+    """Where episode ``index`` of a collection starts and branches.
+
+    Without branches, episode ``i`` is reset with ``seed + i``. With ``branches = K``, episodes come in
+    groups of ``K + 1`` reset with the same seed, ``seed + i // (K + 1)``: the first (the trunk) runs the
+    policy as without branches; each other one replays it up to a step drawn from ``branch_at`` (inclusive,
+    its own stream) and from there continues it on a fresh stream (:func:`branch_policy`), recording from
+    that step on. So the data shows several continuations of one state.
+    """
+    if not branches:
+        return {"seed": seed + index, "branch_step": 0, "branch_of": None, "branch_seed": ()}
+    group, member = divmod(index, branches + 1)
+    reset_seed = seed + group
+    if member == 0:
+        return {"seed": reset_seed, "branch_step": 0, "branch_of": None, "branch_seed": ()}
+    key = (reset_seed, BRANCH_STREAM, member)
+    step = int(np.random.default_rng(key).integers(branch_at[0], branch_at[1] + 1))
+    return {"seed": reset_seed, "branch_step": step, "branch_of": index - member, "branch_seed": (*key, 1)}
 
 
 # --------------------------------------------------------------------------------- worker side
@@ -476,18 +518,30 @@ class _Episode:
     rewards: list[float] = field(default_factory=list)
     success: list[bool] = field(default_factory=list)
     goal_state: np.ndarray | None = None
+    branch_step: int = 0  # > 0: a branch (collect's ``branches``), recorded from this step on
+    branch_of: int | None = None  # the index of the episode it branches off
+    branch_seed: tuple[int, ...] = ()  # its policy's stream from branch_step on
+
+    def first_step(self) -> int:
+        """The first step recorded: a branch keeps its own steps only (at least the last one, should its
+        episode end before it branched)."""
+        return min(self.branch_step, len(self.actions) - 1)
 
 
 def _write_episode(writer: Any, ep: _Episode) -> int:
-    extras = {"next.reward": np.asarray(ep.rewards, np.float32)}
+    t0 = ep.first_step()
+    extras = {"next.reward": np.asarray(ep.rewards[t0:], np.float32)}
     if len(ep.success) == len(ep.rewards):
-        extras["next.success"] = np.asarray(ep.success, bool)
+        extras["next.success"] = np.asarray(ep.success[t0:], bool)
+    if ep.branch_of is not None:
+        extras["branch_of"] = np.asarray(ep.branch_of, np.int64)
+        extras["branch_step"] = np.asarray(t0, np.int64)
     return writer.write(
         ep.index,
-        frames=np.stack(ep.frames),  # [T, H, W, 3]
-        action=np.stack(ep.actions),  # [T-1, A]
-        proprio=np.stack(ep.proprio),  # [T, P]
-        state=np.stack(ep.state),  # [T, S]
+        frames=np.stack(ep.frames[t0:]),  # [T, H, W, 3]
+        action=np.stack(ep.actions[t0:]),  # [T-1, A]
+        proprio=np.stack(ep.proprio[t0:]),  # [T, P]
+        state=np.stack(ep.state[t0:]),  # [T, S]
         goal_state=ep.goal_state,
         seed=ep.seed,
         extras=extras,
@@ -568,6 +622,8 @@ def collect(
     video: dict[str, Any] | None = None,
     mp_context: str = "auto",
     progress: bool = True,
+    branches: int = 0,
+    branch_at: tuple[int, int] | list[int] = (1, 24),
 ) -> dict[str, Any]:
     """Record episodes ``0 .. num_episodes-1`` of ``env`` into ``out_dir``, resuming what is there.
 
@@ -584,6 +640,12 @@ def collect(
         mp_context: worker start method: ``"auto"`` (fork unless this process rendered with EGL,
             then forkserver), ``"fork"``, ``"forkserver"`` or ``"spawn"``.
         progress: show a tqdm bar on stderr.
+        branches: ``K > 0``: episodes come in groups of ``K + 1`` from one start, each after the first a
+            branch of it from a step drawn in ``branch_at`` (:func:`episode_plan`): the same state under
+            several continuations of the policy. Episode ``i`` is then reset with ``seed + i // (K + 1)``;
+            a branch records its own steps only, and ``branch_of`` / ``branch_step`` say where it starts.
+            It needs an env whose episodes replay exactly (a deterministic reset and step, as ours).
+        branch_at: ``[first, last]`` step a branch may start at (inclusive; 0: from the reset).
 
     Returns:
         Metrics: ``out``, ``episodes`` / ``frames`` (finished in the requested range),
@@ -611,6 +673,18 @@ def collect(
         raise ValueError(f"seed={seed!r}: expected an int >= 0")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; available: {sorted(POLICIES)}")
+    if not isinstance(branches, (int, np.integer)) or isinstance(branches, bool) or branches < 0:
+        raise ValueError(f"branches={branches!r}: expected an int >= 0 (continuations per recorded episode)")
+    try:
+        lo, hi = (int(v) for v in branch_at)
+        if list(branch_at) != [lo, hi] or not 0 <= lo <= hi:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"branch_at={branch_at!r}: expected [first, last], ints with 0 <= first <= last (the steps a "
+            "branch may start at)"
+        ) from None
+    branch_at = (lo, hi)
     if env != envs.GYM:  # the adapter's env is named by env_kwargs["id"]
         envs.resolve_env_id(env)  # an unknown name fails here, before any env is made
     env_kwargs, policy_kwargs = dict(env_kwargs or {}), dict(policy_kwargs or {})
@@ -630,9 +704,12 @@ def collect(
         "policy_kwargs": _as_recorded(out_dir, policy, policy_kwargs),
         "seed": int(seed),
     }
+    if branches:  # only then: datasets without branches keep the meta they were recorded with
+        collection.update(branches=int(branches), branch_at=list(branch_at))
+    plans = [episode_plan(i, seed, int(branches), branch_at) for i in range(num_episodes)]
     meta = dataset_meta(info, env_kwargs, video, collection)
     with EpisodeWriter(out_dir, meta) as writer:
-        todo = [i for i in range(num_episodes) if not writer.is_finished(i, seed + i)]
+        todo = [i for i in range(num_episodes) if not writer.is_finished(i, plans[i]["seed"])]
         rewritten = sum(i in writer.invalid for i in todo)
         t_loop, collected_frames, moved = time.perf_counter(), 0, None
         if todo:
@@ -644,7 +721,7 @@ def collect(
                 info=info,
                 policy=policy,
                 policy_kwargs=policy_kwargs,
-                seed=seed,
+                plans=plans,
                 num_envs=min(num_envs, len(todo)),
                 mp_context=mp_context,
                 progress=progress,
@@ -675,6 +752,7 @@ def collect(
         "num_envs": min(num_envs, max(len(todo), 1)),
         "policy": policy,
         "seed": int(seed),
+        "branches": int(branches),
         "image_size": meta["image_size"],
         "dataset_episodes": meta["total_episodes"],
         "dataset_frames": meta["total_frames"],
@@ -690,7 +768,7 @@ def _run(
     info: dict[str, Any],
     policy: str,
     policy_kwargs: dict[str, Any],
-    seed: int,
+    plans: list[dict[str, Any]],
     num_envs: int,
     mp_context: str,
     progress: bool,
@@ -728,9 +806,10 @@ def _run(
                 mask = np.zeros(n, dtype=bool)
                 for k in to_reset:
                     i = queue.popleft()
-                    pol = make_policy(policy, info, policy_rng(seed + i), **policy_kwargs)
-                    slots[k] = _Episode(index=i, seed=seed + i, policy=pol)
-                    seeds[k], mask[k] = seed + i, True
+                    plan = plans[i]
+                    pol = make_policy(policy, info, policy_rng(plan["seed"]), **policy_kwargs)
+                    slots[k] = _Episode(index=i, policy=pol, **plan)
+                    seeds[k], mask[k] = plan["seed"], True
                 obs, infos = vec.reset(seed=seeds, options={"reset_mask": mask})
                 if t_loop is None:
                     t_loop = time.perf_counter()  # workers are up
@@ -746,6 +825,8 @@ def _run(
             actions[:] = 0.0  # idle envs (no episode left for them) step with zeros, ignored
             for k, ep in enumerate(slots):
                 if ep is not None:
+                    if ep.branch_of is not None and len(ep.actions) == ep.branch_step:
+                        branch_policy(ep.policy, np.random.default_rng(ep.branch_seed))
                     actions[k] = ep.policy(ep.proprio[-1], ep.state[-1])
             obs, reward, terminated, truncated, infos = vec.step(actions)
             success = infos.get("is_success")
@@ -761,8 +842,8 @@ def _run(
                     ep.success.append(bool(success[k]))
                 if terminated[k] or truncated[k]:
                     if object_moved is not None:
-                        moved_steps += int(object_moved(np.stack(ep.state)).sum())
-                        steps += len(ep.actions)
+                        moved_steps += int(object_moved(np.stack(ep.state[ep.first_step() :])).sum())
+                        steps += len(ep.actions) - ep.first_step()
                     pending.append(pool.submit(_write_episode, writer, ep))
                     slots[k] = None
                     if len(queue) > len(to_reset):

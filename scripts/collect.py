@@ -46,6 +46,10 @@ def main(cfg: DictConfig) -> None:
             video=OmegaConf.to_container(cfg.video, resolve=True),
             mp_context=cfg.mp_context,
             progress=cfg.progress,
+            branches=cfg.branches,
+            branch_at=OmegaConf.to_container(cfg.branch_at, resolve=True)
+            if OmegaConf.is_list(cfg.branch_at)
+            else cfg.branch_at,
         )
     except (DataError, ValueError) as e:
         sys.exit(f"collect: error: {e}")

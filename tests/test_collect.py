@@ -278,3 +278,60 @@ def test_recorder_writes_what_the_env_did(tmp_path):
     collect(tmp_path / "other", 1, env_kwargs={**ENV_KW, "frame_skip": 5}, num_envs=1, progress=False)
     with pytest.raises(DataError, match="different tasks \\(env_kwargs"):
         open_episodes([tmp_path / "rec", tmp_path / "other"], window=2)
+
+
+def test_branches_continue_one_recorded_state_several_ways(tmp_path):
+    """``branches=K``: groups of K + 1 episodes from one reset; each branch starts from the trunk's state
+    at its branch step (replayed exactly), then takes other actions; resuming keeps the files; bad settings
+    are refused by name."""
+    root = tmp_path / "ds"
+    push = {"image_size": 32, "max_episode_steps": 12}
+    m = collect(root, 6, env="push", env_kwargs=push, policy="push", branches=2, branch_at=(3, 6),
+                num_envs=2, progress=False)  # fmt: skip
+    assert (m["episodes"], m["branches"]) == (6, 2)
+    ds = EpisodeDataset(root, window=2)
+    assert ds.meta["collection"]["branches"] == 2 and ds.meta["collection"]["branch_at"] == [3, 6]
+    eps = [ds.episode(i) for i in range(6)]
+    steps = set()
+    for group in (0, 3):
+        trunk = eps[group]
+        assert trunk["seed"] == group // 3 and "branch_of" not in trunk and len(trunk["frames"]) == 13
+        for b in (1, 2):
+            ep = eps[group + b]
+            t0 = int(ep["branch_step"])
+            steps.add(t0)
+            assert int(ep["branch_of"]) == group and ep["seed"] == trunk["seed"] and 3 <= t0 <= 6
+            assert len(ep["frames"]) == 13 - t0 and len(ep["action"]) == 12 - t0
+            np.testing.assert_array_equal(ep["frames"][0], trunk["frames"][t0])  # the same state, replayed
+            np.testing.assert_array_equal(ep["state"][0], trunk["state"][t0])
+            np.testing.assert_array_equal(ep["goal_state"], trunk["goal_state"])
+            assert not np.allclose(ep["action"], trunk["action"][t0:])  # continued another way
+            # and the files are what the env does from there under the recorded actions
+            again = replay_push(trunk["seed"], np.concatenate([trunk["action"][:t0], ep["action"]]), push)
+            np.testing.assert_allclose(again["state"][t0:], ep["state"], atol=1e-9)
+    assert len(steps) > 1  # branch steps are drawn, not fixed
+    before = snapshot(root)
+    m = collect(root, 6, env="push", env_kwargs=push, policy="push", branches=2, branch_at=(3, 6),
+                num_envs=1, progress=False)  # fmt: skip
+    assert (m["collected_episodes"], m["skipped_existing"]) == (0, 6) and snapshot(root) == before
+    with pytest.raises(DataError, match="collected with"):  # other branch settings: another dataset
+        collect(root, 6, env="push", env_kwargs=push, policy="push", branches=3, num_envs=1, progress=False)
+    for bad, match in (({"branches": -1}, "branches=-1: expected an int >= 0"),
+                       ({"branches": 1.5}, "branches=1.5: expected an int"),
+                       ({"branch_at": (5, 2)}, r"branch_at=\(5, 2\): expected \[first, last\]"),
+                       ({"branch_at": [1]}, r"branch_at=\[1\]: expected"),
+                       ({"branch_at": [-1, 3]}, r"branch_at=\[-1, 3\]: expected")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            collect(tmp_path / "other", 2, env="push", env_kwargs=push, policy="push", progress=False,
+                    **{"branches": 1, **bad})  # fmt: skip
+
+
+def replay_push(seed: int, actions: np.ndarray, env_kwargs: dict) -> dict[str, np.ndarray]:
+    env = envs.make_env("push", **env_kwargs)
+    env.reset(seed=seed)
+    states = [env.unwrapped.get_state()]
+    for a in actions:
+        env.step(a)
+        states.append(env.unwrapped.get_state())
+    env.close()
+    return {"state": np.stack(states)}
