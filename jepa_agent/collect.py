@@ -317,8 +317,8 @@ class PushPolicy:
         self._eps = np.zeros(len(self.low))
 
     def branch(self, rng: np.random.Generator) -> None:
-        """Continue on the stream ``rng`` (collect's ``branches``) with a new noise level: the expert keeps its
-        sub-goal, and its later draws come from the new stream too (it shares the generator)."""
+        """Continue on the stream ``rng`` (collect's ``branches``) with a new noise level: the expert keeps
+        its sub-goal, and its later draws come from the new stream too (it shares the generator)."""
         self.rng.bit_generator.state = rng.bit_generator.state
         self.noise = float(self.rng.uniform(0.0, self.max_noise))
 
