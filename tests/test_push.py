@@ -391,3 +391,43 @@ def test_bench_candidates_scores_imagined_and_true_futures_of_the_same_candidate
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, python, run_env):
+    """``scripts/bench_branches.py`` on a tiny push model and a tiny branched collection: every pair is read,
+    each figure is a finite cosine or ratio per imagined step; data without branches and a horizon longer
+    than the branches are refused in one line."""
+    import json
+    import subprocess
+
+    from jepa_agent.collect import collect
+    from jepa_agent.world_model import save_world_model
+    from tests.conftest import REPO
+    from tests.test_world_model import tiny_world_model
+
+    model = tiny_world_model(action_chunk=5)  # 16 px frames, 2-d env actions, macro-actions of 5 env steps
+    model.meta["env_id"] = "JepaAgent/Push-v0"
+    save_world_model(tmp_path / "wm", model, {"env_id": "JepaAgent/Push-v0"}, encoder_name="vit_micro")
+    push = {"image_size": 16, "max_episode_steps": 14}
+    collect(tmp_path / "br", 6, env="push", env_kwargs=push, policy="push", branches=2, branch_at=(1, 3),
+            num_envs=1, progress=False)  # fmt: skip
+    collect(tmp_path / "plain", 2, env="push", env_kwargs=push, policy="push", num_envs=1, progress=False)
+    script = str(REPO / "scripts" / "bench_branches.py")
+    base = [python, script, "--checkpoint", str(tmp_path / "wm"), "--threads", "1"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, env=run_env, cwd=tmp_path,
+                              timeout=300)  # fmt: skip
+
+    proc = run("--data", str(tmp_path / "br"), "--horizon", "2", "--held-out", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pairs"] == 4 and out["skipped_short"] == 0 and out["horizon"] == 2
+    for h in (1, 2):
+        assert -1.0 <= out[f"median_latent_cos_h{h}"] <= 1.0 and out[f"median_latent_ratio_h{h}"] >= 0.0
+    for extra, message in (
+        (("--data", str(tmp_path / "plain")), "was not collected with branches"),
+        (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),
+    ):
+        proc = run(*extra)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr

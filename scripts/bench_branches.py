@@ -1,0 +1,142 @@
+"""Does a world model imagine what other actions would do from the same state?
+
+    python scripts/bench_branches.py --checkpoint CKPT --data BRANCHED_EPISODES [--horizon 5]
+
+The data come from ``collect.py branches=K``: groups of episodes that share a recorded state and then
+continue it with different actions (a trunk and ``K`` branches). For each held-out branch and its trunk,
+from their shared frame, the model imagines both action sequences; the difference between the two
+imagined futures is compared, at each imagined step, with the difference between the two recorded futures
+(the frames encoded):
+
+- ``cos``: the cosine between the imagined and the true difference (1: the model moves the latent the way
+  the other actions move it; 0: an unrelated direction);
+- ``ratio``: the imagined difference's norm over the true one's (0: the model ignores the change of actions).
+
+Both in the latent space the predictor is trained in (``latent_*``) and in the features of it that the
+cost reads (``head_*``: the metric head's or goal critic's first layer, for models with one). A model that
+plans by comparing imagined futures needs these near 1 at every step of its horizon: a planner ranks
+candidates by exactly these differences. Medians over pairs; one JSON line. Frames and actions only: the
+recorded states are not read.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from jepa_agent.data import DataError, EpisodeDataset  # noqa: E402
+from jepa_agent.world_model import WorldModel  # noqa: E402
+
+
+def fail(msg: str) -> None:
+    sys.exit(f"bench_branches.py: error: {msg}")
+
+
+def branch_pairs(ds: EpisodeDataset, held_out: float) -> list[tuple[int, int]]:
+    """``(trunk, branch)`` episode positions of the last ``held_out`` share of the groups (all: 1)."""
+    K = int((ds.meta.get("collection") or {}).get("branches", 0) or 0)
+    if K < 1:
+        fail(f"{ds.root} was not collected with branches (collect.py branches=K, K >= 1)")
+    n_groups = ds.num_episodes // (K + 1)
+    first = n_groups - max(1, int(round(held_out * n_groups)))
+    pairs = []
+    for g in range(first, n_groups):
+        for b in range(1, K + 1):
+            pairs.append((g * (K + 1), g * (K + 1) + b))
+    return pairs
+
+
+def cosine_and_ratio(imagined: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
+    """Differences ``[F]``: their cosine and norm ratio (imagined over true)."""
+    cos = torch.nn.functional.cosine_similarity(imagined, true, dim=0)
+    return float(cos), float(imagined.norm() / true.norm().clamp_min(1e-12))
+
+
+@torch.inference_mode()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a world model (train_world_model.py)")
+    p.add_argument("--data", required=True, help="episodes collected with branches (collect.py branches=K)")
+    p.add_argument("--horizon", type=int, default=5, help="imagined steps (the model's macro-actions)")
+    p.add_argument("--held-out", type=float, default=0.1,
+                   help="the last share of the groups (0.1: training's val split; 1: all)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if args.horizon < 1 or not 0 < args.held_out <= 1:
+        fail(f"--horizon must be >= 1 and --held-out in (0, 1]; got {args.horizon}, {args.held_out}")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
+        ds = EpisodeDataset(args.data, window=1, expect_image_size=model.image_size)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if ds.meta.get("env_id") != model.meta.get("env_id"):
+        fail(f"{args.data} holds {ds.meta.get('env_id')!r} episodes; {args.checkpoint} is a model of "
+             f"{model.meta.get('env_id')!r}")  # fmt: skip
+    head = model.metric if model.metric_trained else None
+    head_layer = None if head is None else head.input_layer  # what the cost reads of a frame
+    chunk, H = model.action_chunk, args.horizon
+    span = H * chunk  # env steps imagined
+    names = [f"{s}_{m}_h{h}" for s in ("latent", "head") for m in ("cos", "ratio") for h in range(1, H + 1)]
+    rows: dict[str, list[float]] = {k: [] for k in names}
+    short = 0
+    encoded: dict[int, torch.Tensor] = {}
+    for trunk_i, branch_i in branch_pairs(ds, args.held_out):
+        trunk, branch = ds.episode(trunk_i), ds.episode(branch_i)
+        t_b = int(branch["branch_step"])
+        if int(branch["branch_of"]) != trunk["episode_index"]:
+            fail(f"episode {branch['episode_index']} branches off {int(branch['branch_of'])}, not "
+                 f"{trunk['episode_index']}: the episodes are not in collect.py's groups")  # fmt: skip
+        if len(branch["action"]) < span or len(trunk["action"]) < t_b + span:
+            short += 1
+            continue
+        if not np.array_equal(trunk["frames"][t_b], branch["frames"][0]):
+            fail(f"episode {branch['episode_index']} does not start from the frame of its trunk "
+                 f"({trunk['episode_index']}) at step {t_b}: the env did not replay exactly")  # fmt: skip
+        if trunk_i not in encoded:
+            encoded = {trunk_i: model.encode_pixels(trunk["frames"])}  # [T, N, D]; one trunk at a time
+        z_trunk = encoded[trunk_i][t_b : t_b + span + 1 : chunk]  # [H + 1, N, D]
+        z_branch = model.encode_pixels(branch["frames"][: span + 1 : chunk])
+        actions = np.stack([trunk["action"][t_b : t_b + span], branch["action"][:span]])
+        actions = torch.as_tensor(actions, dtype=torch.float32).reshape(2, H, -1)  # macro-actions
+        imagined = model.rollout(model.context([z_branch[0]], []), actions)  # [2, H, N, D]
+        for h in range(H):
+            d_imag = imagined[1, h].flatten() - imagined[0, h].flatten()
+            d_true = z_branch[h + 1].flatten() - z_trunk[h + 1].flatten()
+            c, r = cosine_and_ratio(d_imag, d_true)
+            rows[f"latent_cos_h{h + 1}"].append(c)
+            rows[f"latent_ratio_h{h + 1}"].append(r)
+            if head_layer is not None:
+                w = head_layer.weight  # a difference of linear features: the bias cancels
+                c, r = cosine_and_ratio(w @ d_imag, w @ d_true)
+                rows[f"head_cos_h{h + 1}"].append(c)
+                rows[f"head_ratio_h{h + 1}"].append(r)
+    pairs = len(rows["latent_cos_h1"])
+    if pairs == 0:
+        fail(f"no branch of {args.data} has {span} env steps after its branch step (and its trunk as many); "
+             f"lower --horizon")  # fmt: skip
+    summary = {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "pairs": pairs,
+        "skipped_short": short,
+        "horizon": H,
+        "head": None if head is None else type(head).__name__,
+        **{f"median_{k}": float(np.median(v)) for k, v in rows.items() if v},
+        "seconds": time.perf_counter() - t0,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
