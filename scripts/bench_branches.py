@@ -10,7 +10,11 @@ imagined futures is compared, at each imagined step, with the difference between
 
 - ``cos``: the cosine between the imagined and the true difference (1: the model moves the latent the way
   the other actions move it; 0: an unrelated direction);
-- ``ratio``: the imagined difference's norm over the true one's (0: the model ignores the change of actions).
+- ``ratio``: the imagined difference's norm over the true one's (0: the model ignores the change of actions);
+- ``span`` (latent only): the share of the true difference's squared norm inside the span of the directions
+  imagined latents can move in at all (:meth:`~jepa_agent.models.ac_predictor.ACPredictor.motion_basis`,
+  at most the predictor's width + 1 of them, the same for every state): the most of it any training of
+  that predictor could follow. ``cos`` cannot exceed its square root.
 
 Both in the latent space the predictor is trained in (``latent_*``) and in the features of it that the
 cost reads (``head_*``: the metric head's or goal critic's first layer, for models with one). A model that
@@ -87,7 +91,9 @@ def main() -> None:
     head_layer = None if head is None else head.input_layer  # what the cost reads of a frame
     chunk, H = model.action_chunk, args.horizon
     span = H * chunk  # env steps imagined
+    basis = model.predictor.motion_basis()  # [D', k] over one token; imagined motion stays in its span
     names = [f"{s}_{m}_h{h}" for s in ("latent", "head") for m in ("cos", "ratio") for h in range(1, H + 1)]
+    names += [f"latent_span_h{h}" for h in range(1, H + 1)]
     rows: dict[str, list[float]] = {k: [] for k in names}
     short = 0
     encoded: dict[int, torch.Tensor] = {}
@@ -116,6 +122,9 @@ def main() -> None:
             c, r = cosine_and_ratio(d_imag, d_true)
             rows[f"latent_cos_h{h + 1}"].append(c)
             rows[f"latent_ratio_h{h + 1}"].append(r)
+            tokens = d_true.view(-1, basis.shape[0])  # [N, D]: the basis spans each token's motion
+            inside = (tokens @ basis).square().sum() / d_true.square().sum()
+            rows[f"latent_span_h{h + 1}"].append(float(inside))
             if head_layer is not None:
                 w = head_layer.weight  # a difference of linear features: the bias cancels
                 c, r = cosine_and_ratio(w @ d_imag, w @ d_true)

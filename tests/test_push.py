@@ -425,9 +425,39 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
     assert out["pairs"] == 4 and out["skipped_short"] == 0 and out["horizon"] == 2
     for h in (1, 2):
         assert -1.0 <= out[f"median_latent_cos_h{h}"] <= 1.0 and out[f"median_latent_ratio_h{h}"] >= 0.0
+        assert 0.0 <= out[f"median_latent_span_h{h}"] <= 1.0 + 1e-6
     for extra, message in (
         (("--data", str(tmp_path / "plain")), "was not collected with branches"),
         (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),
     ):
         proc = run(*extra)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher(tmp_path, python, run_env):
+    """``scripts/bench_smoothness.py`` on a tiny push model: a cosine per space and step size, the pixels a
+    step changes; a model of another env is refused in one line."""
+    import json
+    import subprocess
+
+    from jepa_agent.world_model import save_world_model
+    from tests.conftest import REPO
+    from tests.test_world_model import tiny_world_model
+
+    for env_id, name in (("JepaAgent/Push-v0", "push"), ("JepaAgent/Reach-v0", "reach")):
+        model = tiny_world_model(action_chunk=5)
+        model.meta["env_id"] = env_id
+        save_world_model(tmp_path / name, model, {"env_id": env_id}, encoder_name="vit_micro")
+    args = [python, str(REPO / "scripts" / "bench_smoothness.py"), "--checkpoint", str(tmp_path / "push"),
+            "--starts", "2", "--moves-mm", "2", "8", "--threads", "1"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["starts"] == 2
+    for tag in ("2mm", "8mm"):
+        assert all(-1.0 <= out[f"cos_{space}_{tag}"] <= 1.0 for space in ("pixels", "latent")), out
+        assert out[f"pixels_changed_{tag}"] > 0  # the pusher moved in the frame
+    args[3] = str(tmp_path / "reach")
+    proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
+    assert "Traceback" not in proc.stderr
