@@ -84,6 +84,9 @@ class PushEnvConfig(EnvConfig):
 
     goal: str = MISSING  # offset (the expert's pose goal_steps on) | random (an independent random pose)
     goal_steps: int = MISSING  # env steps between the start and an offset goal
+    antialias: int = (
+        0  # multisamples per pixel when rendering (0: none, the default; 4: smooth sub-pixel moves)
+    )
 
 
 @dataclass
@@ -135,6 +138,11 @@ META_KEYS = (
 )  # env config keys that are not env arguments
 
 
+# settings an env gained after datasets and checkpoints were made, and the default that leaves the env as it
+# was: at that default they are left out of the kwargs, so what was recorded before still resumes and mixes
+LATER_DEFAULTS = {"antialias": 0}
+
+
 def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:
     """The keyword arguments for :func:`make_env` in an ``env`` config (a Hydra node, a schema instance or
     a dict): every key but :data:`META_KEYS`, which describe the task to the other parts."""
@@ -145,7 +153,11 @@ def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:
     else:
         values = dict(cfg)
     keep = ("id",) if values.get("name") == GYM else ()  # the adapter's id names the env it makes
-    return {k: v for k, v in values.items() if k not in META_KEYS or k in keep}
+    return {
+        k: v
+        for k, v in values.items()
+        if (k not in META_KEYS or k in keep) and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+    }
 
 
 def make_env_from_config(cfg: Any) -> gym.Env:

@@ -114,8 +114,17 @@ class PushEnv(TopDownEnv):
         camera: str = "top",
         render_mode: str | None = None,
         render_size: int | None = None,
+        antialias: int = 0,
     ) -> None:
         self._check_common(image_size, frame_skip, render_mode, render_size)
+        if (
+            not isinstance(antialias, (int, np.integer))
+            or isinstance(antialias, bool)
+            or not 0 <= antialias <= 16
+        ):
+            raise ValueError(
+                f"antialias={antialias!r}: expected an int in [0, 16] (multisamples per pixel; 0: none)"
+            )
         if not 0 < max_delta <= 0.1:
             raise ValueError(f"max_delta={max_delta!r}: expected a servo-target displacement in (0, 0.1] m")
         if goal not in GOAL_MODES:
@@ -133,6 +142,9 @@ class PushEnv(TopDownEnv):
         self.yaw_threshold = float(yaw_threshold)
 
         self.model = mujoco.MjModel.from_xml_path(str(ASSET))
+        # push.xml renders without anti-aliasing (fast); with it, a pusher moved by a fraction of a pixel
+        # changes the frame smoothly instead of flipping edge pixels (scripts/bench_smoothness.py)
+        self.model.vis.quality.offsamples = int(antialias)
         block = self.model.body("block").id
         dofs = [self.model.joint(j).dofadr[0] for j in ("block_x", "block_y", "block_yaw")]
         mass, izz = self.model.body_mass[block], self.model.body_inertia[block][2]

@@ -136,6 +136,21 @@ def load_config(path: str | os.PathLike) -> DictConfig:
         raise _unreadable(p, e) from e
 
 
+# env settings that change how frames look (beyond the image size, which the model's meta records), with the
+# value a checkpoint trained before the setting existed was rendered with
+RENDER_SETTINGS = {"antialias": 0}
+
+
+def render_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """How the frames a checkpoint was trained on were rendered: :data:`RENDER_SETTINGS` as its config's
+    ``env`` sets them (the defaults when it has no config or no such setting, e.g. an older checkpoint)."""
+    try:
+        env = load_config(path).get("env") or {}
+    except CheckpointError:
+        env = {}
+    return {k: env.get(k, default) for k, default in RENDER_SETTINGS.items()}
+
+
 def load_weights(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
     """The state dict of module ``name`` from the checkpoint (safetensors, no pickle)."""
     p = _resolve(path) / "model.safetensors"

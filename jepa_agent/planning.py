@@ -22,6 +22,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from jepa_agent.agent import MPCAgent, PlanningModel, encode_options, planning_rollout  # noqa: E402
+from jepa_agent.checkpoint import render_settings  # noqa: E402
 from jepa_agent.ensemble import WorldModelEnsemble  # noqa: E402
 from jepa_agent.world_model import WorldModel  # noqa: E402
 from planners.base import PlanResult  # noqa: E402
@@ -35,11 +36,14 @@ def load_planning_model(
     cost_space: str,
     device: Any,
     disagreement: float = 1.0,
+    render: dict[str, Any] | None = None,
 ) -> WorldModel | WorldModelEnsemble:
     """The world model of ``checkpoint``, checked against the env (a mismatch names both values) and
     against the cost space it will be asked for (``cost.space``; a model without that head is refused).
     A list of checkpoints is a :class:`~jepa_agent.ensemble.WorldModelEnsemble` (``disagreement``: the
-    weight of its members' cost spread)."""
+    weight of its members' cost spread). ``render``: the env's rendering settings
+    (:data:`~jepa_agent.checkpoint.RENDER_SETTINGS`, e.g. ``{"antialias": 4}``): a model trained on frames
+    rendered otherwise is refused, naming the setting and both values."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         paths = [str(c) for c in checkpoint]
         if len(set(paths)) != len(paths):
@@ -50,11 +54,20 @@ def load_planning_model(
             checkpoint = paths[0]
         else:
             members = [
-                load_planning_model(p, env_id, image_size, action_dim, cost_space, device) for p in paths
+                load_planning_model(p, env_id, image_size, action_dim, cost_space, device, render=render)
+                for p in paths
             ]
             model = WorldModelEnsemble(members, disagreement=disagreement)
             model.resolve_cost_space(cost_space)
             return model
+    if render is not None:
+        trained = render_settings(checkpoint)
+        for key, value in render.items():
+            if key in trained and value != trained[key]:
+                raise ValueError(
+                    f"checkpoint {str(checkpoint)!r} was trained on frames rendered with env.{key}="
+                    f"{trained[key]}; this env renders with env.{key}={value}: pass env.{key}={trained[key]}"
+                )
     model = WorldModel.from_checkpoint(
         checkpoint, device=device, env_id=env_id, image_size=image_size, action_dim=action_dim
     )

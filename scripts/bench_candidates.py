@@ -41,6 +41,7 @@ import envs  # noqa: E402
 from envs.push import PushEnv  # noqa: E402
 from envs.push_expert import ScriptedPusher  # noqa: E402
 from jepa_agent.agent import encode_options, planning_rollout  # noqa: E402
+from jepa_agent.checkpoint import render_settings  # noqa: E402
 from jepa_agent.costs import CostConfig  # noqa: E402
 from jepa_agent.evaluation import EVAL_SEED_OFFSET  # noqa: E402
 from jepa_agent.oracle import PushSimulator, SimulatorImagination  # noqa: E402
@@ -122,7 +123,7 @@ def main() -> None:
     if model.meta.get("env_id") != "JepaAgent/Push-v0":
         raise SystemExit(f"bench_candidates.py: error: {args.checkpoint} is a model of "
                          f"{model.meta.get('env_id')!r}; expected a JepaAgent/Push-v0 model")  # fmt: skip
-    env = envs.make_env("push", image_size=model.image_size)
+    env = envs.make_env("push", image_size=model.image_size, **render_settings(args.checkpoint))
     u: PushEnv = env.unwrapped
     chunk = model.action_chunk
     steps = u.goal_steps

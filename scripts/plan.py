@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
+from jepa_agent.checkpoint import RENDER_SETTINGS
 from jepa_agent.collect import EpisodeRecorder
 from jepa_agent.config import hydra_main
 from jepa_agent.evaluation import EVAL_SEED_OFFSET, EpisodeResult, RandomPolicy, ZeroPolicy, evaluate
@@ -109,6 +110,7 @@ def main(cfg: DictConfig) -> None:
             cfg.cost.space,
             device,
             disagreement=float(cfg.disagreement),
+            render={k: cfg.env.get(k, default) for k, default in RENDER_SETTINGS.items()},
         )
         imagination = model if cfg.dynamics == "model" else SimulatorImagination(model, env)
         policies["jepa"] = build_agent(imagination, cfg.planner, cfg.agent, cfg.cost, env.action_space)

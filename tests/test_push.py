@@ -387,6 +387,9 @@ def test_bench_candidates_scores_imagined_and_true_futures_of_the_same_candidate
     other = tiny_world_model(action_chunk=5)
     other.meta["env_id"] = "JepaAgent/Reach-v0"
     save_world_model(tmp_path / "reach", other, {"env_id": "JepaAgent/Reach-v0"}, encoder_name="vit_micro")
+    proc = subprocess.run([*args, "--offsamples", "4"], capture_output=True, text=True, env=run_env,
+                          cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["offsamples"] == 4
     args[3] = str(tmp_path / "reach")
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
@@ -453,7 +456,7 @@ def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["starts"] == 2
+    assert out["starts"] == 2 and out["offsamples"] == 0  # the env's own renders: no anti-aliasing
     for tag in ("2mm", "8mm"):
         assert all(-1.0 <= out[f"cos_{space}_{tag}"] <= 1.0 for space in ("pixels", "latent")), out
         assert out[f"pixels_changed_{tag}"] > 0  # the pusher moved in the frame
@@ -461,3 +464,35 @@ def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_antialias_renders_smoother_frames_and_a_model_of_other_renders_is_refused(tmp_path):
+    """``env.antialias``: the env renders with that many multisamples (0, the default, as before), datasets
+    recorded at the default keep their settings (the key is left out), bad values are refused, and planning
+    a model trained on frames rendered otherwise is refused, naming the setting and both values."""
+    from jepa_agent.checkpoint import render_settings
+    from jepa_agent.planning import load_planning_model
+    from jepa_agent.world_model import save_world_model
+    from tests.test_world_model import tiny_world_model
+
+    plain, smooth = envs.make_env("push", image_size=32), envs.make_env("push", image_size=32, antialias=4)
+    a, _ = plain.reset(seed=3)
+    b, _ = smooth.reset(seed=3)
+    assert [e.unwrapped.model.vis.quality.offsamples for e in (plain, smooth)] == [0, 4]
+    colours = [len(np.unique(o["pixels"].reshape(-1, 3), axis=0)) for o in (a, b)]
+    assert colours[1] > colours[0]  # blended edge colours, which the plain render never shows
+    np.testing.assert_array_equal(plain.unwrapped.get_state(), smooth.unwrapped.get_state())  # same physics
+    assert "antialias" not in envs.env_kwargs_from_config({"name": "push", "antialias": 0, "image_size": 64})
+    assert envs.env_kwargs_from_config({"name": "push", "antialias": 4})["antialias"] == 4
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"antialias={bad!r}: expected an int in \[0, 16\]"):
+            envs.make_env("push", antialias=bad)
+    model = tiny_world_model(action_chunk=5)
+    model.meta["env_id"] = "JepaAgent/Push-v0"
+    save_world_model(tmp_path / "wm", model, {"env_id": "JepaAgent/Push-v0", "env": {"antialias": 4}},
+                     encoder_name="vit_micro")  # fmt: skip
+    assert render_settings(tmp_path / "wm") == {"antialias": 4}
+    args = (str(tmp_path / "wm"), "JepaAgent/Push-v0", model.image_size, 2, "auto", "cpu")
+    with pytest.raises(ValueError, match="with env.antialias=4; this env renders with env.antialias=0"):
+        load_planning_model(*args, render={"antialias": 0})
+    assert load_planning_model(*args, render={"antialias": 4}).image_size == model.image_size
