@@ -335,3 +335,19 @@ def replay_push(seed: int, actions: np.ndarray, env_kwargs: dict) -> dict[str, n
         states.append(env.unwrapped.get_state())
     env.close()
     return {"state": np.stack(states)}
+
+
+def test_bench_collect_times_antialiased_rendering_against_plain_in_the_same_run(capsys):
+    """``bench_collect.py --antialias N``: a third setting (2 envs rendering with N samples) and its ratio
+    to 2 envs without, from the same rounds."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_collect
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    bench_collect.main(["--env", "push", "--policy", "push", "--episodes", "2", "--rounds", "1",
+                        "--image-size", "16", "--antialias", "4"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) >= {"num_envs_2", "num_envs_1", "num_envs_2_antialias_4"}
+    ratio = out["num_envs_2_antialias_4"]["median"] / out["num_envs_2"]["median"]
+    assert out["antialias_ratio"] == pytest.approx(ratio) and out["antialias_ratio"] > 0
