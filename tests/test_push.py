@@ -387,9 +387,6 @@ def test_bench_candidates_scores_imagined_and_true_futures_of_the_same_candidate
     other = tiny_world_model(action_chunk=5)
     other.meta["env_id"] = "JepaAgent/Reach-v0"
     save_world_model(tmp_path / "reach", other, {"env_id": "JepaAgent/Reach-v0"}, encoder_name="vit_micro")
-    proc = subprocess.run([*args, "--offsamples", "4"], capture_output=True, text=True, env=run_env,
-                          cwd=tmp_path, timeout=300)  # fmt: skip
-    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["offsamples"] == 4
     args[3] = str(tmp_path / "reach")
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
@@ -460,6 +457,9 @@ def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher
     for tag in ("2mm", "8mm"):
         assert all(-1.0 <= out[f"cos_{space}_{tag}"] <= 1.0 for space in ("pixels", "latent")), out
         assert out[f"pixels_changed_{tag}"] > 0  # the pusher moved in the frame
+    proc = subprocess.run([*args, "--offsamples", "4"], capture_output=True, text=True, env=run_env,
+                          cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["offsamples"] == 4
     args[3] = str(tmp_path / "reach")
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
