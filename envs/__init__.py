@@ -84,9 +84,8 @@ class PushEnvConfig(EnvConfig):
 
     goal: str = MISSING  # offset (the expert's pose goal_steps on) | random (an independent random pose)
     goal_steps: int = MISSING  # env steps between the start and an offset goal
-    antialias: int = (
-        0  # multisamples per pixel when rendering (0: none, the default; 4: smooth sub-pixel moves)
-    )
+    # multisamples per pixel when rendering (0: none, the default; 4: sub-pixel moves change the frame smoothly)
+    antialias: int = 0
 
 
 @dataclass
