@@ -84,8 +84,7 @@ class PushEnvConfig(EnvConfig):
 
     goal: str = MISSING  # offset (the expert's pose goal_steps on) | random (an independent random pose)
     goal_steps: int = MISSING  # env steps between the start and an offset goal
-    # multisamples per pixel when rendering (0: none, the default; 4: sub-pixel moves change the frame smoothly)
-    antialias: int = 0
+    antialias: int = 0  # multisamples per pixel when rendering (0: none, the default; 4: smooth moves)
 
 
 @dataclass
