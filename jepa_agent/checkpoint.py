@@ -142,8 +142,12 @@ RENDER_SETTINGS = {"antialias": 0}
 
 
 def render_settings(path: str | os.PathLike) -> dict[str, Any]:
-    """How the frames a checkpoint was trained on were rendered: :data:`RENDER_SETTINGS` as its config's
-    ``env`` sets them (the defaults when it has no config or no such setting, e.g. an older checkpoint)."""
+    """How the frames a checkpoint (or a training run directory holding one in ``checkpoint/``) was trained
+    on were rendered: :data:`RENDER_SETTINGS` as its config's ``env`` sets them (the defaults when it has no
+    config or no such setting, e.g. an older checkpoint)."""
+    path = Path(path)
+    if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
+        path = path / "checkpoint"
     try:
         env = load_config(path).get("env") or {}
     except CheckpointError:

@@ -491,7 +491,9 @@ def test_antialias_renders_smoother_frames_and_a_model_of_other_renders_is_refus
     model.meta["env_id"] = "JepaAgent/Push-v0"
     save_world_model(tmp_path / "wm", model, {"env_id": "JepaAgent/Push-v0", "env": {"antialias": 4}},
                      encoder_name="vit_micro")  # fmt: skip
-    assert render_settings(tmp_path / "wm") == {"antialias": 4}
+    run = tmp_path / "run"  # a training run's directory, its checkpoint inside
+    save_world_model(run / "checkpoint", model, {"env": {"antialias": 4}}, encoder_name="vit_micro")
+    assert render_settings(tmp_path / "wm") == render_settings(run) == {"antialias": 4}
     args = (str(tmp_path / "wm"), "JepaAgent/Push-v0", model.image_size, 2, "auto", "cpu")
     with pytest.raises(ValueError, match="with env.antialias=4; this env renders with env.antialias=0"):
         load_planning_model(*args, render={"antialias": 0})
