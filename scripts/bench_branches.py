@@ -14,7 +14,9 @@ imagined futures is compared, at each imagined step, with the difference between
 - ``span`` (latent only): the share of the true difference's squared norm inside the span of the directions
   imagined latents can move in at all (:meth:`~jepa_agent.models.ac_predictor.ACPredictor.motion_basis`,
   at most the predictor's width + 1 of them, the same for every state): the most of it any training of
-  that predictor could follow. ``cos`` cannot exceed its square root.
+  that predictor could follow. ``cos`` cannot exceed its square root;
+- ``error`` (latent only): the branch's own imagined future against its recorded one, the squared error over
+  that of copying the shared frame (below 1: better than predicting no change).
 
 Both in the latent space the predictor is trained in (``latent_*``) and in the features of it that the
 cost reads (``head_*``: the metric head's or goal critic's first layer, for models with one). A model that
@@ -93,9 +95,9 @@ def main() -> None:
     span = H * chunk  # env steps imagined
     basis = model.predictor.motion_basis()  # [D', k] over one token; imagined motion stays in its span
     names = [f"{s}_{m}_h{h}" for s in ("latent", "head") for m in ("cos", "ratio") for h in range(1, H + 1)]
-    names += [f"latent_span_h{h}" for h in range(1, H + 1)]
+    names += [f"latent_{m}_h{h}" for m in ("span", "error") for h in range(1, H + 1)]
     rows: dict[str, list[float]] = {k: [] for k in names}
-    short = 0
+    short, same = 0, 0
     encoded: dict[int, torch.Tensor] = {}
     for trunk_i, branch_i in branch_pairs(ds, args.held_out):
         trunk, branch = ds.episode(trunk_i), ds.episode(branch_i)
@@ -117,8 +119,15 @@ def main() -> None:
         actions = torch.as_tensor(actions, dtype=torch.float32).reshape(2, H, -1)  # macro-actions
         imagined = model.rollout(model.context([z_branch[0]], []), actions)  # [2, H, N, D]
         for h in range(H):
+            copy_error = (z_branch[h + 1] - z_branch[0]).square().sum().clamp_min(1e-12)
+            rows[f"latent_error_h{h + 1}"].append(
+                float((imagined[1, h] - z_branch[h + 1]).square().sum() / copy_error)
+            )
             d_imag = imagined[1, h].flatten() - imagined[0, h].flatten()
             d_true = z_branch[h + 1].flatten() - z_trunk[h + 1].flatten()
+            if not bool(d_true.any()):  # the two futures look the same (e.g. both pushed into a wall)
+                same += 1
+                continue
             c, r = cosine_and_ratio(d_imag, d_true)
             rows[f"latent_cos_h{h + 1}"].append(c)
             rows[f"latent_ratio_h{h + 1}"].append(r)
@@ -139,6 +148,7 @@ def main() -> None:
         "data": args.data,
         "pairs": pairs,
         "skipped_short": short,
+        "skipped_same_frames": same,  # (pair, step)s whose two recorded frames are identical: no direction
         "horizon": H,
         "head": None if head is None else type(head).__name__,
         **{f"median_{k}": float(np.median(v)) for k, v in rows.items() if v},

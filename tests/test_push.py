@@ -425,7 +425,7 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
     assert out["pairs"] == 4 and out["skipped_short"] == 0 and out["horizon"] == 2
     for h in (1, 2):
         assert -1.0 <= out[f"median_latent_cos_h{h}"] <= 1.0 and out[f"median_latent_ratio_h{h}"] >= 0.0
-        assert 0.0 <= out[f"median_latent_span_h{h}"] <= 1.0 + 1e-6
+        assert 0.0 <= out[f"median_latent_span_h{h}"] <= 1.0 + 1e-6 and out[f"median_latent_error_h{h}"] >= 0
     for extra, message in (
         (("--data", str(tmp_path / "plain")), "was not collected with branches"),
         (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),

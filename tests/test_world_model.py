@@ -273,6 +273,7 @@ def test_train_world_model_from_pixels(tmp_path, wm):
     assert all(np.isfinite(res.losses))
     for key in ("val_one_step_l1", "val_one_step_copy_last_l1", "val_h_step_l1", "val_h_step_copy_last_l1"):
         assert np.isfinite(res.val[key])
+    assert np.isfinite(res.val["val_first_step_mse_ratio_to_copy_last"])  # from the context alone
     loaded = WorldModel.from_checkpoint(tmp_path, device="cpu", env_id="Synthetic-v0", action_dim=A)
     assert loaded.latent_shape == model.latent_shape
     torch.testing.assert_close(loaded.predictor.delta_scale, model.predictor.delta_scale)

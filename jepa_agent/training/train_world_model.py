@@ -368,8 +368,9 @@ def evaluate_world_model(
 ) -> dict[str, float]:
     """Held-out latent prediction error vs the copy-last-frame baseline.
 
-    Returns (L1, mean over tokens and dims): ``one_step`` (teacher-forced) and ``h_step`` (mean over
-    ``horizon`` imagined steps from ``context`` observed frames) and ``final_step``, each with ``_copy_last``
+    Returns (L1, mean over tokens and dims): ``one_step`` (teacher-forced, each step with the window's
+    frames before it), ``first_step`` (the first imagined step, from ``context`` observed frames alone, as a
+    planner's), ``h_step`` (mean over ``horizon`` imagined steps) and ``final_step``, each with ``_copy_last``
     (the baseline that predicts the last observed latent), their ratio, and the same ratio for the squared
     error (``_mse_ratio_to_copy_last``). Empty when no episode is long enough.
     """
@@ -396,6 +397,7 @@ def evaluate_world_model(
     last = z[:, C - 1]
     pairs = {  # name: (prediction, copy-last prediction, target)
         "one_step": (one, z[:, C - 1 : -1], target),
+        "first_step": (imag[:, 0], last, target[:, 0]),  # from the context alone, as a planner's first step
         "h_step": (imag, last[:, None], target),
         "final_step": (imag[:, -1], last, target[:, -1]),
     }
