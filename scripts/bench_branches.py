@@ -16,7 +16,10 @@ imagined futures is compared, at each imagined step, with the difference between
   at most the predictor's width + 1 of them, the same for every state): the most of it any training of
   that predictor could follow. ``cos`` cannot exceed its square root;
 - ``error`` (latent only): the branch's own imagined future against its recorded one, the squared error over
-  that of copying the shared frame (below 1: better than predicting no change).
+  that of copying the shared frame (below 1: better than predicting no change);
+- ``displacement_*`` (models with a trained displacement head): the same cosine and ratio for what that head
+  reads from each future back to the shared frame (summed actions). It is trained on predicted latents too,
+  so it may read the actions' effect from imagined latents that are far from the true ones.
 
 Both in the latent space the predictor is trained in (``latent_*``) and in the features of it that the
 cost reads (``head_*``: the metric head's or goal critic's first layer, for models with one). A model that
@@ -96,6 +99,8 @@ def main() -> None:
     basis = model.predictor.motion_basis()  # [D', k] over one token; imagined motion stays in its span
     names = [f"{s}_{m}_h{h}" for s in ("latent", "head") for m in ("cos", "ratio") for h in range(1, H + 1)]
     names += [f"latent_{m}_h{h}" for m in ("span", "error") for h in range(1, H + 1)]
+    names += [f"displacement_{m}_h{h}" for m in ("cos", "ratio") for h in range(1, H + 1)]
+    displacement = model.displacement if model.displacement_trained else None
     rows: dict[str, list[float]] = {k: [] for k in names}
     short, same = 0, 0
     encoded: dict[int, torch.Tensor] = {}
@@ -118,6 +123,13 @@ def main() -> None:
         actions = np.stack([trunk["action"][t_b : t_b + span], branch["action"][:span]])
         actions = torch.as_tensor(actions, dtype=torch.float32).reshape(2, H, -1)  # macro-actions
         imagined = model.rollout(model.context([z_branch[0]], []), actions)  # [2, H, N, D]
+        if displacement is not None:  # the summed actions it reads from each future back to the shared frame
+            back = displacement(torch.cat([imagined.flatten(0, 1), z_branch[1:], z_trunk[1:]]), z_branch[0])
+            back_imag, back_branch, back_trunk = (
+                back[: 2 * H].view(2, H, -1),
+                back[2 * H : 3 * H],
+                back[3 * H :],
+            )
         for h in range(H):
             copy_error = (z_branch[h + 1] - z_branch[0]).square().sum().clamp_min(1e-12)
             rows[f"latent_error_h{h + 1}"].append(
@@ -139,6 +151,10 @@ def main() -> None:
                 c, r = cosine_and_ratio(w @ d_imag, w @ d_true)
                 rows[f"head_cos_h{h + 1}"].append(c)
                 rows[f"head_ratio_h{h + 1}"].append(r)
+            if displacement is not None:
+                c, r = cosine_and_ratio(back_imag[1, h] - back_imag[0, h], back_branch[h] - back_trunk[h])
+                rows[f"displacement_cos_h{h + 1}"].append(c)
+                rows[f"displacement_ratio_h{h + 1}"].append(r)
     pairs = len(rows["latent_cos_h1"])
     if pairs == 0:
         fail(f"no branch of {args.data} has {span} env steps after its branch step (and its trunk as many); "

@@ -405,8 +405,8 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
     from tests.conftest import REPO
     from tests.test_world_model import tiny_world_model
 
-    model = tiny_world_model(action_chunk=5)  # 16 px frames, 2-d env actions, macro-actions of 5 env steps
-    model.meta["env_id"] = "JepaAgent/Push-v0"
+    model = tiny_world_model(action_chunk=5, displacement={"hidden": 16})  # 16 px, macro-actions of 5 steps
+    model.meta.update(env_id="JepaAgent/Push-v0", displacement_weight=2.0)  # as if its head were trained
     save_world_model(tmp_path / "wm", model, {"env_id": "JepaAgent/Push-v0"}, encoder_name="vit_micro")
     push = {"image_size": 16, "max_episode_steps": 14}
     collect(tmp_path / "br", 6, env="push", env_kwargs=push, policy="push", branches=2, branch_at=(1, 3),
@@ -426,6 +426,8 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
     for h in (1, 2):
         assert -1.0 <= out[f"median_latent_cos_h{h}"] <= 1.0 and out[f"median_latent_ratio_h{h}"] >= 0.0
         assert 0.0 <= out[f"median_latent_span_h{h}"] <= 1.0 + 1e-6 and out[f"median_latent_error_h{h}"] >= 0
+        assert -1.0 <= out[f"median_displacement_cos_h{h}"] <= 1.0  # the head, read on both futures
+        assert out[f"median_displacement_ratio_h{h}"] >= 0.0
     for extra, message in (
         (("--data", str(tmp_path / "plain")), "was not collected with branches"),
         (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),
