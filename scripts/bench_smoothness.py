@@ -11,9 +11,9 @@ per step size (medians over starts and both axes): that cosine for the raw pixel
 features of them the cost reads (the metric head's or goal critic's first layer), and the pixels each
 step changes. One JSON line. The true state only places the pusher; nothing is trained.
 
-``--offsamples N`` renders with N-sample anti-aliasing instead of the env's none (``push.xml``: offsamples 0,
-for speed): how much smoother the pixels would be. The model was trained on the env's own frames, so only
-the pixel figures compare across settings.
+``--antialias N`` renders with N samples per pixel (``env.antialias``) instead of as the model was trained
+(push's default: none, for speed): how much smoother the pixels would be. The model's figures are then on
+frames it was not trained on; the pixel figures compare across settings.
 """
 
 from __future__ import annotations
@@ -48,23 +48,24 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True, help="a push world model (train_world_model.py env=push)")
     p.add_argument("--starts", type=int, default=30, help="held-out starts (plan.py's evaluation seeds)")
     p.add_argument("--moves-mm", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
-    p.add_argument("--offsamples", type=int, default=None,
-                   help="anti-aliasing samples for the renders (default: the env's, none)")  # fmt: skip
+    p.add_argument("--antialias", type=int, default=None,
+                   help="samples per pixel (env.antialias; default: as the model was trained)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if args.starts < 1 or not all(m > 0 for m in args.moves_mm) or (args.offsamples or 0) < 0:
-        sys.exit(f"bench_smoothness.py: error: --starts must be >= 1, every --moves-mm > 0 and --offsamples "
-                 f">= 0; got {args.starts}, {args.moves_mm}, {args.offsamples}")  # fmt: skip
+    if args.starts < 1 or not all(m > 0 for m in args.moves_mm) or not 0 <= (args.antialias or 0) <= 16:
+        sys.exit(f"bench_smoothness.py: error: --starts must be >= 1, every --moves-mm > 0 and --antialias "
+                 f"in [0, 16]; got {args.starts}, {args.moves_mm}, {args.antialias}")  # fmt: skip
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = WorldModel.from_checkpoint(args.checkpoint, device="cpu")
     if model.meta.get("env_id") != "JepaAgent/Push-v0":
         sys.exit(f"bench_smoothness.py: error: {args.checkpoint} is a model of {model.meta.get('env_id')!r}; "
                  "expected a JepaAgent/Push-v0 model")  # fmt: skip
-    env = envs.make_env("push", image_size=model.image_size, **render_settings(args.checkpoint))
+    render = render_settings(args.checkpoint)
+    if args.antialias is not None:
+        render["antialias"] = args.antialias
+    env = envs.make_env("push", image_size=model.image_size, **render)
     u = env.unwrapped
-    if args.offsamples is not None:  # read when the renderer is made, at the first render below
-        u.model.vis.quality.offsamples = args.offsamples
     head = model.metric.input_layer if model.metric_trained else None
     starts = []
     for i in range(args.starts):
@@ -93,9 +94,8 @@ def main() -> None:
         if rows["head"]:
             out[f"cos_head_{tag}"] = float(np.median(rows["head"]))
         out[f"pixels_changed_{tag}"] = float(np.median(rows["changed"]))
-    offsamples = int(u.model.vis.quality.offsamples)
-    print(json.dumps({"checkpoint": args.checkpoint, "starts": len(starts), "offsamples": offsamples, **out,
-                      "seconds": time.perf_counter() - t0}))  # fmt: skip
+    summary = {"checkpoint": args.checkpoint, "starts": len(starts), "antialias": render["antialias"]}
+    print(json.dumps({**summary, **out, "seconds": time.perf_counter() - t0}))
 
 
 if __name__ == "__main__":

@@ -455,13 +455,13 @@ def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["starts"] == 2 and out["offsamples"] == 0  # the env's own renders: no anti-aliasing
+    assert out["starts"] == 2 and out["antialias"] == 0  # as the model was trained: no anti-aliasing
     for tag in ("2mm", "8mm"):
         assert all(-1.0 <= out[f"cos_{space}_{tag}"] <= 1.0 for space in ("pixels", "latent")), out
         assert out[f"pixels_changed_{tag}"] > 0  # the pusher moved in the frame
-    proc = subprocess.run([*args, "--offsamples", "4"], capture_output=True, text=True, env=run_env,
+    proc = subprocess.run([*args, "--antialias", "4"], capture_output=True, text=True, env=run_env,
                           cwd=tmp_path, timeout=300)  # fmt: skip
-    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["offsamples"] == 4
+    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["antialias"] == 4
     args[3] = str(tmp_path / "reach")
     proc = subprocess.run(args, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "expected a JepaAgent/Push-v0 model" in proc.stderr
