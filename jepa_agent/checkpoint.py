@@ -141,15 +141,20 @@ def load_config(path: str | os.PathLike) -> DictConfig:
 RENDER_SETTINGS = {"antialias": 0}
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a training run directory holding one in ``checkpoint/``."""
+    path = Path(path)
+    if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
+        return path / "checkpoint"
+    return path
+
+
 def render_settings(path: str | os.PathLike) -> dict[str, Any]:
     """How the frames a checkpoint (or a training run directory holding one in ``checkpoint/``) was trained
     on were rendered: :data:`RENDER_SETTINGS` as its config's ``env`` sets them (the defaults when it has no
     config or no such setting, e.g. an older checkpoint)."""
-    path = Path(path)
-    if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
-        path = path / "checkpoint"
     try:
-        env = load_config(path).get("env") or {}
+        env = load_config(resolve_checkpoint(path)).get("env") or {}
     except CheckpointError:
         env = {}
     return {k: env.get(k, default) for k, default in RENDER_SETTINGS.items()}

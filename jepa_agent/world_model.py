@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,10 +26,10 @@ from torch import Tensor, nn
 
 from jepa_agent.checkpoint import (
     CheckpointError,
-    checkpoint_exists,
     load_config,
     load_into,
     load_meta,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from jepa_agent.config import signature_schema
@@ -81,14 +80,6 @@ __all__ = [
     "variance_loss",
     "world_model_config",
 ]
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or a training run directory holding one in ``checkpoint/``."""
-    path = Path(path)
-    if not checkpoint_exists(path) and checkpoint_exists(path / "checkpoint"):
-        return path / "checkpoint"
-    return path
 
 
 # -- config schema (the world_model group: configs/world_model/*.yaml extend it) ----------------------

@@ -103,7 +103,7 @@ def main() -> None:
     displacement = model.displacement if model.displacement_trained else None
     rows: dict[str, list[float]] = {k: [] for k in names}
     short, same = 0, 0
-    encoded: dict[int, torch.Tensor] = {}
+    trunk_cache: tuple[int, torch.Tensor] | None = None  # (trunk, its encoded frames); its branches follow
     for trunk_i, branch_i in branch_pairs(ds, args.held_out):
         trunk, branch = ds.episode(trunk_i), ds.episode(branch_i)
         t_b = int(branch["branch_step"])
@@ -116,9 +116,9 @@ def main() -> None:
         if not np.array_equal(trunk["frames"][t_b], branch["frames"][0]):
             fail(f"episode {branch['episode_index']} does not start from the frame of its trunk "
                  f"({trunk['episode_index']}) at step {t_b}: the env did not replay exactly")  # fmt: skip
-        if trunk_i not in encoded:
-            encoded = {trunk_i: model.encode_pixels(trunk["frames"])}  # [T, N, D]; one trunk at a time
-        z_trunk = encoded[trunk_i][t_b : t_b + span + 1 : chunk]  # [H + 1, N, D]
+        if trunk_cache is None or trunk_cache[0] != trunk_i:
+            trunk_cache = (trunk_i, model.encode_pixels(trunk["frames"]))  # [T, N, D]
+        z_trunk = trunk_cache[1][t_b : t_b + span + 1 : chunk]  # [H + 1, N, D]
         z_branch = model.encode_pixels(branch["frames"][: span + 1 : chunk])
         actions = np.stack([trunk["action"][t_b : t_b + span], branch["action"][:span]])
         actions = torch.as_tensor(actions, dtype=torch.float32).reshape(2, H, -1)  # macro-actions
