@@ -141,6 +141,17 @@ def test_collect_policy_blocks_are_the_policies_defaults(policy):
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == block
 
 
+def test_collect_script_defaults_are_the_functions():
+    """``collect.py``'s top-level settings that ``collect()`` also takes default to the same values."""
+    from jepa_agent.collect import collect
+
+    cfg = OmegaConf.to_container(compose_config("collect"), resolve=True)
+    params = inspect.signature(collect).parameters
+    for key in ("branches", "branch_at", "seed", "num_envs", "mp_context", "progress"):
+        default = params[key].default
+        assert cfg[key] == (list(default) if isinstance(default, tuple) else default), key
+
+
 @pytest.mark.parametrize(
     "env, policy",
     [("reach", "noisy"), ("reach_distracting", "noisy"), ("reach_torque", "torque"), ("push", "push")],
