@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -99,10 +101,11 @@ def test_critic_world_model_saves_loads_and_plans_fused_as_unfused(tmp_path):
         tiny_world_model(metric={"dim": 4, "hidden": 16, "kind": "twin"})
 
 
-def test_value_term_compares_the_critics_steps_and_trains_only_the_predictions(tmp_path):
+def test_value_term_compares_the_critics_steps_and_trains_the_critic_only_when_joint(tmp_path):
     """``train.metric.value_weight``: the steps the critic reads from predicted latents against those from
     the true frames (goals: each window's last frame and another window's). Zero for perfect predictions,
-    positive otherwise, with gradient into the predictions; logged in a run; a negative weight refused."""
+    positive otherwise, with gradient into the predictions; with ``joint`` (a frozen copy), the critic's own
+    layers train too, towards the copy's steps; logged in a run; a negative weight refused."""
     torch.manual_seed(0)
     critic = GoalCritic(in_dim=8, hidden=16)
     z = torch.randn(4, 3, 2, 4)  # [B, k, N, D]
@@ -114,6 +117,25 @@ def test_value_term_compares_the_critics_steps_and_trains_only_the_predictions(t
     loss = twm.critic_value_loss(critic, z, pred, feats)
     loss.backward()
     assert float(loss.detach()) > 0 and pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    assert critic.goal_in.weight.grad is None  # the goals are read without gradient here
+    critic.zero_grad(set_to_none=True)
+    # joint (a frozen copy given): the true steps are the copy's, and the critic trains too, every layer,
+    # on the predicted and the encoded latents; zero while it equals its copy and the predictions are exact
+    frozen = copy.deepcopy(critic).requires_grad_(False)
+    with torch.no_grad():
+        frozen_feats = frozen.features(z)
+    exact = twm.critic_value_loss(critic, z, z.clone(), frozen_feats, frozen=frozen)
+    assert float(exact.detach()) < 1e-10
+    with torch.no_grad():  # the critic drifts from its copy: the encoded frames alone now cost
+        critic.net[-1].bias.add_(0.5)
+    drift = twm.critic_value_loss(critic, z, z.clone(), frozen_feats, frozen=frozen)
+    assert float(drift.detach()) > 0
+    pred = (z + 0.5 * torch.randn_like(z)).requires_grad_(True)
+    twm.critic_value_loss(critic, z, pred, frozen_feats, frozen=frozen).backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    for name, layer in (("state_in", critic.state_in), ("goal_in", critic.goal_in), ("out", critic.net[-1])):
+        assert layer.weight.grad is not None and float(layer.weight.grad.abs().sum()) > 0, name
+    assert all(p.grad is None for p in frozen.parameters())
     # in a training run the term is logged
     model = tiny_world_model(metric={"dim": 4, "hidden": 16, "kind": "critic"})
     train_cfg = cfg(steps=4, log_every=1, metric=MetricTrainConfig(steps=10, batch_size=32, value_weight=1.0))
@@ -121,6 +143,13 @@ def test_value_term_compares_the_critics_steps_and_trains_only_the_predictions(t
     assert np.isfinite(res.final_loss)
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "value" in header
+    # with joint, the critic's weights change with the predictor's (they stay fixed without it)
+    joint_model = tiny_world_model(metric={"dim": 4, "hidden": 16, "kind": "critic"})
+    joint_cfg = cfg(
+        steps=4, log_every=1, metric=MetricTrainConfig(steps=10, batch_size=32, value_weight=1.0, joint=True)
+    )
+    twm.train_world_model(joint_model, Episodes(range(4)), None, joint_cfg, tmp_path / "j", progress=False)
+    assert joint_model.meta["metric_joint"] is True
     with pytest.raises(ValueError, match=r"train\.metric\.value_weight=-1"):
         MetricTrainConfig(value_weight=-1.0)
     # a model with no goal critic (a distance head) refuses the term instead of ignoring it

@@ -54,7 +54,9 @@ class MetricTrainConfig:
             ``value_weight *`` the squared error of the steps the (frozen) critic reads from its predicted
             latents against those it reads from the true frames, over their variance. The goals are each
             window's last true frame and another window's: what the planner ranks its candidates by, where
-            ``predictor_weight`` compares only the critic's first (linear) layer. 0: off.
+            ``predictor_weight`` compares only the critic's first (linear) layer. 0: off. With ``joint``,
+            the critic trains on this term too, every layer, towards its frozen copy's steps of the true
+            frames, on predicted and encoded latents: it learns to read imagined futures.
         joint: keep training the head with the predictor, as the labelled readout is: on encoded AND
             predicted latents, towards a frozen copy of itself (as this stage left it) on the true frames.
             The head then reads imagined futures where the true ones would be (like the readout), instead

@@ -324,7 +324,10 @@ class WorldModelLoss(nn.Module):
                 parts["metric"] = parts["metric"] / target.var().clamp_min(1e-6)
             loss = loss + self.metric_weight * parts["metric"]
         if self.critic:
-            parts["value"] = critic_value_loss(self.critic[0], z[:, C : C + k], z_ro, target[:, C : C + k])
+            frozen = self.metric_target[0] if self.metric_target else None  # joint: the critic trains too
+            parts["value"] = critic_value_loss(
+                self.critic[0], z[:, C : C + k], z_ro, target[:, C : C + k], frozen=frozen
+            )
             loss = loss + self.value_weight * parts["value"]
         if self.displacement is not None:
             if goals is None:
@@ -342,19 +345,42 @@ class WorldModelLoss(nn.Module):
         return loss, parts
 
 
-def critic_value_loss(critic: GoalCritic, z_true: Tensor, z_pred: Tensor, true_features: Tensor) -> Tensor:
+def critic_value_loss(
+    critic: GoalCritic,
+    z_true: Tensor,
+    z_pred: Tensor,
+    true_features: Tensor,
+    frozen: GoalCritic | None = None,
+) -> Tensor:
     """The steps ``critic`` reads from predicted latents against those from the true ones (``train.metric.
     value_weight``): ``z_true``, ``z_pred`` ``[B, k, N, D]`` (the true frames and the rollout's predictions of
-    them), ``true_features`` ``[B, k, hidden]`` (the critic's features of the true frames, no gradient). The
-    goals are each window's last true frame and the next window's (in the batch); the squared error is over
-    the variance of the true steps, so the term has no scale of its own. Gradient reaches ``z_pred`` only."""
+    them), ``true_features`` ``[B, k, hidden]`` (the features of the true frames, no gradient). The goals are
+    each window's last true frame and the next window's (in the batch); the squared error is over the
+    variance of the true steps, so the term has no scale of its own.
+
+    Without ``frozen``, gradient reaches ``z_pred`` only (the predictor learns to land where the critic
+    reads the true steps). With ``frozen`` (``train.metric.joint``: the critic's copy as its own stage left
+    it, whose features ``true_features`` are), the true steps are the frozen copy's, and the critic itself
+    trains too, all its layers: on the predicted latents AND on the true ones (the second keeps it where
+    it was on encoded frames), so it learns to read imagined futures as the true ones, as the displacement
+    head does, instead of only its first layer being pulled there."""
+    reader = critic if frozen is None else frozen
     with torch.no_grad():
         last = z_true[:, -1]  # [B, N, D]
         goals = torch.stack([last, last.roll(1, dims=0)], 1)  # [B, 2, N, D]: own, another window's
-        goal_h = critic.goal_features(goals)[:, None]  # [B, 1, 2, hidden]
-        true_steps = critic.steps_from_features(true_features[:, :, None], goal_h)  # [B, k, 2]
+        true_steps = reader.steps_from_features(
+            true_features[:, :, None], reader.goal_features(goals)[:, None]
+        )  # [B, k, 2]
+    scale = true_steps.var().clamp_min(1e-6)
+    if frozen is None:
+        with torch.no_grad():
+            goal_h = critic.goal_features(goals)[:, None]  # [B, 1, 2, hidden]
+        pred_steps = critic.steps_from_features(critic.features(z_pred)[:, :, None], goal_h)
+        return F.mse_loss(pred_steps, true_steps) / scale
+    goal_h = critic.goal_features(goals)[:, None]
     pred_steps = critic.steps_from_features(critic.features(z_pred)[:, :, None], goal_h)
-    return F.mse_loss(pred_steps, true_steps) / true_steps.var().clamp_min(1e-6)
+    enc_steps = critic.steps_from_features(critic.features(z_true)[:, :, None], goal_h)
+    return (F.mse_loss(pred_steps, true_steps) + F.mse_loss(enc_steps, true_steps)) / scale
 
 
 @torch.inference_mode()
