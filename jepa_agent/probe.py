@@ -499,6 +499,54 @@ def knn_r2(
     return r2_scores(torch.cat(preds).numpy(), np.asarray(y_val))
 
 
+class RidgeProbe:
+    """A linear read-out of features ``[M, F]``, fitted by ridge regression on standardised features, with
+    the strength chosen on the last 20% of the fitting rows (then refitted on all of them).
+
+    ``RidgeProbe.fit(x, y)`` -> a probe; ``probe(x)`` -> ``[M, K]`` (float64)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, w: torch.Tensor, y_mean: torch.Tensor) -> None:
+        self.mean, self.std, self.w, self.y_mean = mean, std, w, y_mean
+
+    @staticmethod
+    def _solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ym = y.mean(0)
+        eye = torch.eye(x.shape[1], dtype=x.dtype)
+        return torch.linalg.solve(x.T @ x + lam * len(x) * eye, x.T @ (y - ym)), ym
+
+    @classmethod
+    def fit(
+        cls,
+        x: torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+        standardise: bool = True,
+    ) -> RidgeProbe:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+        if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) < 5:
+            raise ValueError(
+                f"ridge probe: features {tuple(x.shape)} and targets {tuple(y.shape)}; expected [M, F] and "
+                "[M, K] with the same M >= 5"
+            )
+        if standardise:
+            mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
+        else:
+            mean, std = torch.zeros(x.shape[1], dtype=x.dtype), torch.ones(x.shape[1], dtype=x.dtype)
+        x = (x - mean) / std
+        cut = int(0.8 * len(x))
+        scores = []
+        for lam in lambdas:
+            w, ym = cls._solve(x[:cut], y[:cut], lam)
+            scores.append(r2_scores((x[cut:] @ w + ym).numpy(), y[cut:].numpy()).mean())
+        w, ym = cls._solve(x, y, lambdas[int(np.argmax(scores))])
+        return cls(mean, std, w, ym)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return ((x - self.mean) / self.std) @ self.w + self.y_mean
+
+
 def pooled_ridge_r2(
     f_train: torch.Tensor,
     y_train: np.ndarray,
@@ -511,23 +559,11 @@ def pooled_ridge_r2(
 
     ``grid=1`` pools to the mean token; ``grid=g`` average-pools the square patch grid to ``g x g`` cells
     and concatenates them (``g*g*D`` features), as the world model's grid pooling does. The ridge strength
-    is chosen on the last 20% of the train frames, then refit on all of them.
+    is chosen on the last 20% of the train frames, then refit on all of them (:class:`RidgeProbe`).
     """
     x_tr, x_va = standardised_pooled(f_train, f_val, grid)
-    y_tr = torch.as_tensor(y_train, dtype=torch.float64)
-
-    def fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        ym = y.mean(0)
-        w = torch.linalg.solve(x.T @ x + lam * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T @ (y - ym))
-        return w, ym
-
-    cut = int(0.8 * len(x_tr))
-    scores = []
-    for lam in lambdas:
-        w, ym = fit(x_tr[:cut], y_tr[:cut], lam)
-        scores.append(r2_scores((x_tr[cut:] @ w + ym).numpy(), y_tr[cut:].numpy()).mean())
-    w, ym = fit(x_tr, y_tr, lambdas[int(np.argmax(scores))])
-    return r2_scores((x_va @ w + ym).numpy(), np.asarray(y_val))
+    probe = RidgeProbe.fit(x_tr.double(), y_train, lambdas, standardise=False)
+    return r2_scores(probe(x_va).numpy(), np.asarray(y_val))
 
 
 def evaluate_encoder(

@@ -25,7 +25,22 @@ Both in the latent space the predictor is trained in (``latent_*``) and in the f
 cost reads (``head_*``: the metric head's or goal critic's first layer, for models with one). A model that
 plans by comparing imagined futures needs these near 1 at every step of its horizon: a planner ranks
 candidates by exactly these differences. Medians over pairs; one JSON line. Frames and actions only: the
-recorded states are not read.
+recorded states are not read, except by the labelled diagnostic below.
+
+``--probe-state`` (a labelled diagnostic, off by default): which parts of the state does imagination carry?
+A ridge probe is fitted on encoded frames of the training groups (the first ``1 - held_out``; up to
+``--probe-episodes`` episodes, every other frame) to read the recorded state (``jepa_agent.probe.
+probe_targets``: push's pusher xy, block xy and yaw as sin/cos; an arm's joints and end effector). Then,
+pooled over pairs, per part and imagined step:
+
+- ``probe_<part>_diff_explained`` (imagined): ``1 - sum |d_read - d_true|^2 / sum |d_true|^2``, where
+  ``d_true`` is the recorded state difference between branch and trunk and ``d_read`` the probe's reading of
+  the two imagined futures' difference (1: imagination moves that part as the other actions do; 0: no
+  better than imagining no difference; negative: worse);
+- ``probe_<part>_diff_explained_encoded``: the same read from the two encoded recorded frames, the probe's
+  own ceiling;
+- ``probe_<part>_error_over_copy``: the branch's own state read from its imagined future, squared error over
+  that of the shared frame's state (below 1: the part moves in imagination as it moved), and ``_encoded``.
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from jepa_agent.data import DataError, EpisodeDataset  # noqa: E402
+from jepa_agent.probe import RidgeProbe, probe_targets  # noqa: E402
 from jepa_agent.world_model import WorldModel  # noqa: E402
 
 
@@ -64,10 +80,53 @@ def branch_pairs(ds: EpisodeDataset, held_out: float) -> list[tuple[int, int]]:
     return pairs
 
 
+def _sq(x: np.ndarray) -> np.ndarray:
+    return np.square(x).sum(-1)
+
+
+def probe_parts(names: list[str]) -> dict[str, list[int]]:
+    """Probe target columns grouped by part: ``pusher_x, pusher_y`` -> ``pusher``, ``yaw_sin, yaw_cos`` ->
+    ``yaw``, ``q0_sin, q0_cos`` -> ``q0``, ``ee_x, ee_y`` -> ``ee``."""
+    parts: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        parts.setdefault(n.rsplit("_", 1)[0], []).append(i)
+    return parts
+
+
+def fit_state_probe(
+    model: WorldModel, ds: EpisodeDataset, episodes: list[int], env_id: str
+) -> tuple[RidgeProbe, list[str]]:
+    """A ridge probe from the model's latent (flattened) to ``probe_targets`` of the recorded state, fitted on
+    every other frame of ``episodes``."""
+    feats, ys, names = [], [], []
+    for i in episodes:
+        ep = ds.episode(i)
+        feats.append(model.encode_pixels(ep["frames"][::2]).flatten(1))
+        y, names = probe_targets(ep["state"][::2], env_id)
+        ys.append(y)
+    return RidgeProbe.fit(torch.cat(feats), np.concatenate(ys)), names
+
+
 def cosine_and_ratio(imagined: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
     """Differences ``[F]``: their cosine and norm ratio (imagined over true)."""
     cos = torch.nn.functional.cosine_similarity(imagined, true, dim=0)
     return float(cos), float(imagined.norm() / true.norm().clamp_min(1e-12))
+
+
+def probe_summary(sums: dict[str, np.ndarray], parts: dict[str, list[int]], H: int) -> dict[str, float]:
+    """The ``--probe-state`` figures from the pooled squared norms (empty without the probe)."""
+    out: dict[str, float] = {}
+    for part in parts:
+        true, copy = np.maximum(sums[f"diff_true_{part}"], 1e-12), np.maximum(sums[f"copy_{part}"], 1e-12)
+        for h in range(H):
+            name = f"probe_{part}"
+            out[f"{name}_diff_explained_h{h + 1}"] = float(1 - sums[f"diff_err_{part}"][h] / true[h])
+            out[f"{name}_diff_explained_encoded_h{h + 1}"] = float(
+                1 - sums[f"diff_err_encoded_{part}"][h] / true[h]
+            )
+            out[f"{name}_error_over_copy_h{h + 1}"] = float(sums[f"err_{part}"][h] / copy[h])
+            out[f"{name}_error_over_copy_encoded_h{h + 1}"] = float(sums[f"err_encoded_{part}"][h] / copy[h])
+    return out
 
 
 @torch.inference_mode()
@@ -79,9 +138,18 @@ def main() -> None:
     p.add_argument("--held-out", type=float, default=0.1,
                    help="the last share of the groups (0.1: training's val split; 1: all)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--probe-state",
+        action="store_true",
+        help="a labelled diagnostic: which parts of the recorded state imagination carries",
+    )
+    p.add_argument("--probe-episodes", type=int, default=300,
+                   help="training episodes the state probe is fitted on (--probe-state)")  # fmt: skip
     args = p.parse_args()
     if args.horizon < 1 or not 0 < args.held_out <= 1:
         fail(f"--horizon must be >= 1 and --held-out in (0, 1]; got {args.horizon}, {args.held_out}")
+    if args.probe_episodes < 1:
+        fail(f"--probe-episodes must be >= 1; got {args.probe_episodes}")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
@@ -103,8 +171,22 @@ def main() -> None:
     displacement = model.displacement if model.displacement_trained else None
     rows: dict[str, list[float]] = {k: [] for k in names}
     short, same = 0, 0
+    pairs_used = branch_pairs(ds, args.held_out)
+    probe, parts = None, {}
+    sums: dict[str, np.ndarray] = {}  # pooled squared norms for the probe's figures, per key and step
+    if args.probe_state:
+        train = list(range(min(pairs_used)[0]))[: args.probe_episodes]  # the groups before the held-out ones
+        if not train:
+            fail("--probe-state needs training groups before the held-out ones: lower --held-out")
+        try:
+            probe, probe_names = fit_state_probe(model, ds, train, str(ds.meta.get("env_id")))
+        except (KeyError, ValueError) as e:
+            fail(f"--probe-state: {e}")
+        parts = probe_parts(probe_names)
+        keys = ("diff_err", "diff_err_encoded", "diff_true", "err", "err_encoded", "copy")
+        sums = {f"{k}_{part}": np.zeros(H) for k in keys for part in parts}
     trunk_cache: tuple[int, torch.Tensor] | None = None  # (trunk, its encoded frames); its branches follow
-    for trunk_i, branch_i in branch_pairs(ds, args.held_out):
+    for trunk_i, branch_i in pairs_used:
         trunk, branch = ds.episode(trunk_i), ds.episode(branch_i)
         t_b = int(branch["branch_step"])
         if int(branch["branch_of"]) != trunk["episode_index"]:
@@ -130,6 +212,21 @@ def main() -> None:
                 back[2 * H : 3 * H],
                 back[3 * H :],
             )
+        if probe is not None:
+            y_b, _ = probe_targets(branch["state"][: span + 1 : chunk], str(ds.meta.get("env_id")))
+            y_t, _ = probe_targets(trunk["state"][t_b : t_b + span + 1 : chunk], str(ds.meta.get("env_id")))
+            read_imag = probe(imagined.flatten(2)).numpy()  # [2, H, K]: trunk, branch
+            read_b, read_t = probe(z_branch.flatten(1)).numpy(), probe(z_trunk.flatten(1)).numpy()
+            for part, cols in parts.items():
+                d_true = (y_b[1:] - y_t[1:])[:, cols]  # [H, c]
+                d_read = (read_imag[1] - read_imag[0])[:, cols]
+                d_enc = (read_b[1:] - read_t[1:])[:, cols]
+                sums[f"diff_true_{part}"] += _sq(d_true)
+                sums[f"diff_err_{part}"] += _sq(d_read - d_true)
+                sums[f"diff_err_encoded_{part}"] += _sq(d_enc - d_true)
+                sums[f"err_{part}"] += _sq(read_imag[1][:, cols] - y_b[1:, cols])
+                sums[f"err_encoded_{part}"] += _sq(read_b[1:, cols] - y_b[1:, cols])
+                sums[f"copy_{part}"] += _sq(y_b[:1, cols] - y_b[1:, cols])
         for h in range(H):
             copy_error = (z_branch[h + 1] - z_branch[0]).square().sum().clamp_min(1e-12)
             rows[f"latent_error_h{h + 1}"].append(
@@ -168,6 +265,7 @@ def main() -> None:
         "horizon": H,
         "head": None if head is None else type(head).__name__,
         **{f"median_{k}": float(np.median(v)) for k, v in rows.items() if v},
+        **probe_summary(sums, parts, H),
         "seconds": time.perf_counter() - t0,
     }
     print(json.dumps(summary))

@@ -180,6 +180,23 @@ def test_pooled_ridge_recovers_a_linear_target() -> None:
     assert r2.shape == (2,) and (r2 > 0.99).all()
 
 
+def test_ridge_probe_reads_new_features_and_refuses_mismatched_shapes() -> None:
+    """``RidgeProbe``: fitted once, it reads features it was not fitted on (the standardisation kept), in
+    float64; features and targets of different lengths are refused by their shapes."""
+    from jepa_agent.probe import RidgeProbe
+
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(rng.normal(size=(500, 8)) * rng.uniform(0.1, 10, size=8) + 3.0, dtype=torch.float32)
+    w = rng.normal(size=(8, 3))
+    y = x.double().numpy() @ w + 1.5
+    probe = RidgeProbe.fit(x[:400], y[:400])
+    pred = probe(x[400:])
+    assert pred.dtype == torch.float64 and pred.shape == (100, 3)
+    assert (r2_scores(pred.numpy(), y[400:]) > 0.999).all()
+    with pytest.raises(ValueError, match=r"features \(500, 8\) and targets \(400, 3\)"):
+        RidgeProbe.fit(x, y[:400])
+
+
 def test_grid_ridge_reads_one_cell_and_knn_reads_a_nonlinear_target() -> None:
     """A target in one corner's tokens: the mean token loses it, a 2 x 2 grid keeps it linearly. A target
     that is a non-linear function of the latent: the ridge misses it, the nearest neighbours find it."""

@@ -428,9 +428,24 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
         assert 0.0 <= out[f"median_latent_span_h{h}"] <= 1.0 + 1e-6 and out[f"median_latent_error_h{h}"] >= 0
         assert -1.0 <= out[f"median_displacement_cos_h{h}"] <= 1.0  # the head, read on both futures
         assert out[f"median_displacement_ratio_h{h}"] >= 0.0
+    assert not any(k.startswith("probe_") for k in out)  # the labelled diagnostic is off by default
+    # --probe-state: a ridge probe on the training groups' frames reads each part of the recorded state
+    proc = run("--data", str(tmp_path / "br"), "--horizon", "2", "--held-out", "0.5", "--probe-state")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pairs"] == 2  # the second group's two branches; the first group fits the probe
+    for part in ("pusher", "block", "yaw"):
+        for h in (1, 2):
+            for key in ("diff_explained", "diff_explained_encoded"):
+                assert np.isfinite(out[f"probe_{part}_{key}_h{h}"]) and out[f"probe_{part}_{key}_h{h}"] <= 1.0
+            for key in ("error_over_copy", "error_over_copy_encoded"):
+                assert out[f"probe_{part}_{key}_h{h}"] >= 0.0
     for extra, message in (
         (("--data", str(tmp_path / "plain")), "was not collected with branches"),
         (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),
+        (("--data", str(tmp_path / "br"), "--horizon", "2", "--held-out", "1", "--probe-state"),
+         "training groups before the held-out ones"),
+        (("--data", str(tmp_path / "br"), "--probe-state", "--probe-episodes", "0"), "--probe-episodes"),
     ):
         proc = run(*extra)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
