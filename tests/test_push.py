@@ -443,8 +443,10 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
     for extra, message in (
         (("--data", str(tmp_path / "plain")), "was not collected with branches"),
         (("--data", str(tmp_path / "br"), "--horizon", "3", "--held-out", "1"), "lower --horizon"),
-        (("--data", str(tmp_path / "br"), "--horizon", "2", "--held-out", "1", "--probe-state"),
-         "training groups before the held-out ones"),
+        (
+            ("--data", str(tmp_path / "br"), "--horizon", "2", "--held-out", "1", "--probe-state"),
+            "training groups before the held-out ones",
+        ),
         (("--data", str(tmp_path / "br"), "--probe-state", "--probe-episodes", "0"), "--probe-episodes"),
     ):
         proc = run(*extra)
