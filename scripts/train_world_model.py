@@ -145,8 +145,14 @@ def keep_trained_parts(base: WorldModel, model: WorldModel, init: str) -> None:
             parts.append(name)
             model.meta[steps] = base.meta[steps]
     for name in parts:
+        state = getattr(base, name).state_dict()
+        if name == "normalizer":  # the same pooled latent split into tokens otherwise (world_model.flatten)
+            own = getattr(model, name).state_dict()
+            resplit = {k for k, v in state.items() if k in own and v.shape != own[k].shape}
+            state = {k: v.reshape(own[k].shape) if k in resplit and v.numel() == own[k].numel() else v
+                     for k, v in state.items()}  # fmt: skip
         try:
-            getattr(model, name).load_state_dict(getattr(base, name).state_dict())
+            getattr(model, name).load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(

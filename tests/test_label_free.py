@@ -198,6 +198,17 @@ def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python
         kept = getattr(b, name).state_dict()
         for key, x in getattr(a, name).state_dict().items():
             torch.testing.assert_close(x, kept[key], rtol=0, atol=0, msg=f"{name}.{key}")
+    # the same pooled latent split into its grid's tokens (world_model.flatten=false): the statistics are
+    # the checkpoint's, reshaped, so every frame's latent and the head's reading of it are unchanged
+    tok = tmp_path / "wm_tokens"
+    proc = train(f"init={wm}", f"out={tok}", "world_model.flatten=false", "world_model.predictor.dim=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = WorldModel.from_checkpoint(tok, device="cpu")
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    za, zc = a.encode_pixels(frames), c.encode_pixels(frames)
+    assert za.shape[1] == 1 and zc.shape[1] > 1  # one token of N * D against N tokens of D
+    torch.testing.assert_close(zc.flatten(1), za.flatten(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(c.metric(zc), a.metric(za), rtol=0, atol=1e-5)
     for args, match in (
         ((f"init={wm}", f"encoder_checkpoint={tmp_path / 'pt'}"), "pass one of the two"),
         ((f"init={wm}", "train.encoder.steps=2"), "train.encoder.steps=2 would tune it again"),
