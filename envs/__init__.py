@@ -17,6 +17,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: E402
 
+from jepa_agent.checkpoint import RENDER_SETTINGS  # noqa: E402
+
 ENV_IDS: dict[str, str] = {
     "reach": "JepaAgent/Reach-v0",
     "reach_distracting": "JepaAgent/ReachDistracting-v0",  # same task, distracting visuals (envs/reach.py)
@@ -137,8 +139,9 @@ META_KEYS = (
 
 
 # settings an env gained after datasets and checkpoints were made, and the default that leaves the env as it
-# was: at that default they are left out of the kwargs, so what was recorded before still resumes and mixes
-LATER_DEFAULTS = {"antialias": 0}
+# was: at that default they are left out of the kwargs, so what was recorded before still resumes and mixes.
+# So far these are the render settings a checkpoint records (one table: jepa_agent.checkpoint.RENDER_SETTINGS)
+LATER_DEFAULTS = dict(RENDER_SETTINGS)
 
 
 def env_kwargs_from_config(cfg: Any) -> dict[str, Any]:
