@@ -172,6 +172,7 @@ def main() -> None:
     rows: dict[str, list[float]] = {k: [] for k in names}
     short, same = 0, 0
     pairs_used = branch_pairs(ds, args.held_out)
+    env_id = str(ds.meta.get("env_id"))
     probe, parts = None, {}
     sums: dict[str, np.ndarray] = {}  # pooled squared norms for the probe's figures, per key and step
     if args.probe_state:
@@ -179,7 +180,7 @@ def main() -> None:
         if not train:
             fail("--probe-state needs training groups before the held-out ones: lower --held-out")
         try:
-            probe, probe_names = fit_state_probe(model, ds, train, str(ds.meta.get("env_id")))
+            probe, probe_names = fit_state_probe(model, ds, train, env_id)
         except (KeyError, ValueError) as e:
             fail(f"--probe-state: {e}")
         parts = probe_parts(probe_names)
@@ -213,8 +214,8 @@ def main() -> None:
                 back[3 * H :],
             )
         if probe is not None:
-            y_b, _ = probe_targets(branch["state"][: span + 1 : chunk], str(ds.meta.get("env_id")))
-            y_t, _ = probe_targets(trunk["state"][t_b : t_b + span + 1 : chunk], str(ds.meta.get("env_id")))
+            y_b, _ = probe_targets(branch["state"][: span + 1 : chunk], env_id)
+            y_t, _ = probe_targets(trunk["state"][t_b : t_b + span + 1 : chunk], env_id)
             read_imag = probe(imagined.flatten(2)).numpy()  # [2, H, K]: trunk, branch
             read_b, read_t = probe(z_branch.flatten(1)).numpy(), probe(z_trunk.flatten(1)).numpy()
             for part, cols in parts.items():

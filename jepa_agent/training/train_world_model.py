@@ -368,19 +368,16 @@ def critic_value_loss(
     with torch.no_grad():
         last = z_true[:, -1]  # [B, N, D]
         goals = torch.stack([last, last.roll(1, dims=0)], 1)  # [B, 2, N, D]: own, another window's
-        true_steps = reader.steps_from_features(
-            true_features[:, :, None], reader.goal_features(goals)[:, None]
-        )  # [B, k, 2]
-    scale = true_steps.var().clamp_min(1e-6)
-    if frozen is None:
-        with torch.no_grad():
-            goal_h = critic.goal_features(goals)[:, None]  # [B, 1, 2, hidden]
-        pred_steps = critic.steps_from_features(critic.features(z_pred)[:, :, None], goal_h)
-        return F.mse_loss(pred_steps, true_steps) / scale
-    goal_h = critic.goal_features(goals)[:, None]
+        reader_goal_h = reader.goal_features(goals)[:, None]  # [B, 1, 2, hidden]
+        true_steps = reader.steps_from_features(true_features[:, :, None], reader_goal_h)  # [B, k, 2]
+    # the critic's own goal features: the reader's when it is the critic, with gradient when it trains (joint)
+    goal_h = reader_goal_h if frozen is None else critic.goal_features(goals)[:, None]
     pred_steps = critic.steps_from_features(critic.features(z_pred)[:, :, None], goal_h)
-    enc_steps = critic.steps_from_features(critic.features(z_true)[:, :, None], goal_h)
-    return (F.mse_loss(pred_steps, true_steps) + F.mse_loss(enc_steps, true_steps)) / scale
+    loss = F.mse_loss(pred_steps, true_steps)
+    if frozen is not None:  # ... and keeps its reading of the true frames
+        enc_steps = critic.steps_from_features(critic.features(z_true)[:, :, None], goal_h)
+        loss = loss + F.mse_loss(enc_steps, true_steps)
+    return loss / true_steps.var().clamp_min(1e-6)
 
 
 @torch.inference_mode()
