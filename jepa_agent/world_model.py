@@ -140,6 +140,7 @@ class WorldModelConfig:
     pooling: str = "grid"  # one of POOLINGS
     grid_size: int = 4
     flatten: bool = True
+    frame_tokens: int = 1  # with flatten: join the pooled tokens into this many per frame (see compact.yaml)
     attentive_queries: int = 4
     attentive_heads: int = 4
     normalize: bool = True
@@ -773,6 +774,7 @@ def build_world_model(cfg: Any) -> WorldModel:
         num_heads=int(wm.get("attentive_heads", 4)),
         normalize=bool(wm["normalize"]),
         flatten=bool(wm.get("flatten", False)),
+        frame_tokens=wm.get("frame_tokens", 1),
     )
     proprio_dim = int(cfg["proprio_dim"]) if wm["use_proprio"] else 0
     predictor = ACPredictor(
@@ -837,6 +839,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
             "attentive_heads": pooler.num_heads,
             "normalize": pooler.normalize,
             "flatten": pooler.flatten,
+            "frame_tokens": pooler.frame_tokens,
             "use_proprio": model.predictor.proprio_dim > 0,
             "predictor": pred,
             "readout": {

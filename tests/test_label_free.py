@@ -209,10 +209,20 @@ def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python
     assert za.shape[1] == 1 and zc.shape[1] > 1  # one token of N * D against N tokens of D
     torch.testing.assert_close(zc.flatten(1), za.flatten(1), rtol=0, atol=1e-6)
     torch.testing.assert_close(c.metric(zc), a.metric(za), rtol=0, atol=1e-5)
+    # or joined into a few wider tokens (world_model.frame_tokens), saved and reloaded as such
+    rows = tmp_path / "wm_rows"
+    proc = train(f"init={wm}", f"out={rows}", "world_model.frame_tokens=2", "world_model.predictor.dim=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = WorldModel.from_checkpoint(rows, device="cpu")
+    zd = d.encode_pixels(frames)
+    assert zd.shape[1] == 2 and d.predictor.num_tokens == 2
+    torch.testing.assert_close(zd.flatten(1), za.flatten(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(d.metric(zd), a.metric(za), rtol=0, atol=1e-5)
     for args, match in (
         ((f"init={wm}", f"encoder_checkpoint={tmp_path / 'pt'}"), "pass one of the two"),
         ((f"init={wm}", "train.encoder.steps=2"), "train.encoder.steps=2 would tune it again"),
         ((f"init={wm}", "world_model.metric.hidden=8"), "its metric does not fit"),
+        ((f"init={wm}", "world_model.frame_tokens=3"), "world_model.frame_tokens=3; expected a divisor"),
     ):
         proc = train(*args, f"out={tmp_path / 'refused'}")
         assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]

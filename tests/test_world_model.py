@@ -87,6 +87,31 @@ def test_grid_pooling_is_mean_of_patches():
     )
 
 
+def test_frame_tokens_join_runs_of_the_grid_and_keep_the_flattened_frame():
+    """``frame_tokens`` splits the flattened grid into a few wide tokens (rows of a 4 x 4 grid at 4); the
+    flattened frame, which every head reads, is the same for every value; bad values are refused by name."""
+    tokens = torch.randn(3, 16, D)
+    one = LatentPooler("grid", D, (4, 4), 4, flatten=True)
+    rows = LatentPooler("grid", D, (4, 4), 4, flatten=True, frame_tokens=4)
+    cells = LatentPooler("grid", D, (4, 4), 4, flatten=False)
+    assert (one.num_tokens, one.out_dim, rows.num_tokens, rows.out_dim) == (1, 16 * D, 4, 4 * D)
+    z1, z4, z16 = one(tokens), rows(tokens), cells(tokens)
+    assert z4.shape == (3, 4, 4 * D)
+    torch.testing.assert_close(z4.flatten(1), z1.flatten(1), rtol=0, atol=0)
+    torch.testing.assert_close(z4[:, 1], z16[:, 4:8].flatten(1), rtol=0, atol=0)  # the grid's second row
+    pred = ACPredictor(rows.out_dim, A, num_tokens=rows.num_tokens, dim=32, depth=1, num_heads=2)
+    model = WorldModel(tiny_model().encoder, rows, pred, Normalizer(A, 0), {"env_id": "JepaAgent/Reach-v0"})
+    ctx = model.context([model.encode(obs())])
+    actions = torch.rand(5, 3, A) * 2 - 1
+    torch.testing.assert_close(model.rollout(ctx, actions), model.rollout(ctx, actions, use_cache=False),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    for bad in (3, 0, "4", True):
+        with pytest.raises(ValueError, match=f"frame_tokens={bad!r}; expected a divisor of the 16"):
+            LatentPooler("grid", D, (4, 4), 4, flatten=True, frame_tokens=bad)
+    with pytest.raises(ValueError, match="frame_tokens=4; expected 1 \\(flatten=false"):
+        LatentPooler("grid", D, (4, 4), 4, flatten=False, frame_tokens=4)
+
+
 def test_context_history_cache_equivalence_and_proprio():
     model = tiny_model("grid", 2, proprio_dim=P)
     states = [model.encode(obs(seed=i)) for i in range(3)]

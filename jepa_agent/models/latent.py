@@ -45,6 +45,9 @@ class LatentPooler(nn.Module):
         normalize: layer-norm each output token (no affine).
         flatten: concatenate the output tokens into ONE token of width ``N_lat * D`` (keeps the grid's
             spatial layout at the planning cost of a single token per frame).
+        frame_tokens: with ``flatten``, concatenate them into this many tokens instead, each joining a run
+            of ``N_lat / frame_tokens`` consecutive tokens (row-major: a 4 x 4 grid at 4 is its 4 rows). The
+            flattened frame ``z.flatten(-2)`` is the same for every value, so heads that read it fit all.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class LatentPooler(nn.Module):
         num_heads: int = 4,
         normalize: bool = True,
         flatten: bool = False,
+        frame_tokens: int = 1,
     ) -> None:
         super().__init__()
         if mode not in POOLINGS:
@@ -79,8 +83,13 @@ class LatentPooler(nn.Module):
             self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.flatten, self.num_queries = flatten, num_queries
         tokens = {"grid": grid_size**2, "patch": hp * wp, "attentive": num_queries}[mode]
-        self.num_tokens = 1 if flatten else tokens  # latent tokens per frame
-        self.out_dim = tokens * embed_dim if flatten else embed_dim  # their width
+        whole = isinstance(frame_tokens, int) and not isinstance(frame_tokens, bool)
+        if not whole or frame_tokens < 1 or tokens % frame_tokens or (frame_tokens > 1 and not flatten):
+            need = f"a divisor of the {tokens} pooled tokens" if flatten else "1 (flatten=false keeps every token)"
+            raise ValueError(f"world_model.frame_tokens={frame_tokens!r}; expected {need}")
+        self.frame_tokens = frame_tokens
+        self.num_tokens = frame_tokens if flatten else tokens  # latent tokens per frame
+        self.out_dim = tokens * embed_dim // self.num_tokens  # their width
 
     @property
     def learned(self) -> bool:
@@ -105,7 +114,8 @@ class LatentPooler(nn.Module):
             z = self.attn(q, kv, kv, need_weights=False)[0] + tokens.mean(1, keepdim=True)  # [B, Q, D]
         if self.normalize:
             z = F.layer_norm(z, (D,))
-        return z.reshape(B, 1, -1) if self.flatten else z  # [B, N_lat, D] or [B, 1, N_lat * D]
+        # [B, N_lat, D], or joined: [B, frame_tokens, N_lat * D / frame_tokens]
+        return z.reshape(B, self.frame_tokens, -1) if self.flatten else z
 
 
 def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tensor:
