@@ -108,7 +108,7 @@ def test_frame_tokens_join_runs_of_the_grid_and_keep_the_flattened_frame():
     for bad in (3, 0, "4", True):
         with pytest.raises(ValueError, match=f"frame_tokens={bad!r}; expected a divisor of the 16"):
             LatentPooler("grid", D, (4, 4), 4, flatten=True, frame_tokens=bad)
-    with pytest.raises(ValueError, match="frame_tokens=4; expected 1 \\(flatten=false"):
+    with pytest.raises(ValueError, match="frame_tokens=4; expected 1 \\(flatten=false keeps all"):
         LatentPooler("grid", D, (4, 4), 4, flatten=False, frame_tokens=4)
 
 

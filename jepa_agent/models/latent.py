@@ -85,7 +85,7 @@ class LatentPooler(nn.Module):
         tokens = {"grid": grid_size**2, "patch": hp * wp, "attentive": num_queries}[mode]
         whole = isinstance(frame_tokens, int) and not isinstance(frame_tokens, bool)
         if not whole or frame_tokens < 1 or tokens % frame_tokens or (frame_tokens > 1 and not flatten):
-            need = f"a divisor of the {tokens} pooled tokens" if flatten else "1 (flatten=false keeps every token)"
+            need = f"a divisor of the {tokens} pooled tokens" if flatten else "1 (flatten=false keeps all)"
             raise ValueError(f"world_model.frame_tokens={frame_tokens!r}; expected {need}")
         self.frame_tokens = frame_tokens
         self.num_tokens = frame_tokens if flatten else tokens  # latent tokens per frame
