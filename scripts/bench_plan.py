@@ -5,6 +5,9 @@ without the KV cache, and with the labelled readout cost instead of the default 
     python scripts/bench_plan.py                                  # random default-size model, CEM 300x30xH5
     python scripts/bench_plan.py --checkpoint runs/wm/checkpoint  # a trained world model
     python scripts/bench_plan.py --threads 1 --replans 9 --world-model grid2
+    python scripts/bench_plan.py --checkpoint runs/push_tokens --population 200 --iterations 10
+                                                                  # a frame of many tokens: + its attention
+                                                                  #   by broadcast products, for the ratio
     python scripts/bench_plan.py --checkpoint A --member B        # + the ensemble of A and B (plan.py's
                                                                   #   'checkpoint=[A,B]'), against A alone
                                                                   #   and against its members run serially
@@ -37,6 +40,7 @@ from omegaconf import OmegaConf
 from jepa_agent.agent import encode_options, planning_rollout
 from jepa_agent.config import register_configs
 from jepa_agent.ensemble import WorldModelEnsemble
+from jepa_agent.models.ac_predictor import Attention
 from jepa_agent.utils import emit_json_line, int_at_least, set_threads
 from jepa_agent.world_model import StateReadout, WorldModel, build_world_model
 
@@ -181,6 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
                 return replan(planner, use_cache, fuse, "main")
             finally:
                 model.predictor.preallocate_cache = True
+        if which == "broadcast":  # every step's attention by broadcast products (the few-query path)
+            Attention.bmm_queries = 10**9
+            try:
+                return replan(planner, use_cache, fuse, "main")
+            finally:
+                Attention.bmm_queries = gemm_from
         fused_rollout = planning_rollout(model, costs[which])  # what MPCAgent plans with
 
         def rollout(c, a):
@@ -199,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants = {"kv_cache": (True, True, "main")}  # (use_cache, fuse, cost)
     variants["kv_concat"] = (True, True, "concat")
+    gemm_from = Attention.bmm_queries
+    if model.predictor.tokens_per_step - 1 >= gemm_from:  # a frame of many tokens: its attention by GEMMs
+        variants["broadcast_attention"] = (True, True, "broadcast")
     if args.cost_space != "readout":
         variants["readout_cost"] = (True, True, "readout")
     if not args.no_baseline:
@@ -246,6 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["speedup_kv_buffers"] = round(
         statistics.median(times["kv_concat"]) / statistics.median(times["kv_cache"]), 2
     )
+    if "broadcast_attention" in times:  # > 1: batched GEMMs beat broadcast products for many tokens
+        result["speedup_gemm_attention"] = round(
+            statistics.median(times["broadcast_attention"]) / statistics.median(times["kv_cache"]), 2
+        )
     if "readout_cost" in times:  # > 1: the default cost is slower than the labelled readout's
         result["ratio_to_readout_cost"] = round(
             statistics.median(times["kv_cache"]) / statistics.median(times["readout_cost"]), 2

@@ -128,6 +128,25 @@ def test_context_history_cache_equivalence_and_proprio():
         model.encode({"pixels": obs()["pixels"]})
 
 
+@pytest.mark.parametrize("pooling,grid_size", [("patch", 1), ("grid", 2)])
+def test_cached_step_attention_paths_agree(pooling, grid_size, monkeypatch):
+    """The cached step's two attention paths (broadcast products for a few queries, batched GEMMs for a
+    frame of many tokens) give the same rollout, with and without proprio and a context of two frames."""
+    from jepa_agent.models.ac_predictor import Attention
+
+    model = tiny_model(pooling, grid_size, proprio_dim=P)
+    states = [model.encode(obs(seed=i)) for i in range(2)]
+    ctx = model.context(states, [torch.tensor([0.1, -0.2])])
+    actions = torch.rand(7, 4, A) * 2 - 1
+    rollouts = []
+    for queries in (10**6, 1):  # every step by broadcast products, then every step by GEMMs
+        monkeypatch.setattr(Attention, "bmm_queries", queries)
+        with torch.inference_mode():
+            rollouts.append(model.rollout(ctx, actions))
+    torch.testing.assert_close(rollouts[1], rollouts[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollouts[1], model.rollout(ctx, actions, use_cache=False), atol=1e-5, rtol=0)
+
+
 def test_rollout_is_inference_only_unless_actions_need_grad():
     model = tiny_model()
     s = model.encode(obs())
@@ -440,8 +459,10 @@ def test_script_end_to_end(tmp_path, run_env, python):
     assert "16" in bad.stderr and "64" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_bench_plan_smoke(capsys):
+def test_bench_plan_smoke(capsys, monkeypatch):
     import importlib.util
+
+    from jepa_agent.models.ac_predictor import Attention
 
     spec = importlib.util.spec_from_file_location("bench_plan", REPO / "scripts" / "bench_plan.py")
     bench = importlib.util.module_from_spec(spec)
@@ -449,6 +470,13 @@ def test_bench_plan_smoke(capsys):
     res = bench.main(["--population", "16", "--iterations", "2", "--replans", "5", "--threads", "1"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == json.loads(json.dumps(res))
+    assert "speedup_gemm_attention" not in res  # one token per frame: its attention is broadcast products
+    monkeypatch.setattr(Attention, "bmm_queries", 1)  # as for a frame of many tokens: timed both ways
+    many = bench.main(["--population", "8", "--iterations", "1", "--replans", "5", "--threads", "1",
+                       "--no-baseline"])  # fmt: skip
+    assert many["broadcast_attention_s"]["median"] > 0 and many["speedup_gemm_attention"] > 0
+    assert Attention.bmm_queries == 1  # the variant put the threshold back
+    capsys.readouterr()
     assert res["kv_cache_s"]["median"] > 0 and res["no_cache_s"]["median"] > 0 and res["control_hz"] > 0
     assert res["unfused_s"]["median"] > 0 and res["speedup_vs_unfused"] > 0
     assert res["threads"] == 1 and res["latent_tokens"] == 1 and res["cost_space"] == "metric"

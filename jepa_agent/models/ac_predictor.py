@@ -99,6 +99,10 @@ class Attention(nn.Module):
     planning sizes (hundreds of samples, a handful of tokens) this is ~3x faster than batched SDPA.
     """
 
+    # queries per step from which :meth:`step` uses batched GEMMs instead of broadcast products (a frame of
+    # many tokens, e.g. world_model.flatten=false); measured in docs/benchmarks.md (twenty-second session)
+    bmm_queries: int = 8
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
@@ -145,10 +149,18 @@ class Attention(nn.Module):
         elif past is not None:
             k = torch.cat([past[0], k], dim=2)  # [h, hd, L, B]
             v = torch.cat([past[1], v], dim=2)
-        scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(1).mul_(hd**-0.5)  # [h, Q, L, B]
-        w = scores.softmax(dim=2)
-        y = (w.unsqueeze(1) * v.unsqueeze(2)).sum(3)  # [h, hd, Q, B]
-        out = torch.addmm(self.proj.bias, y.reshape(h * hd, Q * B).t(), self.proj.weight.t())  # [Q * B, dim]
+        if Q < self.bmm_queries:  # a few queries: reduce over the small axes, vectorised over the samples
+            scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(1).mul_(hd**-0.5)  # [h, Q, L, B]
+            w = scores.softmax(dim=2)
+            y = (w.unsqueeze(1) * v.unsqueeze(2)).sum(3).reshape(h * hd, Q * B).t()  # [Q * B, h * hd]
+        else:  # many (a frame of several tokens): the products above would be hd x the scores; batch GEMMs
+            L = k.shape[2]
+            qb = q.permute(3, 0, 2, 1).reshape(B * h, Q, hd)
+            kb = k.permute(3, 0, 1, 2).reshape(B * h, hd, L)
+            vb = v.permute(3, 0, 2, 1).reshape(B * h, L, hd)
+            w = torch.bmm(qb, kb).mul_(hd**-0.5).softmax(dim=-1)  # [B * h, Q, L]
+            y = torch.bmm(w, vb).view(B, h, Q, hd).permute(2, 0, 1, 3).reshape(Q * B, h * hd)
+        out = torch.addmm(self.proj.bias, y, self.proj.weight.t())  # [Q * B, dim]
         return out, k, v
 
 
