@@ -66,6 +66,7 @@ class TaskConfig:
     context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
     action_chunk: int = 1  # env steps per world-model step (a macro-action of that many env actions)
     metric_kind: str = "distance"  # world_model.metric.kind: distance (symmetric) | critic (push: asymmetric)
+    frame_tokens: int = 1  # the compact latent's tokens per frame (world_model.frame_tokens; push: 4 rows)
     displacement_inputs: str = MISSING  # the displacement head: pair | diff (diff: a new scene per episode)
     displacement_hidden: int = MISSING  # world_model.displacement.hidden (0: none)
     anchor_hidden: int = MISSING  # the anchor head's width (world_model.anchor.hidden; 0: none)
@@ -132,6 +133,7 @@ META_KEYS = (
     "context_frames",
     "action_chunk",
     "metric_kind",
+    "frame_tokens",
     "displacement_inputs",
     "displacement_hidden",
     "anchor_hidden",

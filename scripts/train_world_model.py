@@ -70,10 +70,14 @@ def run(cfg: DictConfig) -> dict:
     )
     train_cfg.betas = tuple(train_cfg.betas)
     if base is not None and train_cfg.encoder.steps > 0:
-        raise ValueError(
-            f"init={init}: its encoder is kept as it was trained; train.encoder.steps="
-            f"{train_cfg.encoder.steps} would tune it again: set train.encoder.steps=0"
-        )
+        tuned = int(base.meta.get("encoder_tune_steps", 0) or 0)
+        if train_cfg.encoder.steps != tuned:
+            raise ValueError(
+                f"init={init}: its encoder is kept as it was trained ({tuned} fine-tuning steps); "
+                f"train.encoder.steps={train_cfg.encoder.steps} would tune it again: set "
+                "train.encoder.steps=0"
+            )
+        train_cfg.encoder.steps = 0  # the env's recipe asks for the tuning this encoder already had: keep it
     common = dict(
         val_fraction=cfg.data.val_fraction, expect_env_id=cfg.env.id, expect_image_size=cfg.env.image_size
     )

@@ -129,6 +129,27 @@ def test_world_model_training_defaults_are_the_scripts_defaults():
     assert set(api) - set(script) == {"seed", "device"}  # top-level keys of the script's config
 
 
+def test_an_envs_recipe_sets_its_training_defaults_and_the_command_line_wins():
+    """``env=push`` trains with ``configs/recipe/push.yaml`` (the encoder's time and pixel terms, macro-step
+    displacement goals), the goal critic and 4 tokens per frame; other envs have no recipe and train with
+    the plain defaults; an override on the command line beats the recipe."""
+    plain = OmegaConf.to_container(compose_config("train_world_model").train, resolve=True)
+    push = compose_config("train_world_model", ["env=push"])
+    assert push.train.encoder.steps == 1500 and push.train.encoder.time_weight == 1.0
+    assert push.train.encoder.pixel_weight == 10.0 and push.train.displacement.goal_steps == 5
+    assert push.world_model.frame_tokens == 4 and push.world_model.metric.kind == "critic"
+    assert push.train.steps == plain["steps"] and push.train.metric == plain["metric"]  # the rest: defaults
+    for env in ("reach", "reach_distracting", "reach_torque", "gym"):
+        cfg = compose_config("train_world_model", [f"env={env}"])
+        assert cfg.world_model.frame_tokens == 1 and cfg.world_model.metric.kind == "distance"
+        assert OmegaConf.to_container(cfg.train.encoder) == plain["encoder"], env
+        assert cfg.train.displacement.goal_steps == plain["displacement"]["goal_steps"], env
+    mine = compose_config(
+        "train_world_model", ["env=push", "train.encoder.steps=0", "world_model.frame_tokens=1"]
+    )
+    assert mine.train.encoder.steps == 0 and mine.world_model.frame_tokens == 1
+
+
 @pytest.mark.parametrize("policy", ["noisy", "torque", "push"])
 def test_collect_policy_blocks_are_the_policies_defaults(policy):
     """``collect.py policy=P`` collects as ``make_policy(P)`` does by default: its block holds them."""

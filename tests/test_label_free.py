@@ -218,7 +218,20 @@ def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python
     assert zd.shape[1] == 2 and d.predictor.num_tokens == 2
     torch.testing.assert_close(zd.flatten(1), za.flatten(1), rtol=0, atol=1e-6)
     torch.testing.assert_close(d.metric(zd), a.metric(za), rtol=0, atol=1e-5)
+    # an env's recipe that tunes the encoder (push's) asks init= for the tuning its encoder already had: kept
+    tuned, again = tmp_path / "wm_tuned", tmp_path / "wm_tuned_again"
+    tune = ["train.encoder.steps=2", "train.encoder.batch_size=2", "train.encoder.warmup=1"]
+    proc = train(f"encoder_checkpoint={tmp_path / 'pt'}", f"out={tuned}", *tune,
+                 "world_model.predictor.dim=32")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = train(f"init={tuned}", f"out={again}", *tune, "world_model.predictor.dim=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e, f = WorldModel.from_checkpoint(tuned, device="cpu"), WorldModel.from_checkpoint(again, device="cpu")
+    assert f.meta["encoder_tune_steps"] == e.meta["encoder_tune_steps"] == 2
+    for key, x in e.encoder.state_dict().items():
+        torch.testing.assert_close(x, f.encoder.state_dict()[key], rtol=0, atol=0, msg=key)
     for args, match in (
+        ((f"init={tuned}", "train.encoder.steps=3"), "(2 fine-tuning steps); train.encoder.steps=3 would"),
         ((f"init={wm}", f"encoder_checkpoint={tmp_path / 'pt'}"), "pass one of the two"),
         ((f"init={wm}", "train.encoder.steps=2"), "train.encoder.steps=2 would tune it again"),
         ((f"init={wm}", "world_model.metric.hidden=8"), "its metric does not fit"),
