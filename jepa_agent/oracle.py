@@ -143,8 +143,10 @@ class SimulatorModel:
         self._qpos = slice(1, 1 + self.model.nq)  # after time in an mjSTATE_FULLPHYSICS vector
 
     @classmethod
-    def from_env(cls, env: gym.Env, device: Any = "cpu", action_chunk: int = 1) -> SimulatorModel:
-        return cls(env, device=device, action_chunk=action_chunk)
+    def from_env(
+        cls, env: gym.Env, device: Any = "cpu", action_chunk: int = 1, threads: int = 1
+    ) -> SimulatorModel:
+        return cls(env, device=device, threads=threads, action_chunk=action_chunk)
 
     def encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The env's full physics state ``[nstate]`` (``obs`` must be its latest observation)."""
@@ -358,29 +360,31 @@ class SimulatorImagination:
 
 # ------------------------------------------------------------------------------------------- dispatch
 def reach_oracle(
-    env: gym.Env, device: Any = "cpu", action_chunk: int = 1
+    env: gym.Env, device: Any = "cpu", action_chunk: int = 1, threads: int = 1
 ) -> ReachKinematics | ReachSimulator:
     """The position arm's kinematics (valid only there: its servos track the target within ~1% per step),
     else the simulator (the torque arm coasts: only the true dynamics predict it). Macro-actions
-    (``action_chunk`` > 1) step the simulator, for either arm."""
+    (``action_chunk`` > 1) step the simulator, for either arm, on ``threads`` threads."""
     if env.unwrapped.control == "position" and action_chunk == 1:
         return ReachKinematics.from_env(env, device=device)
-    return ReachSimulator.from_env(env, device=device, action_chunk=action_chunk)
+    return ReachSimulator.from_env(env, device=device, action_chunk=action_chunk, threads=threads)
 
 
 SIMULATORS: dict[type, Callable[..., SimulatorModel]] = {  # env class -> its simulator as a model
     ReachEnv: ReachSimulator.from_env,
     PushEnv: PushSimulator.from_env,
 }
-ORACLES: dict[type, Callable[..., Any]] = {  # (env, device, action_chunk) -> planning model, by env class
+ORACLES: dict[type, Callable[..., Any]] = {  # (env, device, action_chunk, threads) -> planning model
     ReachEnv: reach_oracle,
     PushEnv: PushSimulator.from_env,
 }
 
 
-def oracle_model(env: gym.Env, device: Any = "cpu", action_chunk: int = 1) -> Any:
+def oracle_model(env: gym.Env, device: Any = "cpu", action_chunk: int = 1, threads: int = 1) -> Any:
     """The true-state planning model of ``env``'s task (:data:`ORACLES`, by env class), planning
     macro-actions of ``action_chunk`` env steps (a world model's ``action_chunk``, for the same budget).
+    A simulator oracle steps its candidates on ``threads`` threads (``mujoco.rollout``'s pool; the
+    rollouts are the same on any number: each candidate is its own simulation).
 
     Raises:
         ValueError: the env has no oracle (names it and the tasks that have one).
@@ -390,4 +394,4 @@ def oracle_model(env: gym.Env, device: Any = "cpu", action_chunk: int = 1) -> An
     if make is None:
         name = env.spec.id if env.spec is not None else type(u).__name__
         raise ValueError(f"no true-state oracle for {name}; available for {[c.__name__ for c in ORACLES]}")
-    return make(env, device=device, action_chunk=action_chunk)
+    return make(env, device=device, action_chunk=action_chunk, threads=threads)

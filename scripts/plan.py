@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -70,8 +71,8 @@ def check_counts(cfg: DictConfig) -> None:
 def build_oracle(env: Any, cfg: DictConfig, action_chunk: int) -> Any:
     """The true-state baseline: the env's oracle model (``jepa_agent.oracle.ORACLES``) under the run's
     planner, agent and cost settings, stepping ``action_chunk`` env steps per planned step: the JEPA
-    agent's budget."""
-    model = oracle_model(env, action_chunk=action_chunk)
+    agent's budget. A simulator oracle steps its candidates on the run's threads (``threads``)."""
+    model = oracle_model(env, action_chunk=action_chunk, threads=torch.get_num_threads())
     return build_agent(model, cfg.planner, cfg.agent, cfg.cost, env.action_space)
 
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from jepa_agent.agent import MPCAgent
 from jepa_agent.config import compose_config
 from jepa_agent.costs import CostConfig
+from jepa_agent.models.latent import GoalCritic
 from jepa_agent.planning import build_agent
 from jepa_agent.world_model import WorldModel, build_world_model
 from planners import CEMPlanner, GDPlanner, MPPIPlanner
@@ -148,6 +149,24 @@ def test_an_envs_recipe_sets_its_training_defaults_and_the_command_line_wins():
         "train_world_model", ["env=push", "train.encoder.steps=0", "world_model.frame_tokens=1"]
     )
     assert mine.train.encoder.steps == 0 and mine.world_model.frame_tokens == 1
+
+
+def test_the_push_recipes_world_model_fits_the_shipping_bar():
+    """What ``train_all env=push`` trains (pretrain's default encoder, the recipe's world model: 4 tokens
+    per frame, the goal critic at the recipe's width, the displacement head, macro-actions of 5) holds
+    under the 10 MB every shipped checkpoint is held to (tests/test_shipped_checkpoint.py): its weights
+    in float32, with 100 kB left for config.yaml and meta.json."""
+    cfg = compose_config("train_world_model", ["env=push"])
+    encoder = OmegaConf.to_container(compose_config("pretrain").encoder, resolve=True)
+    run = {"encoder": encoder, "world_model": OmegaConf.to_container(cfg.world_model, resolve=True),
+           "action_dim": 2, "proprio_dim": 4, "env_id": cfg.env.id, "action_chunk": cfg.action_chunk}  # fmt: skip
+    model = build_world_model(run)
+    assert isinstance(model.metric, GoalCritic) and model.metric.hidden == cfg.world_model.metric.hidden
+    assert model.displacement is not None and model.action_chunk == 5
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert weights <= 10_000_000 - 100_000, f"{weights / 1e6:.2f} MB of weights"
+    run["world_model"]["metric"]["hidden"] = 256  # the width before the recipe set it: over the bar
+    assert sum(t.numel() * 4 for t in build_world_model(run).state_dict().values()) > 10_000_000
 
 
 @pytest.mark.parametrize("policy", ["noisy", "torque", "push"])

@@ -234,6 +234,20 @@ def test_oracle_macro_actions_are_env_steps():
     env.close()
 
 
+def test_oracle_rollouts_are_the_same_on_two_threads():
+    """plan.py gives the simulator oracle its threads: each candidate is its own simulation, so the
+    rollouts do not depend on how many threads step them."""
+    env = envs.make_env("push")
+    obs, _ = env.reset(seed=4)
+    one, two = oracle_model(env, action_chunk=5), oracle_model(env, action_chunk=5, threads=2)
+    actions = torch.as_tensor(np.random.default_rng(2).uniform(-1, 1, (16, 2, 10)), dtype=torch.float32)
+    state = one.encode(obs)
+    assert torch.equal(one.rollout(state, actions), two.rollout(state, actions))
+    with pytest.raises(ValueError, match="threads=0"):
+        oracle_model(env, threads=0)
+    env.close()
+
+
 def test_oracle_pushes_the_block_to_a_nearby_goal():
     torch.manual_seed(0)
     env = envs.make_env("push", max_episode_steps=12)
