@@ -158,8 +158,9 @@ def test_the_push_recipes_world_model_fits_the_shipping_bar():
     in float32, with 100 kB left for config.yaml and meta.json."""
     cfg = compose_config("train_world_model", ["env=push"])
     encoder = OmegaConf.to_container(compose_config("pretrain").encoder, resolve=True)
-    run = {"encoder": encoder, "world_model": OmegaConf.to_container(cfg.world_model, resolve=True),
-           "action_dim": 2, "proprio_dim": 4, "env_id": cfg.env.id, "action_chunk": cfg.action_chunk}  # fmt: skip
+    world_model = OmegaConf.to_container(cfg.world_model, resolve=True)
+    run = {"encoder": encoder, "world_model": world_model, "action_dim": 2, "proprio_dim": 4,
+           "env_id": cfg.env.id, "action_chunk": cfg.action_chunk}  # fmt: skip
     model = build_world_model(run)
     assert isinstance(model.metric, GoalCritic) and model.metric.hidden == cfg.world_model.metric.hidden
     assert model.displacement is not None and model.action_chunk == 5
