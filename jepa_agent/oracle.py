@@ -387,8 +387,10 @@ def oracle_model(env: gym.Env, device: Any = "cpu", action_chunk: int = 1, threa
     rollouts are the same on any number: each candidate is its own simulation).
 
     Raises:
-        ValueError: the env has no oracle (names it and the tasks that have one).
+        ValueError: the env has no oracle (names it and the tasks that have one), or ``threads`` is not an
+            int >= 1.
     """
+    threads = check_int("threads", threads, 1, "threads stepping the simulator oracle's candidates")
     u = env.unwrapped
     make = ORACLES.get(type(u))
     if make is None:
