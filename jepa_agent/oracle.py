@@ -130,8 +130,7 @@ class SimulatorModel:
     check_dims = 2
 
     def __init__(self, env: gym.Env, device: Any = "cpu", threads: int = 1, action_chunk: int = 1) -> None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads={threads!r}: expected an int >= 1")
+        threads = check_int("threads", threads, 1, "threads stepping the candidates")
         u = env.unwrapped
         self.env, self.model = u, u.model
         self.device = torch.device(device)
