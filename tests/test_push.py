@@ -245,8 +245,10 @@ def test_oracle_rollouts_are_the_same_on_two_threads():
     assert torch.equal(one.rollout(state, actions), two.rollout(state, actions))
     with pytest.raises(ValueError, match="threads=0"):
         oracle_model(env, threads=0)
+    reach = envs.make_env("reach")
     with pytest.raises(ValueError, match="threads=0"):  # refused for the kinematic oracle too
-        oracle_model(envs.make_env("reach"), threads=0)
+        oracle_model(reach, threads=0)
+    reach.close()
     env.close()
 
 
