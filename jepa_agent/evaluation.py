@@ -72,6 +72,21 @@ class EpisodeResult:
     steps: int
     seconds: float
     plan_seconds: list[float] = field(default_factory=list)
+    # the env's other numbers in the last step's info (push: pusher_distance, block_distance, yaw_error),
+    # so a miss can be told apart by what missed
+    final_info: dict[str, float] = field(default_factory=dict)
+
+
+def final_numbers(info: dict[str, Any]) -> dict[str, float]:
+    """The real numbers of a step's ``info`` other than ``distance`` (recorded on its own) and ``is_success``:
+    an env's own error terms, as floats (bools and non-finite or non-numeric values left out)."""
+    out = {}
+    for key, value in info.items():
+        if key in ("distance", "is_success") or isinstance(value, (bool, np.bool_)):
+            continue
+        if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -174,6 +189,7 @@ def run_episode(
         steps=len(distances) - 1,
         seconds=time.perf_counter() - t0,
         plan_seconds=plan_seconds,
+        final_info=final_numbers(info),
     )
 
 

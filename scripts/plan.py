@@ -8,7 +8,8 @@
     python scripts/plan.py env=push checkpoint=C dynamics=simulator  # the model's cost on true futures
 
 Writes to the run dir: an mp4 per recorded episode (observation | goal), episodes.jsonl (a line per
-episode as it ends, kept if the run is interrupted), results.json, the planner's cost per iteration
+episode as it ends, kept if the run is interrupted; ``final_info`` holds the env's numbers at the last step,
+e.g. push's pusher, block and yaw errors), results.json, the planner's cost per iteration
 (cost_per_iteration.png) and an energy landscape (energy_landscape.png); ends with one JSON line.
 With ``record=DIR`` the main policy's episodes are also written to DIR as an episode dataset (collect.py's
 format): the states the planner visits, to train the world model on beside the scripted data.

@@ -278,6 +278,12 @@ def test_random_and_zero_baselines_run_on_push():
     res = evaluate(env, policies, [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1])
     assert res["zero"]["episodes"] == 2 and res["zero"]["success_rate"] == 0.0
     assert np.array_equal(policies["zero"].act({}), np.zeros(2, np.float32))
+    # each episode records what missed: the env's numbers at its last step (pusher, block and yaw errors)
+    for ep in res["zero"]["per_episode"]:
+        assert {"pusher_distance", "block_distance", "yaw_error"} <= set(ep["final_info"])
+        assert np.hypot(ep["final_info"]["pusher_distance"], ep["final_info"]["block_distance"]) == (
+            pytest.approx(ep["final_distance"])
+        )
     env.close()
 
 
