@@ -131,13 +131,14 @@ def test_world_model_training_defaults_are_the_scripts_defaults():
 
 
 def test_an_envs_recipe_sets_its_training_defaults_and_the_command_line_wins():
-    """``env=push`` trains with ``configs/recipe/push.yaml`` (the encoder's time and pixel terms, macro-step
-    displacement goals), the goal critic and 4 tokens per frame; other envs have no recipe and train with
-    the plain defaults; an override on the command line beats the recipe."""
+    """``env=push`` trains with ``configs/recipe/push.yaml`` (the encoder's time, pixel and multi-step inverse
+    terms, macro-step displacement goals), the goal critic and 4 tokens per frame; other envs have no recipe
+    and train with the plain defaults; an override on the command line beats the recipe."""
     plain = OmegaConf.to_container(compose_config("train_world_model").train, resolve=True)
     push = compose_config("train_world_model", ["env=push"])
     assert push.train.encoder.steps == 1500 and push.train.encoder.time_weight == 1.0
     assert push.train.encoder.pixel_weight == 10.0 and push.train.displacement.goal_steps == 5
+    assert push.train.encoder.displacement_weight == 1.0 and push.train.encoder.cap == 10.0
     assert push.world_model.frame_tokens == 4 and push.world_model.metric.kind == "critic"
     assert push.train.steps == plain["steps"] and push.train.metric == plain["metric"]  # the rest: defaults
     for env in ("reach", "reach_distracting", "reach_torque", "gym"):
