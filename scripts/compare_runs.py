@@ -3,12 +3,13 @@
     python scripts/compare_runs.py RUN_A RUN_B [--policy jepa] [--above yaw_error=0.349]
 
 ``RUN_A`` and ``RUN_B`` are plan.py run dirs (or their ``episodes.jsonl``). Episodes are paired by their
-goal (``index`` and ``seed``); only goals both runs finished are compared. Prints one JSON line: per run the
-success counts (any step, end), the mean and median final distance and the mean closest approach; how many
-goals run B ended nearer; the median of each number in the episodes' ``final_info`` (the env's own error
-terms at the last step, e.g. push's ``pusher_distance``, ``block_distance``, ``yaw_error``); and with
-``--above KEY=VALUE`` how many episodes of each run ended with ``final_info[KEY] > VALUE`` (null for a run
-whose episodes do not have it: plan.py records ``final_info`` since the twenty-fourth session).
+goal (``index`` and ``seed``); only goals both runs finished are compared. Prints one JSON line: per run
+plan.py's summary of those episodes (success rates with 95% CIs, the mean final distance and closest
+approach) and the median final distance; how many goals run B ended nearer; the median of each number in
+the episodes' ``final_info`` (the env's own error terms at the last step, e.g. push's ``pusher_distance``,
+``block_distance``, ``yaw_error``); and with ``--above KEY=VALUE`` how many episodes of each run ended
+with ``final_info[KEY] > VALUE`` (null for a run whose episodes do not have it: plan.py records
+``final_info`` since the twenty-fourth session).
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jepa_agent.evaluation import EpisodeResult, summarize
 from jepa_agent.utils import emit_json_line
+
+RESULT_FIELDS = [f.name for f in fields(EpisodeResult)]
 
 
 def episodes_file(run: str) -> Path:
@@ -68,13 +73,11 @@ def threshold(text: str) -> tuple[str, float]:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    final = np.array([r["final_distance"] for r in rows])
+    """plan.py's own summary of these episodes (success rates with CIs, mean distances), plus the median."""
+    results = [EpisodeResult(**{k: r[k] for k in RESULT_FIELDS if k in r}) for r in rows]
     return {
-        "reached": int(sum(bool(r["success_any"]) for r in rows)),
-        "held": int(sum(bool(r["success_end"]) for r in rows)),
-        "final_distance_mean": float(final.mean()),
-        "final_distance_median": float(np.median(final)),
-        "min_distance_mean": float(np.mean([r["min_distance"] for r in rows])),
+        **summarize(results),
+        "final_distance_median": float(np.median([r.final_distance for r in results])),
     }
 
 
@@ -100,12 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         keys = sorted(set().union(*infos))
         out[name]["final_info_median"] = {k: float(np.median([i[k] for i in infos if k in i])) for k in keys}
         for key, value in args.above:  # null for a run whose episodes lack the key (older plan.py runs)
-            has = any(key in i for i in infos)
-            out[name][f"{key}_above_{value:g}"] = (
-                int(sum(i.get(key, -math.inf) > value for i in infos)) if has else None
-            )
+            count = sum(i.get(key, -math.inf) > value for i in infos)
+            out[name][f"{key}_above_{value:g}"] = int(count) if key in keys else None
     for key, value in args.above:
-        if out["a"][f"{key}_above_{value:g}"] is None and out["b"][f"{key}_above_{value:g}"] is None:
+        if key not in out["a"]["final_info_median"] and key not in out["b"]["final_info_median"]:
             raise SystemExit(
                 f"error: --above {key}={value:g}: neither run's episodes have final_info[{key!r}]; run B's "
                 f"have {sorted(out['b']['final_info_median']) or 'none'}"
