@@ -40,9 +40,9 @@ def episodes_file(run: str) -> Path:
     return path
 
 
-def load(run: str, policy: str) -> dict[tuple[int, int], dict[str, Any]]:
+def load(run: str, policy: str) -> dict[tuple[int, int], EpisodeResult]:
     path = episodes_file(run)
-    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    rows: dict[tuple[int, int], EpisodeResult] = {}
     policies = set()
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -51,7 +51,8 @@ def load(run: str, policy: str) -> dict[tuple[int, int], dict[str, Any]]:
             row = json.loads(line)
             policies.add(row["policy"])
             if row["policy"] == policy:
-                rows[(int(row["index"]), int(row["seed"]))] = row
+                result = EpisodeResult(**{k: row[k] for k in RESULT_FIELDS if k in row})
+                rows[(int(row["index"]), int(result.seed))] = result
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise SystemExit(f"error: {path}:{n}: not a plan.py episode line ({e})") from None
     if not rows:
@@ -72,9 +73,8 @@ def threshold(text: str) -> tuple[str, float]:
     return key, number
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(results: list[EpisodeResult]) -> dict[str, Any]:
     """plan.py's own summary of these episodes (success rates with CIs, mean distances), plus the median."""
-    results = [EpisodeResult(**{k: r[k] for k in RESULT_FIELDS if k in r}) for r in rows]
     return {
         **summarize(results),
         "final_distance_median": float(np.median([r.final_distance for r in results])),
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: the two runs share no goal (index, seed); {len(a)} and {len(b)} episodes")
     ra, rb = [a[g] for g in goals], [b[g] for g in goals]
     out: dict[str, Any] = {"policy": args.policy, "goals": len(goals), "a": summary(ra), "b": summary(rb)}
-    out["b_nearer"] = int(sum(y["final_distance"] < x["final_distance"] for x, y in zip(ra, rb, strict=True)))
+    out["b_nearer"] = int(sum(y.final_distance < x.final_distance for x, y in zip(ra, rb, strict=True)))
     for name, rows in (("a", ra), ("b", rb)):
-        infos = [r.get("final_info") or {} for r in rows]
+        infos = [r.final_info for r in rows]
         keys = sorted(set().union(*infos))
         out[name]["final_info_median"] = {k: float(np.median([i[k] for i in infos if k in i])) for k in keys}
         for key, value in args.above:  # null for a run whose episodes lack the key (older plan.py runs)

@@ -61,6 +61,10 @@ def test_compare_runs_pairs_goals_and_counts_what_missed(tmp_path, python, run_e
         bad = run(*args)
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr)
         assert "Traceback" not in bad.stderr
+    torn = write_run(tmp_path / "torn", [{"seed": zero[0]["seed"]}])  # a line that is not a whole episode
+    bad = run(torn, b)
+    assert bad.returncode != 0 and "not a plan.py episode line" in bad.stderr
+    assert "Traceback" not in bad.stderr
     other = write_run(tmp_path / "c", [{**zero[0], "seed": 7}])
     bad = run(a, other)
     assert bad.returncode != 0 and "share no goal" in bad.stderr
