@@ -7,8 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from jepa_agent.training.encoder_tune import (
+    ActionTuneHeads,
     EncoderTuneConfig,
     FrameEpisodes,
     random_shift,
@@ -108,6 +110,7 @@ def test_world_model_run_with_fine_tune_records_it_and_resumes(tmp_path):
         ({"lr": float("nan")}, "train.encoder.lr=nan"),
         ({"batch_size": 0}, "train.encoder.batch_size=0"),
         ({"pixel_weight": -1.0}, "train.encoder.pixel_weight=-1.0"),
+        ({"decoder_width": 0}, "train.encoder.decoder_width=0"),
         ({"critic_weight": -1.0}, "train.encoder.critic_weight=-1.0"),
         ({"critic_gamma": 1.0}, "train.encoder.critic_gamma=1.0"),
         ({"critic_expectile": 0}, "train.encoder.critic_expectile=0"),
@@ -241,6 +244,10 @@ def test_pixel_decoder_sizes():
     assert PixelDecoder(32, 16)(torch.zeros(1, 32)).shape == (1, 3, 16, 16)
     with pytest.raises(ValueError, match="48 px: set train.encoder.pixel_weight=0"):
         PixelDecoder(32, 48)
+    # train.encoder.decoder_width: the channels at the first grid, halved per upsampling down to 16
+    wide = ActionTuneHeads(32, 2, image_size=16, decoder_width=256).decoder
+    assert [m.out_channels for m in wide.body if isinstance(m, nn.ConvTranspose2d)] == [128, 3]
+    assert wide(torch.zeros(2, 32)).shape == (2, 3, 16, 16)
 
 
 def test_critic_term_counts_the_steps_and_trains_the_encoder():

@@ -88,6 +88,8 @@ class EncoderTuneConfig:
         displacement_weight: weight of the multi-step inverse term (0: off, and no goal frames are encoded).
         time_weight: weight of the time term: the signed frames from a clip frame to the goal frame (0: off).
         pixel_weight: weight of the pixel-reconstruction term (0: off, and no decoder is built).
+        decoder_width: channels of the pixel decoder's first (4 x 4) grid, halved at each upsampling (at
+            least 16); the decoder is thrown away with the stage's other heads.
         critic_weight: weight of the goal critic's TD error (0: off, and no critic is built).
         critic_gamma: the critic's discount (it counts steps up to about ``1 / (1 - gamma)``).
         critic_expectile: the critic's expectile (> 0.5: the fewest steps the data shows).
@@ -115,6 +117,7 @@ class EncoderTuneConfig:
     displacement_weight: float = 0.0
     time_weight: float = 0.0
     pixel_weight: float = 0.0
+    decoder_width: int = 128
     critic_weight: float = 0.0
     critic_gamma: float = 0.98
     critic_expectile: float = 0.9
@@ -129,7 +132,7 @@ class EncoderTuneConfig:
         for name in ("steps", "shift", "warmup", "goal_steps", "back_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected an integer >= 0")
-        for name in ("batch_size", "proj_dim", "hidden"):
+        for name in ("batch_size", "proj_dim", "hidden", "decoder_width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.encoder.{name}={getattr(self, name)}; expected a positive integer")
         if int(self.window) < 2:
@@ -181,7 +184,8 @@ class ActionTuneHeads(nn.Module):
     """The stage's throwaway heads: projector (latent -> embedding), residual action-conditioned
     predictor, inverse model ``(e_t, e_{t+1}) -> a_t``, multi-step inverse model
     ``(e_t, e_goal) -> capped sum of the actions between them``, given ``image_size`` a pixel decoder
-    (latent -> frame) and, given ``critic``, a goal critic on the embeddings."""
+    (latent -> frame, ``decoder_width`` channels at its first grid) and, given ``critic``, a goal critic on
+    the embeddings."""
 
     def __init__(
         self,
@@ -191,9 +195,10 @@ class ActionTuneHeads(nn.Module):
         hidden: int = 256,
         image_size: int | None = None,
         critic: bool = False,
+        decoder_width: int = 128,
     ) -> None:
         super().__init__()
-        self.decoder = PixelDecoder(latent_dim, image_size) if image_size else None
+        self.decoder = PixelDecoder(latent_dim, image_size, decoder_width) if image_size else None
         self.critic = GoalCritic(proj_dim, hidden) if critic else None
         self.projector = nn.Sequential(  # batch-standardised first, as the world model standardises latents
             nn.BatchNorm1d(latent_dim, affine=False), nn.Linear(latent_dim, hidden), nn.GELU(),
@@ -416,7 +421,7 @@ def tune_encoder(
     if heads is None:
         heads = ActionTuneHeads(pooler.num_tokens * pooler.out_dim, data.actions.shape[-1], cfg.proj_dim,
                                 cfg.hidden, size if cfg.pixel_weight > 0 else None,
-                                critic=cfg.critic_weight > 0)  # fmt: skip
+                                critic=cfg.critic_weight > 0, decoder_width=cfg.decoder_width)  # fmt: skip
     elif (heads.critic is not None) != (cfg.critic_weight > 0) or (heads.decoder is not None) != (
         cfg.pixel_weight > 0
     ):
