@@ -47,6 +47,21 @@ from jepa_agent.utils import (
 )
 
 DYNAMICS = ("model", "simulator")  # dynamics=: what imagines the candidates' futures
+BASELINES = ("oracle", "random", "zero")  # baselines=: true (all), false (none) or a list of these
+
+
+def baseline_names(value: Any) -> tuple[str, ...]:
+    """``baselines=``: ``true`` (every baseline), ``false`` (none) or a list of names from
+    :data:`BASELINES` (e.g. ``'baselines=[random,zero]'`` skips the slow oracle); refused in one line."""
+    if isinstance(value, bool):
+        return BASELINES if value else ()
+    names = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) and n in BASELINES for n in names):
+        return tuple(n for n in BASELINES if n in names)
+    raise ValueError(
+        f"baselines={names!r}; expected true, false or a list of {', '.join(BASELINES)} "
+        "(e.g. 'baselines=[random,zero]')"
+    )
 
 
 def check_counts(cfg: DictConfig) -> None:
@@ -60,6 +75,7 @@ def check_counts(cfg: DictConfig) -> None:
         check_int(key, cfg[key], least, what)
     if cfg.dynamics not in DYNAMICS:
         raise ValueError(f"dynamics={cfg.dynamics!r}; expected one of {list(DYNAMICS)}")
+    baseline_names(cfg.baselines)
     # the state oracle's macro-actions (goal=state); with a checkpoint, the model's own action_chunk rules
     check_int("env.action_chunk", cfg.env.action_chunk, 1, "env steps per planned step")
     w = cfg.disagreement
@@ -90,6 +106,7 @@ def main(cfg: DictConfig) -> None:
     env = envs.make_env_from_config(cfg.env)
     action_dim = env.action_space.shape[0]
 
+    baselines = baseline_names(cfg.baselines)
     kind = goal_kind(str(cfg.goal))
     goal_image = load_goal_image(cfg.goal, cfg.env.image_size) if kind == "file" else None
     policies = {}
@@ -129,11 +146,13 @@ def main(cfg: DictConfig) -> None:
             ),
         }
         has_oracle = type(env.unwrapped) in ORACLES  # env=gym: any env, with no true-state model
-        if cfg.baselines and kind == "image" and has_oracle:  # a user image has no true goal state
+        if "oracle" in baselines and kind == "image" and has_oracle:  # a user image has no true goal state
             policies["oracle"] = build_oracle(env, cfg, model.action_chunk)  # the same macro-actions
-    if cfg.baselines and kind != "file":
-        policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)
-        policies["zero"] = ZeroPolicy(env.action_space)
+    if kind != "file":
+        if "random" in baselines:
+            policies["random"] = RandomPolicy(env.action_space, seed=cfg.seed)
+        if "zero" in baselines:
+            policies["zero"] = ZeroPolicy(env.action_space)
 
     seeds = [EVAL_SEED_OFFSET + 10_000 * int(cfg.seed) + i for i in range(int(cfg.episodes))]
     main_name = next(iter(policies))

@@ -274,12 +274,25 @@ def test_plan_bad_goal_path(pipeline, tmp_path):
     [("episodes=0", "episodes=0; expected an int >= 1"), ("videos=-1", "videos=-1; expected an int >= 0"),
      ("threads=-2", "threads=-2; expected an int >= 0"),
      ("cost.action_weight=-1", "cost.action_weight=-1; expected >= 0"),
-     ("disagreement=much", "disagreement='much': expected a number >= 0")],
+     ("disagreement=much", "disagreement='much': expected a number >= 0"),
+     ("baselines=[random,sometimes]", "baselines=['random', 'sometimes']; expected true, false or a list of "
+      "oracle, random, zero")],
 )  # fmt: skip
 def test_plan_bad_counts_are_clear_errors(tmp_path, arg, msg):
     proc = run("plan.py", arg, f"hydra.run.dir={tmp_path / 'run'}", ok=False)
     assert proc.returncode != 0 and msg in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_plan_runs_the_baselines_it_is_given(pipeline, tmp_path):
+    """``baselines=[zero]``: the listed baselines only (no slow oracle), on the same goals."""
+    out = tmp_path / "run"
+    args = [f"checkpoint={pipeline['wm']}", "episodes=1", "baselines=[zero]", *TINY_PLAN]
+    res = json_line(run("plan.py", *args, f"hydra.run.dir={out}"))
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"jepa", "zero"}
+    assert "zero_success_rate" in res and "random_success_rate" not in res
+    assert results["zero"]["per_episode"][0]["seed"] == results["jepa"]["per_episode"][0]["seed"]
 
 
 def test_plan_mismatched_checkpoint_and_env(pipeline, tmp_path):
