@@ -303,6 +303,7 @@ def script(*args: str, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=script_env(), cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow  # ~10 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_the_script_trains_evaluates_and_times_the_planner(checkpoint, episodes, tmp_path):
     proc = script(f"checkpoint={checkpoint}", f"episodes={episodes}", f"env.image_size={IMG}",
                   "env.max_episode_steps=5", "steps=100", "target=mean", "space=latent", "eval_episodes=3",

@@ -253,6 +253,7 @@ def _tiny_episodes(root: Path, n: int = 5, steps: int = 6, size: int = 16) -> No
     env.close()
 
 
+@pytest.mark.slow  # ~20 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_probe_script_end_to_end(tmp_path: Path, run_env: dict) -> None:
     from jepa_agent.masks import DEFAULT_MASKS
     from jepa_agent.models.predictor import MaskedPredictor

@@ -358,6 +358,7 @@ def test_bad_policy_and_oracle_input_is_one_clear_error():
         oracle_model(gym.make("Pendulum-v1"))
 
 
+@pytest.mark.slow  # ~16 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_state_value_diagnostic_trains_a_head_on_true_states_and_plans_with_it(tmp_path, python, run_env):
     """``scripts/bench_state_value.py``: the library's metric head (either kind), trained on recorded true
     push states, planned on the true simulator; one JSON line that says it used state labels. A directory
@@ -417,6 +418,7 @@ def test_bench_candidates_scores_imagined_and_true_futures_of_the_same_candidate
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # ~17 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, python, run_env):
     """``scripts/bench_branches.py`` on a tiny push model and a tiny branched collection: every pair is read,
     each figure is a finite cosine or ratio per imagined step; data without branches and a horizon longer
@@ -477,6 +479,7 @@ def test_bench_branches_compares_imagined_and_recorded_differences(tmp_path, pyt
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # ~10 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_bench_smoothness_reports_how_consistently_each_space_follows_the_pusher(tmp_path, python, run_env):
     """``scripts/bench_smoothness.py`` on a tiny push model: a cosine per space and step size, the pixels a
     step changes; a model of another env is refused in one line."""

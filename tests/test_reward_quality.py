@@ -120,6 +120,7 @@ def test_reward_quality_scores_each_space_and_pixels_on_the_same_pairs():
     assert out["pixels"]["spearman"] > 0.5
 
 
+@pytest.mark.slow  # ~16 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_reward_quality_script_end_to_end(tmp_path):
     ckpt = tmp_path / "wm"
     save_world_model(ckpt, tiny_model(readout=True), encoder_name="vit_micro")
@@ -192,6 +193,7 @@ def test_bench_imagination_compares_imagined_and_true_futures(tmp_path):
     assert bad.returncode != 0 and "has 41 frames" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # ~15 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_bench_displacement_fits_a_head_per_input_variant(tmp_path):
     """scripts/bench_displacement.py on a tiny model and recorded episodes: one JSON line with each variant's
     held-out error ratio; an unknown variant is one clear line."""

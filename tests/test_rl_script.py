@@ -260,6 +260,7 @@ def test_a_time_budget_cuts_the_run_short(runs):
     assert read_curve(out)[-1]["steps"] == result["train_steps"]  # a last evaluation where it stopped
 
 
+@pytest.mark.slow  # ~12 s on the 2-core VM (a script end to end); CI runs it (.ci/run: -m slow)
 def test_the_script_runs_and_the_plot_draws_every_arm(runs, checkpoint, tmp_path):
     out = tmp_path / "script_run"
     proc = script("rl.py", "her=true", f"checkpoint={checkpoint}", f"env.image_size={IMG}",
