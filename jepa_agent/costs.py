@@ -91,6 +91,10 @@ class CostConfig:
             themselves and translated by this many pixels both ways along each axis, and averages its
             readings (``WorldModel.encode(..., anchor_shift)``; 0: the frames alone). Measured against 0,
             1 and 3 (docs/benchmarks.md, eighth session).
+        anchor_tolerance: the anchor term costs only what lies beyond this distance (in summed actions)
+            from its reading: ``(max(0, ||d_0 - (a_1 + .. + a_h)|| - tolerance))^2`` (0: the plain square).
+            The head reads the last centimetre about as badly as a centimetre (its held-out error near the
+            goal), so within its error it stops pulling and the other terms, exact there, finish the reach.
     """
 
     space: str = "auto"
@@ -102,6 +106,7 @@ class CostConfig:
     displacement_weight: float = 0.3
     anchor_weight: float = 3.0  # distracting reach, 50 goals, one view: 90% / 68% held (1.0: 86% / 60%)
     anchor_shift: int = 2  # px; 0: one view (docs/benchmarks.md, eighth session)
+    anchor_tolerance: float = 0.0  # summed actions; 0: the plain square
     rest_weight: float = 0.0
     smooth_weight: float = 0.0
 
@@ -125,6 +130,7 @@ class CostConfig:
             )
         if not self.anchor_weight >= 0:
             raise ValueError(f"cost.anchor_weight={self.anchor_weight:g}; expected >= 0 (0: no such term)")
+        check_anchor_tolerance(self.anchor_tolerance)
         if not self.smooth_weight >= 0:
             raise ValueError(f"cost.smooth_weight={self.smooth_weight:g}; expected >= 0 (0: no such term)")
         if not self.rest_weight >= 0:
@@ -641,8 +647,26 @@ class RestCost(Cost):
         return "RestCost()"
 
 
+def check_anchor_tolerance(tolerance: Any) -> None:
+    """``cost.anchor_tolerance`` must be a number >= 0, naming the bad value."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance >= 0:
+        raise ValueError(
+            f"cost.anchor_tolerance={tolerance!r}; expected a number >= 0 of summed actions (0: the plain "
+            "square)"
+        )
+
+
+def anchor_excess(left: Tensor, tolerance: float = 0.0) -> Tensor:
+    """The anchor term of the summed actions still needed ``left`` ``[.., A]``: ``||left||^2``, or with
+    ``tolerance > 0`` the square of what lies beyond it, ``max(0, ||left|| - tolerance)^2`` ``[..]``."""
+    if not tolerance:
+        return left.square().sum(-1)
+    return (left.norm(dim=-1) - tolerance).clamp_min(0.0).square()
+
+
 class AnchorCost(Cost):
-    """``||d_0 - (a_1 + .. + a_h)||^2`` per planned step ``h``, reduced over steps as the goal costs are.
+    """``||d_0 - (a_1 + .. + a_h)||^2`` per planned step ``h``, reduced over steps as the goal costs are
+    (with ``tolerance``: only the distance beyond it is squared).
 
     ``d_0`` is the :class:`~jepa_agent.models.latent.AnchorHead`'s reading of the summed actions from the
     current (real) frame to the goal; the actions still needed after the first ``h`` planned ones are
@@ -654,15 +678,23 @@ class AnchorCost(Cost):
         head: the anchor head (``from_embeddings``).
         goal: the goal's anchor embedding ``[hidden]``, or its ``LatentState`` (``anchor`` field).
         reduction, discount: as :class:`LatentGoalCost`.
+        tolerance: ``cost.anchor_tolerance`` (:func:`anchor_excess`).
     """
 
     reads_predictions = False
 
     def __init__(
-        self, head: nn.Module, goal: Any = None, reduction: str = "final", discount: float = 1.0
+        self,
+        head: nn.Module,
+        goal: Any = None,
+        reduction: str = "final",
+        discount: float = 1.0,
+        tolerance: float = 0.0,
     ) -> None:
         check_reduction(reduction)
+        check_anchor_tolerance(tolerance)
         self.head, self.reduction, self.discount = head, reduction, float(discount)
+        self.tolerance = float(tolerance)
         self.goal_embedding: Tensor | None = None
         self.start: Tensor | None = None  # [A]: the reading at the current frame
         if goal is not None:
@@ -708,7 +740,7 @@ class AnchorCost(Cost):
         if actions.dim() != 3:
             raise ValueError(f"actions must be [S, H, A]; got shape {tuple(actions.shape)}")
         left = self.start.to(actions) - actions.cumsum(1)  # [S, H, A]: still needed after each step
-        return reduce_steps(left.square().sum(-1), self.reduction, self.discount)
+        return reduce_steps(anchor_excess(left, self.tolerance), self.reduction, self.discount)
 
     def __repr__(self) -> str:
         return f"AnchorCost(reduction={self.reduction!r})"

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 import envs  # sets MUJOCO_GL=egl (when unset) before MuJoCo loads
-from jepa_agent.costs import CostConfig
+from jepa_agent.costs import CostConfig, anchor_excess, check_anchor_tolerance
 
 __all__ = [
     "EXECUTE",
@@ -131,7 +131,14 @@ def greedy_success(
     return hits / len(goals)
 
 
-SCORED_COST_KEYS = ("metric", "latent_weight", "displacement_weight", "anchor_weight", "anchor_shift")
+SCORED_COST_KEYS = (
+    "metric",
+    "latent_weight",
+    "displacement_weight",
+    "anchor_weight",
+    "anchor_shift",
+    "anchor_tolerance",
+)
 
 
 @torch.inference_mode()
@@ -152,6 +159,8 @@ def cost_space_features(
     settings = {k: getattr(CostConfig, k) for k in SCORED_COST_KEYS}
     settings.update({k: v for k, v in (cost or {}).items() if k in SCORED_COST_KEYS})
     anchor_weight, anchor_shift = float(settings.pop("anchor_weight")), int(settings.pop("anchor_shift"))
+    anchor_tolerance = settings.pop("anchor_tolerance")
+    check_anchor_tolerance(anchor_tolerance)
     anchored = bool(getattr(model, "anchor_trained", False))
     if anchored:  # [M, N, D] standardised latents, and the anchor head's embeddings [M, V, hidden] of V views
         z, h = model.encode_pixels(images, with_anchor=True, anchor_shift=anchor_shift)
@@ -182,7 +191,7 @@ def cost_space_features(
                 jump's summed actions."""
                 reading = model.anchor.from_embeddings(h[cur], h[g]).mean(0, keepdim=True)  # [1, A]
                 reading = reading.float().cpu()
-                return (reading - dq / max_delta).square().sum(-1)  # [M]
+                return anchor_excess(reading - dq / max_delta, anchor_tolerance)  # [M]
 
             def anchored_metric(g: int, cur: int, dq: Tensor) -> Tensor:
                 if g not in cache:

@@ -475,6 +475,7 @@ class WorldModel(nn.Module):
         displacement_weight: float = CostConfig.displacement_weight,
         anchor_weight: float = CostConfig.anchor_weight,
         anchor_shift: int = CostConfig.anchor_shift,
+        anchor_tolerance: float = CostConfig.anchor_tolerance,
         rest_weight: float = CostConfig.rest_weight,
         smooth_weight: float = CostConfig.smooth_weight,
     ) -> Cost:
@@ -487,7 +488,8 @@ class WorldModel(nn.Module):
         MSE in the metric space, ``displacement_weight x`` the squared summed actions to the goal that the
         model's :class:`DisplacementHead` reads (metric space, trained head), ``anchor_weight x`` those its
         :class:`AnchorHead` reads at the current frame less the planned actions (:class:`AnchorCost`; trained
-        head, metric space; the agent gives it each replan's frame), and ``action_weight * mean ||a||^2``
+        head, metric space; the agent gives it each replan's frame; only what lies beyond
+        ``anchor_tolerance`` of its reading), and ``action_weight * mean ||a||^2``
         (each when > 0). ``latent_weight=None`` is the model's default (:meth:`resolve_latent_weight`:
         0 with a trained displacement head in the cost of a one-frame model, else 0.5).
 
@@ -550,7 +552,7 @@ class WorldModel(nn.Module):
                 if rest_weight and space == "metric":
                     goal_cost = goal_cost + ScaledCost(RestCost(), rest_weight)
         if anchor_weight and space == "metric" and self.anchor_trained and goal_anchor is not None:
-            anchored = AnchorCost(self.anchor, goal_anchor, reduction, discount)
+            anchored = AnchorCost(self.anchor, goal_anchor, reduction, discount, anchor_tolerance)
             goal_cost = goal_cost + ScaledCost(anchored, anchor_weight)
         return with_action_terms(goal_cost, action_weight, smooth_weight)
 

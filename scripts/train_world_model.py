@@ -14,7 +14,9 @@ Ends with one JSON line: {"checkpoint", "steps", "final_loss", "val_one_step_l1"
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +35,9 @@ from jepa_agent.world_model import WorldModel, build_world_model, resolve_checkp
 def run(cfg: DictConfig) -> dict:
     """Load the encoder and episodes named by ``cfg``, train, return the JSON summary."""
     init = cfg.get("init")
+    retrain_cfg = cfg.get("init_retrain") or []
+    retrain = check_init_retrain(OmegaConf.to_container(retrain_cfg) if OmegaConf.is_list(retrain_cfg)
+                                 else retrain_cfg, init)  # fmt: skip
     if OmegaConf.is_missing(cfg, "data.path"):
         raise ValueError("data.path is required: pass data.path=PATH")
     if init is None and OmegaConf.is_missing(cfg, "encoder_checkpoint"):
@@ -103,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
     model = build_world_model(run_config)
     model.encoder.load_state_dict(encoder.state_dict())
     if base is not None:
-        keep_trained_parts(base, model, str(init))
+        keep_trained_parts(base, model, str(init), retrain)
     out = cfg.out if cfg.out is not None else HydraConfig.get().runtime.output_dir
     result = train_world_model(
         model,
@@ -140,11 +145,33 @@ def load_init(init: str, cfg: DictConfig) -> tuple[WorldModel, Path]:
     return base, Path(path)
 
 
-def keep_trained_parts(base: WorldModel, model: WorldModel, init: str) -> None:
+RETRAINABLE = ("metric", "anchor")  # the heads init= keeps unless init_retrain names them
+
+
+def check_init_retrain(retrain: Any, init: Any) -> list[str]:
+    """``init_retrain``: a list of :data:`RETRAINABLE` heads, only with ``init=``; names the bad value."""
+    names = list(retrain) if isinstance(retrain, (list, tuple)) else None
+    if names is None or any(not isinstance(n, str) or n not in RETRAINABLE for n in names):
+        raise ValueError(
+            f"init_retrain={retrain!r}; expected a list of the heads init= should train again rather than "
+            f"keep, of {list(RETRAINABLE)} (e.g. init_retrain=[anchor])"
+        )
+    if names and init is None:
+        raise ValueError(
+            f"init_retrain={names} retrains heads of a trained model: pass init=WORLD_MODEL with it (without "
+            "init= every head is trained anyway)"
+        )
+    return names
+
+
+def keep_trained_parts(base: WorldModel, model: WorldModel, init: str, retrain: Sequence[str] = ()) -> None:
     """Give ``model`` the statistics and trained heads of ``base`` (``init=``): the heads' stages are then
-    skipped, as on resume, and only the predictor (and the displacement head, trained with it) learns."""
+    skipped, as on resume, and only the predictor (and the displacement head, trained with it) learns. The
+    heads named in ``retrain`` (``init_retrain``) are trained again instead, on this run's settings."""
     parts = ["normalizer"]
     for name, steps in (("metric", "metric_steps"), ("anchor", "anchor_steps")):
+        if name in retrain:
+            continue
         if getattr(model, name) is not None and getattr(base, name) is not None and base.meta.get(steps):
             parts.append(name)
             model.meta[steps] = base.meta[steps]

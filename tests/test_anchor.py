@@ -93,6 +93,36 @@ def test_anchor_cost_is_the_reading_less_the_planned_actions():
         AnchorCost(head).set_start(start_h)
 
 
+def test_anchor_tolerance_costs_only_what_lies_beyond_it():
+    """``cost.anchor_tolerance``: within ``t`` of the reading the term is 0; beyond, ``(||left|| - t)^2``."""
+    from jepa_agent.costs import anchor_excess
+
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=8)
+    goal_h, start_h = torch.randn(8), torch.randn(8)
+    plain, loose = AnchorCost(head, goal_h), AnchorCost(head, goal_h, tolerance=0.5)
+    plain.set_start(start_h)
+    loose.set_start(start_h)
+    d0 = head.from_embeddings(start_h[None], goal_h[None])[0].detach()
+    near = (d0 + torch.tensor([0.3, -0.1]))[None, None]  # [1, H=1, A]: 0.316 from the reading
+    far = (d0 + torch.tensor([0.6, 0.8]))[None, None]  # 1.0 from it
+    assert float(loose(None, near)[0]) == 0.0 and float(plain(None, near)[0]) > 0.09
+    torch.testing.assert_close(loose(None, far), torch.tensor([0.5**2]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain(None, far), torch.tensor([1.0]), atol=1e-5, rtol=1e-5)
+    left = torch.randn(7, 3, A)
+    torch.testing.assert_close(anchor_excess(left), left.square().sum(-1))  # 0: the plain square, exactly
+    model = _anchored_model()
+    goal = model.encode_goal({"image": obs(seed=5)["pixels"]})
+    terms = [t.cost for t in model.cost(goal, anchor_tolerance=0.25).terms
+             if isinstance(getattr(t, "cost", None), AnchorCost)]  # fmt: skip
+    assert len(terms) == 1 and terms[0].tolerance == 0.25
+    for bad in (-0.1, True, "much"):
+        with pytest.raises(ValueError, match=rf"cost.anchor_tolerance={bad!r}; expected a number >= 0"):
+            CostConfig(anchor_tolerance=bad)
+    with pytest.raises(ValueError, match="cost.anchor_tolerance=-1"):
+        model.cost(goal, anchor_tolerance=-1)
+
+
 def _anchored_model():
     model = tiny_world_model(metric={"dim": 4, "hidden": 8}, anchor={"hidden": 8, "channels": 2})
     model.meta.update(metric_steps=1, anchor_steps=1)  # as after both heads' stages

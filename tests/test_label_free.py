@@ -218,6 +218,18 @@ def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python
     assert zd.shape[1] == 2 and d.predictor.num_tokens == 2
     torch.testing.assert_close(zd.flatten(1), za.flatten(1), rtol=0, atol=1e-6)
     torch.testing.assert_close(d.metric(zd), a.metric(za), rtol=0, atol=1e-5)
+    # init_retrain=[metric]: that head is trained again on this run's settings (its stage runs), the rest kept
+    again_head = tmp_path / "wm_metric_again"
+    proc = train(f"init={wm}", f"out={again_head}", "init_retrain=[metric]", "train.metric.steps=10",
+                 "world_model.predictor.dim=32")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "metric_loss" in out  # the head's stage ran
+    g = WorldModel.from_checkpoint(again_head, device="cpu")
+    assert g.metric_trained and g.meta["metric_steps"] == 10
+    assert not all(torch.equal(x, g.metric.state_dict()[k]) for k, x in a.metric.state_dict().items())
+    for key, x in a.normalizer.state_dict().items():
+        torch.testing.assert_close(x, g.normalizer.state_dict()[key], rtol=0, atol=0, msg=key)
     # an env's recipe that tunes the encoder (push's) asks init= for the tuning its encoder already had: kept
     tuned, again = tmp_path / "wm_tuned", tmp_path / "wm_tuned_again"
     tune = ["train.encoder.steps=2", "train.encoder.batch_size=2", "train.encoder.warmup=1"]
@@ -236,6 +248,9 @@ def test_init_trains_a_new_predictor_and_keeps_the_trained_rest(tmp_path, python
         ((f"init={wm}", "train.encoder.steps=2"), "train.encoder.steps=2 would tune it again"),
         ((f"init={wm}", "world_model.metric.hidden=8"), "its metric does not fit"),
         ((f"init={wm}", "world_model.frame_tokens=3"), "world_model.frame_tokens=3; expected a divisor"),
+        ((f"init={wm}", "init_retrain=[predictor]"), "init_retrain=['predictor']; expected a list of"),
+        ((f"init={wm}", "init_retrain=metric"), "init_retrain='metric'; expected a list"),
+        ((f"encoder_checkpoint={tmp_path / 'pt'}", "init_retrain=[metric]"), "pass init=WORLD_MODEL with it"),
     ):
         proc = train(*args, f"out={tmp_path / 'refused'}")
         assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
