@@ -131,6 +131,7 @@ class AnchorConfig:
 
     hidden: int = 0  # the env config turns it on where the scene changes every episode (reach_distracting)
     channels: int = 16  # per-token projection width
+    inputs: str = "diff"  # "diff" | "pair": what its MLP reads (AnchorHead)
 
 
 @dataclass
@@ -821,7 +822,7 @@ def build_world_model(cfg: Any) -> WorldModel:
     if int(ac.get("hidden", 0) or 0) > 0:
         anchor = AnchorHead(
             hp * hp, encoder.embed_dim, action_dim, hidden=int(ac["hidden"]),
-            channels=int(ac.get("channels", 16)),
+            channels=int(ac.get("channels", 16)), inputs=str(ac.get("inputs", "diff")),
         )  # fmt: skip
     return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement, anchor)
 
@@ -861,6 +862,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
             "anchor": {
                 "hidden": model.anchor.hidden if model.anchor else 0,
                 "channels": model.anchor.channels if model.anchor else 16,
+                "inputs": model.anchor.inputs if model.anchor else "diff",
             },
         },
         "action_dim": model.env_action_dim,

@@ -48,6 +48,36 @@ def test_anchor_head_cancels_the_scene_and_reads_a_frame_against_itself_as_one_c
         AnchorHead(4, 8, A, channels=0)
 
 
+def test_anchor_head_pair_inputs_see_the_frame_and_round_trip(tmp_path):
+    """``world_model.anchor.inputs=pair``: the MLP reads ``[h, g, g - h]``, so the scene no longer cancels
+    (the price of knowing where the arm is); a goal broadcasts, and the choice is saved with the model."""
+    from jepa_agent.world_model import WorldModel, save_world_model
+
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=16, channels=3, inputs="pair")
+    head.set_token_stats(torch.randn(50, 4, 8) * 2 + 1)
+    x, goal, scene = torch.randn(5, 4, 8), torch.randn(5, 4, 8), 5 * torch.randn(1, 4, 8)
+    assert not torch.allclose(head(x + scene, goal + scene), head(x, goal), atol=1e-3)
+    torch.testing.assert_close(head(x, goal[:1]), head(x, goal[:1].expand_as(x)))
+    with pytest.raises(
+        ValueError, match=r"world_model.anchor.inputs='sum'; expected one of \['diff', 'pair'\]"
+    ):
+        AnchorHead(4, 8, A, inputs="sum")
+
+    model = tiny_world_model(
+        metric={"dim": 4, "hidden": 8}, anchor={"hidden": 8, "channels": 2, "inputs": "pair"}
+    )
+    model.meta.update(metric_steps=1, anchor_steps=1)
+    save_world_model(tmp_path / "wm", model)
+    loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
+    assert loaded.anchor.inputs == "pair" and model.anchor.inputs == "pair"
+    goal_state = loaded.encode_goal({"image": obs(seed=5)["pixels"]})
+    reading = loaded.anchor.from_embeddings(loaded.encode(obs()).anchor[None], goal_state.anchor[None])
+    assert reading.shape == (1, A) and torch.isfinite(reading).all()
+    again = model.anchor.from_embeddings(model.encode(obs()).anchor[None], goal_state.anchor[None])
+    torch.testing.assert_close(reading, again)  # the saved head reads as the one trained
+
+
 def test_anchor_token_stats_are_the_training_tokens_mean_and_std():
     head = AnchorHead(3, 5, A, hidden=8)
     tokens = torch.randn(1000, 3, 5) * torch.linspace(0.5, 3, 5) + torch.arange(3.0)[:, None]

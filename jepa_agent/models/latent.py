@@ -371,10 +371,21 @@ class AnchorHead(nn.Module):
         action_dim: ``A``.
         hidden: MLP width.
         channels: per-token projection width.
+        inputs: what the MLP reads: ``"diff"``, the difference of the two embeddings alone (the scene cancels
+            exactly), or ``"pair"``, ``[h, g, g - h]`` (it also knows where the arm is, at the price of
+            seeing the scene: the map from embedding to actions need not be the same everywhere).
     """
 
+    INPUTS = ("diff", "pair")
+
     def __init__(
-        self, num_tokens: int, token_dim: int, action_dim: int, hidden: int = 192, channels: int = 16
+        self,
+        num_tokens: int,
+        token_dim: int,
+        action_dim: int,
+        hidden: int = 192,
+        channels: int = 16,
+        inputs: str = "diff",
     ) -> None:
         super().__init__()
         if min(num_tokens, token_dim, action_dim, hidden, channels) < 1:
@@ -382,14 +393,17 @@ class AnchorHead(nn.Module):
                 f"anchor head num_tokens={num_tokens}, token_dim={token_dim}, action_dim={action_dim}, "
                 f"hidden={hidden}, channels={channels}; expected positive sizes"
             )
+        if inputs not in self.INPUTS:
+            raise ValueError(f"world_model.anchor.inputs={inputs!r}; expected one of {list(self.INPUTS)}")
         self.num_tokens, self.token_dim, self.action_dim = int(num_tokens), int(token_dim), int(action_dim)
-        self.hidden, self.channels = int(hidden), int(channels)
+        self.hidden, self.channels, self.inputs = int(hidden), int(channels), inputs
         self.register_buffer("token_mean", torch.zeros(num_tokens, token_dim))
         self.register_buffer("token_std", torch.ones(num_tokens, token_dim))
         self.project = nn.Linear(token_dim, channels, bias=False)  # shared by every token
         self.embed_net = nn.Linear(num_tokens * channels, hidden)
+        first = _Offset(hidden) if inputs == "diff" else nn.Linear(3 * hidden, hidden)
         self.pair = nn.Sequential(
-            _Offset(hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, action_dim)
+            first, nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, action_dim)
         )
 
     @torch.no_grad()
@@ -417,7 +431,10 @@ class AnchorHead(nn.Module):
 
     def from_embeddings(self, h: Tensor, h_goal: Tensor) -> Tensor:
         """Embeddings of frames ``[..., hidden]`` and of their goals (broadcast) -> ``[..., A]``."""
-        return self.pair(h_goal - h)
+        if self.inputs == "diff":
+            return self.pair(h_goal - h)
+        h, h_goal = torch.broadcast_tensors(h, h_goal)
+        return self.pair(torch.cat([h, h_goal, h_goal - h], -1))
 
     def forward(self, tokens: Tensor, goal: Tensor) -> Tensor:
         """Patch tokens ``[..., P, D]`` and goal tokens (broadcast) -> summed actions ``[..., A]``."""
