@@ -132,6 +132,7 @@ class AnchorConfig:
     hidden: int = 0  # the env config turns it on where the scene changes every episode (reach_distracting)
     channels: int = 16  # per-token projection width
     inputs: str = "diff"  # "diff" | "pair": what its MLP reads (AnchorHead)
+    token_hidden: int = 0  # > 0: the per-token projection is an MLP of this width (0: linear)
 
 
 @dataclass
@@ -823,6 +824,7 @@ def build_world_model(cfg: Any) -> WorldModel:
         anchor = AnchorHead(
             hp * hp, encoder.embed_dim, action_dim, hidden=int(ac["hidden"]),
             channels=int(ac.get("channels", 16)), inputs=str(ac.get("inputs", "diff")),
+            token_hidden=ac.get("token_hidden", 0) or 0,
         )  # fmt: skip
     return WorldModel(encoder, pooler, predictor, normalizer, meta, readout, metric, displacement, anchor)
 
@@ -863,6 +865,7 @@ def world_model_config(model: WorldModel, encoder_name: str = "vit_tiny") -> dic
                 "hidden": model.anchor.hidden if model.anchor else 0,
                 "channels": model.anchor.channels if model.anchor else 16,
                 "inputs": model.anchor.inputs if model.anchor else "diff",
+                "token_hidden": model.anchor.token_hidden if model.anchor else 0,
             },
         },
         "action_dim": model.env_action_dim,

@@ -65,17 +65,39 @@ def test_anchor_head_pair_inputs_see_the_frame_and_round_trip(tmp_path):
         AnchorHead(4, 8, A, inputs="sum")
 
     model = tiny_world_model(
-        metric={"dim": 4, "hidden": 8}, anchor={"hidden": 8, "channels": 2, "inputs": "pair"}
+        metric={"dim": 4, "hidden": 8},
+        anchor={"hidden": 8, "channels": 2, "inputs": "pair", "token_hidden": 3},
     )
     model.meta.update(metric_steps=1, anchor_steps=1)
     save_world_model(tmp_path / "wm", model)
     loaded = WorldModel.from_checkpoint(tmp_path / "wm", device="cpu")
-    assert loaded.anchor.inputs == "pair" and model.anchor.inputs == "pair"
+    assert loaded.anchor.inputs == "pair" and loaded.anchor.token_hidden == 3
     goal_state = loaded.encode_goal({"image": obs(seed=5)["pixels"]})
     reading = loaded.anchor.from_embeddings(loaded.encode(obs()).anchor[None], goal_state.anchor[None])
     assert reading.shape == (1, A) and torch.isfinite(reading).all()
     again = model.anchor.from_embeddings(model.encode(obs()).anchor[None], goal_state.anchor[None])
     torch.testing.assert_close(reading, again)  # the saved head reads as the one trained
+
+
+@pytest.mark.parametrize("token_hidden", [0, 6])
+def test_anchor_head_ignores_every_token_both_frames_share(token_hidden):
+    """With ``inputs=diff``, linear or not per token (``token_hidden``), a token the same in both frames (the
+    scene where the arm is in neither) cancels: only the tokens that differ move the reading."""
+    torch.manual_seed(0)
+    head = AnchorHead(4, 8, A, hidden=16, channels=3, token_hidden=token_hidden)
+    head.set_token_stats(torch.randn(50, 4, 8) * 2 + 1)
+    x, goal = torch.randn(5, 4, 8), torch.randn(5, 4, 8)
+    goal[:, 1:] = x[:, 1:]  # the frames differ in token 0 only
+    other = 5 * torch.randn(5, 3, 8)  # a new scene in the shared tokens
+    moved_x, moved_goal = torch.cat([x[:, :1], other], 1), torch.cat([goal[:, :1], other], 1)
+    torch.testing.assert_close(head(moved_x, moved_goal), head(x, goal), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(head(x, goal), head(x, x), atol=1e-3)
+    assert isinstance(head.project, torch.nn.Linear) == (token_hidden == 0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(
+            ValueError, match=rf"world_model.anchor.token_hidden={bad!r}; expected an int >= 0"
+        ):
+            AnchorHead(4, 8, A, token_hidden=bad)
 
 
 def test_anchor_token_stats_are_the_training_tokens_mean_and_std():

@@ -374,6 +374,10 @@ class AnchorHead(nn.Module):
         inputs: what the MLP reads: ``"diff"``, the difference of the two embeddings alone (the scene cancels
             exactly), or ``"pair"``, ``[h, g, g - h]`` (it also knows where the arm is, at the price of
             seeing the scene: the map from embedding to actions need not be the same everywhere).
+        token_hidden: 0: the per-token projection is linear; > 0: an MLP ``D -> token_hidden -> channels``
+            shared by every token. A token that is the same in both frames (the scene where the arm is in
+            neither) still cancels in the difference, while each token's features may be non-linear (what
+            is arm in a patch, whatever the tiles behind it).
     """
 
     INPUTS = ("diff", "pair")
@@ -386,6 +390,7 @@ class AnchorHead(nn.Module):
         hidden: int = 192,
         channels: int = 16,
         inputs: str = "diff",
+        token_hidden: int = 0,
     ) -> None:
         super().__init__()
         if min(num_tokens, token_dim, action_dim, hidden, channels) < 1:
@@ -393,13 +398,24 @@ class AnchorHead(nn.Module):
                 f"anchor head num_tokens={num_tokens}, token_dim={token_dim}, action_dim={action_dim}, "
                 f"hidden={hidden}, channels={channels}; expected positive sizes"
             )
+        if isinstance(token_hidden, bool) or not isinstance(token_hidden, int) or token_hidden < 0:
+            raise ValueError(
+                f"world_model.anchor.token_hidden={token_hidden!r}; expected an int >= 0 (0: a linear "
+                "per-token projection)"
+            )
         if inputs not in self.INPUTS:
             raise ValueError(f"world_model.anchor.inputs={inputs!r}; expected one of {list(self.INPUTS)}")
         self.num_tokens, self.token_dim, self.action_dim = int(num_tokens), int(token_dim), int(action_dim)
         self.hidden, self.channels, self.inputs = int(hidden), int(channels), inputs
+        self.token_hidden = token_hidden
         self.register_buffer("token_mean", torch.zeros(num_tokens, token_dim))
         self.register_buffer("token_std", torch.ones(num_tokens, token_dim))
-        self.project = nn.Linear(token_dim, channels, bias=False)  # shared by every token
+        if token_hidden:  # shared by every token, non-linear
+            self.project = nn.Sequential(
+                nn.Linear(token_dim, token_hidden), nn.GELU(), nn.Linear(token_hidden, channels)
+            )
+        else:  # shared by every token
+            self.project = nn.Linear(token_dim, channels, bias=False)
         self.embed_net = nn.Linear(num_tokens * channels, hidden)
         first = _Offset(hidden) if inputs == "diff" else nn.Linear(3 * hidden, hidden)
         self.pair = nn.Sequential(
