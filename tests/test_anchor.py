@@ -122,6 +122,24 @@ def test_anchor_head_learns_the_summed_actions_on_a_new_scene_every_episode():
     assert stats["anchor_val_ratio"] < 0.2, stats
 
 
+def test_anchor_relative_loss_weighs_the_pairs_near_the_goal_as_the_far_ones():
+    """``train.anchor.relative=c``: each pair's squared error over ``|target|^2 + c`` (times ``c``): at the
+    goal it is the plain loss; a pair 2 units away with the same error weighs 17x less (c = 0.25)."""
+    from jepa_agent.training.anchor import anchor_loss
+
+    want = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    pred = want + torch.tensor([0.3, -0.1])
+    plain = anchor_loss(pred, want)
+    torch.testing.assert_close(plain, torch.nn.functional.mse_loss(pred, want))
+    per_pair = (
+        torch.tensor([0.1, 0.1 * 0.25 / 4.25]) / 2
+    )  # (0.3^2 + 0.1^2) x c / (|want|^2 + c), per component
+    torch.testing.assert_close(anchor_loss(pred, want, 0.25), per_pair.mean())
+    for bad in (-0.1, True, float("nan")):
+        with pytest.raises(ValueError, match=r"train.anchor.relative=.*expected a number >= 0"):
+            AnchorTrainConfig(relative=bad)
+
+
 def test_anchor_cost_is_the_reading_less_the_planned_actions():
     torch.manual_seed(0)
     head = AnchorHead(4, 8, A, hidden=8)

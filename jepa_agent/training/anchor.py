@@ -24,7 +24,7 @@ from torch import Tensor
 from jepa_agent.models.latent import AnchorHead
 from jepa_agent.training.latent_cache import ActionSums
 
-__all__ = ["AnchorTrainConfig", "train_anchor_head"]
+__all__ = ["AnchorTrainConfig", "anchor_loss", "train_anchor_head"]
 
 
 @dataclass
@@ -36,6 +36,8 @@ class AnchorTrainConfig:
         batch_size: (frame, goal frame) pairs per step.
         lr, final_lr: AdamW learning rate, cosine-annealed to ``final_lr``.
         weight_decay: AdamW weight decay.
+        relative: 0: the squared error; > 0: each pair's squared error over ``|target|^2 + relative``, so
+            the few units near the goal, where the planner stops, weigh as much as the far ones.
     """
 
     steps: int = 6000
@@ -43,12 +45,18 @@ class AnchorTrainConfig:
     lr: float = 1e-3
     final_lr: float = 1e-5
     weight_decay: float = 0.01
+    relative: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0 or int(self.batch_size) < 1:
             raise ValueError(
                 f"train.anchor.steps={self.steps}, batch_size={self.batch_size}; expected steps >= 0 and "
                 "batch_size >= 1"
+            )
+        if isinstance(self.relative, bool) or not float(self.relative) >= 0:
+            raise ValueError(
+                f"train.anchor.relative={self.relative!r}; expected a number >= 0 (0: the plain squared "
+                "error; e.g. 0.25: each pair's error over its target's squared size + 0.25)"
             )
         if not 0 < float(self.final_lr) <= float(self.lr):
             raise ValueError(
@@ -59,6 +67,15 @@ class AnchorTrainConfig:
 def _pairs(sums: ActionSums, frames: Tensor, targets: Any, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     goal, capped = sums.sample(frames, 1, targets, gen)
     return goal, capped[:, 0]
+
+
+def anchor_loss(pred: Tensor, want: Tensor, relative: float = 0.0) -> Tensor:
+    """The stage's loss: the mean squared error, or with ``relative > 0`` each pair's squared error over
+    ``|want|^2 + relative`` (times ``relative``, so a pair at the goal weighs as in the plain loss)."""
+    if relative <= 0:
+        return F.mse_loss(pred, want)
+    err = (pred - want).square().sum(-1)
+    return (relative * err / (want.square().sum(-1) + relative)).mean() / want.shape[-1]
 
 
 def train_anchor_head(
@@ -102,7 +119,7 @@ def train_anchor_head(
         goal, want = _pairs(sums, first, targets, gen)
         x = tokens[first].to(dev, torch.float32)
         g = tokens[goal].to(dev, torch.float32)
-        loss = F.mse_loss(head(x, g), want.to(dev))
+        loss = anchor_loss(head(x, g), want.to(dev), float(cfg.relative))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
