@@ -45,7 +45,7 @@ class AnchorTrainConfig:
     lr: float = 1e-3
     final_lr: float = 1e-5
     weight_decay: float = 0.01
-    relative: float = 0.0
+    relative: float = 0.25
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0 or int(self.batch_size) < 1:
