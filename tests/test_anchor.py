@@ -135,7 +135,7 @@ def test_anchor_relative_loss_weighs_the_pairs_near_the_goal_as_the_far_ones():
         torch.tensor([0.1, 0.1 * 0.25 / 4.25]) / 2
     )  # (0.3^2 + 0.1^2) x c / (|want|^2 + c), per component
     torch.testing.assert_close(anchor_loss(pred, want, 0.25), per_pair.mean())
-    for bad in (-0.1, True, float("nan")):
+    for bad in (-0.1, True, float("nan"), "much", None):
         with pytest.raises(ValueError, match=r"train.anchor.relative=.*expected a number >= 0"):
             AnchorTrainConfig(relative=bad)
 

@@ -53,7 +53,11 @@ class AnchorTrainConfig:
                 f"train.anchor.steps={self.steps}, batch_size={self.batch_size}; expected steps >= 0 and "
                 "batch_size >= 1"
             )
-        if isinstance(self.relative, bool) or not float(self.relative) >= 0:
+        try:
+            relative = float(self.relative) if not isinstance(self.relative, bool) else -1.0
+        except (TypeError, ValueError):
+            relative = -1.0
+        if not relative >= 0:
             raise ValueError(
                 f"train.anchor.relative={self.relative!r}; expected a number >= 0 (0: the plain squared "
                 "error; e.g. 0.25: each pair's error over its target's squared size + 0.25)"
