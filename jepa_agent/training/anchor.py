@@ -13,6 +13,7 @@ the held-out error of the shipped model's head, against a difference head fitted
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +54,8 @@ class AnchorTrainConfig:
                 f"train.anchor.steps={self.steps}, batch_size={self.batch_size}; expected steps >= 0 and "
                 "batch_size >= 1"
             )
-        try:
-            relative = float(self.relative) if not isinstance(self.relative, bool) else -1.0
-        except (TypeError, ValueError):
-            relative = -1.0
-        if not relative >= 0:
+        relative = self.relative
+        if isinstance(relative, bool) or not isinstance(relative, numbers.Real) or not relative >= 0:
             raise ValueError(
                 f"train.anchor.relative={self.relative!r}; expected a number >= 0 (0: the plain squared "
                 "error; e.g. 0.25: each pair's error over its target's squared size + 0.25)"
