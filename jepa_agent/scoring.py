@@ -89,6 +89,7 @@ def greedy_success(
     replans: int = 50,
     ee: np.ndarray | None = None,
     threshold: float | None = None,
+    record: list[dict[str, Any]] | None = None,
 ) -> float:
     """Fraction of (start, goal) pairs that greedy MPC with perfect dynamics brings to the goal.
 
@@ -99,7 +100,9 @@ def greedy_success(
     to the cheapest; else at most ``step`` rad per joint towards it, to the nearest grid pose (the plan's
     first action). It stops when the cheapest pose is the current one, or after ``replans`` replans. A pair
     succeeds when it ends on the goal pose, or, given the end effector's positions ``ee [M, E]`` and the
-    task's ``threshold``, when the end effector ends within it of the goal's."""
+    task's ``threshold``, when the end effector ends within it of the goal's. Given a list, ``record`` gets
+    one dict per pair: its ``start``, ``goal`` and ``end`` grid indices, ``moves`` made, ``success`` and,
+    with ``ee``, ``distance`` (the end effector's from the goal's at the end)."""
     if (ee is None) != (threshold is None):
         raise ValueError("greedy_success: give both ee and threshold (the task's success rule) or neither")
     qs = torch.as_tensor(q, dtype=torch.float32)
@@ -109,6 +112,7 @@ def greedy_success(
     for g, cur in zip(goals, starts, strict=True):
         if not current:
             cost = feats(int(g)) if callable(feats) else (feats - feats[g]).square().mean(1)  # [M]
+        start, moves = int(cur), 0
         for _ in range(replans):
             d = qs - qs[cur]
             if wrap:
@@ -123,11 +127,13 @@ def greedy_success(
                 miss = (d - d[nxt].clamp(-step, step)).square().sum(1)
                 miss[cur] = float("inf")  # a grid coarser than a step still moves one pose per replan
                 nxt = int(miss.argmin())
-            cur = nxt
-        if ee is None:
-            hits += int(cur == g)
-        else:
-            hits += int(np.linalg.norm(ee[cur] - ee[g]) <= threshold)
+            cur, moves = nxt, moves + 1
+        dist = None if ee is None else float(np.linalg.norm(ee[cur] - ee[g]))
+        hit = int(cur == g) if ee is None else int(dist <= threshold)
+        hits += hit
+        if record is not None:
+            row = {"start": start, "goal": int(g), "end": int(cur), "moves": moves, "success": bool(hit)}
+            record.append(row if dist is None else {**row, "distance": dist})
     return hits / len(goals)
 
 
@@ -221,11 +227,14 @@ def planning_score(
     success: str = "task",
     replans: int = 50,
     cost: Mapping[str, Any] | None = None,
+    pairs: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Greedy success per cost space, averaged over ``scenes`` scenes (``goals`` pairs each). ``execute``:
     ``action`` moves at most ``step`` rad per joint per replan (None: the env's ``max_delta``, one action),
     ``jump`` all the way; ``success``: ``task`` (the end effector within the task's threshold) or ``pose``
-    (on the goal pose); ``cost``: plan.py's ``cost.*`` settings for the ``metric`` space."""
+    (on the goal pose); ``cost``: plan.py's ``cost.*`` settings for the ``metric`` space. Given a list,
+    ``pairs`` gets one dict per scene, space and pair: ``scene``, ``space``, ``greedy_success``'s record and
+    the start, goal and end poses' joint angles (``start_q``, ``goal_q``, ``end_q``, rad)."""
     if execute not in EXECUTE:
         raise ValueError(f"execute={execute!r}; expected one of {list(EXECUTE)}")
     if getattr(model, "action_chunk", 1) != 1:
@@ -262,6 +271,10 @@ def planning_score(
         s = rng.integers(len(q), size=goals)
         rule = {"ee": ee, "threshold": float(threshold)} if success == "task" else {}
         for name, f in cost_space_features(model, images, max_delta, cost).items():
-            hit = greedy_success(f, q, g, s, window, wrap, step, replans, **rule)
+            record: list[dict[str, Any]] | None = None if pairs is None else []
+            hit = greedy_success(f, q, g, s, window, wrap, step, replans, **rule, record=record)
             totals[name] = totals.get(name, 0.0) + hit / scenes
+            for row in record or []:
+                poses = {f"{k}_q": q[row[k]].tolist() for k in ("start", "goal", "end")}
+                pairs.append({"scene": scene, "space": name, **row, **poses})
     return totals

@@ -14,18 +14,22 @@ within ``window`` and moves one action towards it (``execute=action``; ``jump``:
 succeeds by the task's own rule (``success=task``: the end effector within its threshold of the goal's;
 ``pose``: on the goal's grid pose). Takes well under 3 minutes on 2 CPU cores. Ends with one JSON line:
 ``"score"`` (the success of the space ``plan.py`` would use, ``cost.space=auto``) and ``"spaces"`` (every
-space's success).
+space's success). ``pairs_out=FILE`` also writes every pair's record (start, goal and end poses, moves,
+the end effector's final distance, success; per scene and space) as JSON lines, to see where a space's
+misses end.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_agent.config import hydra_main
 from jepa_agent.scoring import SCORED_COST_KEYS, planning_score
-from jepa_agent.utils import check_int, cli_errors, emit_json_line, set_threads
+from jepa_agent.utils import atomic_write_text, check_int, cli_errors, emit_json_line, set_threads
 from jepa_agent.world_model import WorldModel
 
 
@@ -47,14 +51,23 @@ def main(cfg: DictConfig) -> None:
     window = 5 * float(cfg.env.max_delta) if cfg.window is None else float(cfg.window)
     if not window > 0:
         raise ValueError(f"window={cfg.window!r}; expected > 0 (rad reachable per replan)")
+    pairs_out = cfg.get("pairs_out")
+    if pairs_out is not None:  # checked before the grid is rendered and scored, not after
+        path = Path(str(pairs_out))
+        parent = next(p for p in path.absolute().parents if p.exists())  # the nearest one that exists
+        if path.is_dir() or not parent.is_dir():
+            raise ValueError(f"pairs_out={pairs_out!r}: expected a file path (in a directory)")
     set_threads(cfg.threads)
     cost = OmegaConf.to_container(cfg.cost, resolve=True)
     model = WorldModel.from_checkpoint(cfg.checkpoint, device=cfg.device)
     space = model.resolve_cost_space(str(cfg.cost.space))
+    pairs: list[dict] | None = None if pairs_out is None else []
     wrap = 0 in (cfg.env.get("continuous_joints") or [])  # the env config: is the shoulder continuous?
     spaces = planning_score(model, cfg.env.name, cfg.shoulder_steps, cfg.elbow_steps, cfg.goals, window,
                             cfg.scenes, wrap, cfg.seed, str(cfg.execute), cfg.step, str(cfg.success),
-                            int(cfg.replans), cost)  # fmt: skip
+                            int(cfg.replans), cost, pairs)  # fmt: skip
+    if pairs_out is not None:
+        atomic_write_text(pairs_out, "".join(json.dumps(row) + "\n" for row in pairs))
     scored = {k: cost[k] for k in SCORED_COST_KEYS}  # as scored: null latent_weight -> the model's default
     scored["latent_weight"] = model.resolve_latent_weight(
         cost["latent_weight"], cost["displacement_weight"], space
@@ -64,7 +77,7 @@ def main(cfg: DictConfig) -> None:
                     "goals": int(cfg.goals) * int(cfg.scenes), "grid": [cfg.shoulder_steps, cfg.elbow_steps],
                     "scenes": int(cfg.scenes), "window": window, "execute": str(cfg.execute),
                     "success": str(cfg.success), "cost": scored,
-                    "checkpoint": str(cfg.checkpoint),
+                    "checkpoint": str(cfg.checkpoint), "pairs_out": pairs_out,
                     "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
 
 

@@ -562,6 +562,16 @@ def test_greedy_score_moves_one_action_per_replan_and_counts_the_tasks_success()
     assert greedy_success(off_by_one, q, goals, starts, 1.0, False, step=0.3, ee=q, threshold=0.05) == 0.0
     with pytest.raises(ValueError, match="both ee and threshold"):
         greedy_success(feats, q, goals, starts, 1.0, False, ee=q)
+    # record: where each pair ended, in how many moves, how far from the goal
+    record: list = []
+    hit = greedy_success(off_by_one, q, np.array([20, 5]), np.array([0, 10]), 1.0, False, step=0.3, ee=q,
+                         threshold=0.05, record=record)  # fmt: skip
+    assert hit == 0.0 and [(r["start"], r["goal"], r["end"]) for r in record] == [(0, 20, 19), (10, 5, 4)]
+    assert [r["moves"] for r in record] == [7, 2] and not any(r["success"] for r in record)
+    assert [r["distance"] for r in record] == pytest.approx([0.1, 0.1])
+    record = []
+    greedy_success(feats, q, goals, starts, 1.0, False, replans=3, record=record)  # pose rule: no distance
+    assert record == [{"start": 0, "goal": 20, "end": 20, "moves": 2, "success": True}]
 
 
 def test_score_takes_plan_pys_cost_settings():

@@ -184,7 +184,7 @@ def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
     proc = subprocess.run(
         [python, str(REPO / "scripts" / "score.py"), f"checkpoint={SHIPPED['reach_distracting']}",
          "env=reach_distracting", "shoulder_steps=12", "elbow_steps=10", "goals=10", "threads=1",
-         f"hydra.run.dir={tmp_path}"],
+         f"pairs_out={tmp_path / 'pairs' / 'pairs.jsonl'}", f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -192,4 +192,17 @@ def test_score_of_the_label_free_distracting_model(run_env, python, tmp_path):
     assert out["space"] == "metric" and out["state_labels"] is False
     assert set(out["spaces"]) == {"pixels", "latent", "metric_head", "metric", "anchor"}  # + the anchor head
     assert 0.0 <= out["score"] <= 1.0
+    # pairs_out: every pair of every space, whose successes are the score
+    rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 * len(out["spaces"]) and {r["space"] for r in rows} == set(out["spaces"])
+    metric = [r for r in rows if r["space"] == "metric"]
+    assert sum(r["success"] for r in metric) / 10 == pytest.approx(out["score"])
+    from envs.reach import REACH  # the task's success rule: within 5% of the arm's reach
+
+    assert all(r["success"] == (r["distance"] <= 0.05 * REACH) and len(r["end_q"]) == 2 for r in metric)
+    bad = subprocess.run(
+        [python, str(REPO / "scripts" / "score.py"), f"pairs_out={tmp_path}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=run_env, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "expected a file path" in bad.stderr and "Traceback" not in bad.stderr
     assert out["cost"]["latent_weight"] == 0.5, out  # no displacement head: the latent term holds the goal
