@@ -63,6 +63,7 @@ class TaskConfig:
     data_policy: str = (
         MISSING  # collect.py's policy whose episodes train the world model (train_all's default)
     )
+    data_target_span: float = 1.5  # collect.py's noisy.target_span for this task (rad; reach_distracting: 3)
     context_frames: int = MISSING  # frames that hold the state: 1 if one frame does, 2+ if velocity matters
     action_chunk: int = 1  # env steps per world-model step (a macro-action of that many env actions)
     metric_kind: str = "distance"  # world_model.metric.kind: distance (symmetric) | critic (push: asymmetric)
@@ -130,6 +131,7 @@ META_KEYS = (
     "joint_angles",
     "continuous_joints",
     "data_policy",
+    "data_target_span",
     "context_frames",
     "action_chunk",
     "metric_kind",

@@ -207,3 +207,20 @@ def test_train_all_collects_with_the_envs_own_data_policy(env, policy):
     assert "data_policy" not in envs.env_kwargs_from_config(
         cfg.env
     )  # describes the task, not an env argument
+
+
+def test_the_distracting_reach_collects_with_wider_joint_targets_and_the_command_line_wins():
+    """``collect.py env=reach_distracting`` (and so its ``train_all``) draws the noisy policy's joint
+    targets within 3 rad (``env.data_target_span``): its data sweeps the elbow from one fold to the other;
+    every other env keeps the policy's 1.5; ``noisy.target_span=`` on the command line beats the env's."""
+    import envs
+
+    spans = {
+        env: compose_config("collect", [f"env={env}", "policy=noisy"]).noisy.target_span
+        for env in ("reach", "reach_distracting", "reach_torque", "push", "gym")
+    }
+    assert spans == {"reach": 1.5, "reach_distracting": 3.0, "reach_torque": 1.5, "push": 1.5, "gym": 1.5}
+    mine = compose_config("collect", ["env=reach_distracting", "noisy.target_span=1.5"])
+    assert mine.noisy.target_span == 1.5
+    cfg = compose_config("train_all", ["env=reach_distracting"]).env
+    assert "data_target_span" not in envs.env_kwargs_from_config(cfg)  # the data's, not an env argument

@@ -41,7 +41,7 @@ class AnchorTrainConfig:
             the few units near the goal, where the planner stops, weigh as much as the far ones.
     """
 
-    steps: int = 6000
+    steps: int = 12000
     batch_size: int = 256
     lr: float = 1e-3
     final_lr: float = 1e-5
