@@ -634,6 +634,9 @@ def collect(
             in ``env_kwargs["id"]``).
         env_kwargs: env constructor kwargs (``image_size``, ``frame_skip``, ``max_delta``, ...).
         policy: ``"random"``, ``"noisy"`` or ``"push"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
+            ``collect.py env=NAME`` (and ``train_all``) passes the task's env config: its ``data_policy``
+            and, for ``noisy``, ``target_span=env.data_target_span`` (``reach_distracting``: 3.0, where the
+            policy's own default is 1.5); pass them here to record the same data.
         seed: episode ``i`` is reset with ``seed + i``.
         num_envs: parallel envs (worker processes; 1 runs in-process).
         video: encoder settings ``crf``, ``preset``, ``pix_fmt`` (defaults in ``data.video_io``).
