@@ -602,6 +602,26 @@ def _as_recorded(out_dir: str | os.PathLike, policy: str, kwargs: dict[str, Any]
     }
 
 
+def task_policy_kwargs(env: str, policy: str) -> dict[str, Any]:
+    """What ``collect.py env=ENV policy=POLICY`` passes as the policy's settings: its block in
+    ``configs/collect.yaml`` composed with the task's env config (``reach_distracting``'s noisy targets
+    within ``env.data_target_span`` = 3 rad, where the policy's own default is 1.5); ``{}`` for a policy
+    with no block (``random``) or an env with no config. :func:`collect` starts from these, so the API
+    records the script's data.
+
+    ``env`` is a config name (``reach_distracting``, ``gym``) or a registered id (``JepaAgent/Push-v0``)."""
+    from omegaconf import OmegaConf
+
+    import envs
+    from jepa_agent.config import CONFIGS, compose_config
+
+    name = {v: k for k, v in envs.ENV_IDS.items()}.get(env, env)
+    if not (CONFIGS / "env" / f"{name}.yaml").is_file():
+        return {}
+    cfg = compose_config("collect", [f"env={name}"])
+    return OmegaConf.to_container(cfg[policy], resolve=True) if policy in cfg else {}
+
+
 def policy_rng(episode_seed: int) -> np.random.Generator:
     """The policy's generator for the episode reset with ``episode_seed``.
 
@@ -633,10 +653,11 @@ def collect(
         env: env name for ``envs.make_env`` (``"reach"`` or a full id; ``"gym"``: any Gymnasium env, its id
             in ``env_kwargs["id"]``).
         env_kwargs: env constructor kwargs (``image_size``, ``frame_skip``, ``max_delta``, ...).
-        policy: ``"random"``, ``"noisy"`` or ``"push"`` (see :data:`POLICIES`); ``policy_kwargs`` tune it.
-            ``collect.py env=NAME`` (and ``train_all``) passes the task's env config: its ``data_policy``
-            and, for ``noisy``, ``target_span=env.data_target_span`` (``reach_distracting``: 3.0, where the
-            policy's own default is 1.5); pass them here to record the same data.
+        policy: ``"random"``, ``"noisy"``, ``"torque"`` or ``"push"`` (see :data:`POLICIES`).
+            ``train_all`` collects with the task's own, ``env.data_policy`` (reach: noisy).
+        policy_kwargs: the policy's settings, over the task's (:func:`task_policy_kwargs`: what
+            ``collect.py env=NAME policy=P`` passes, e.g. ``reach_distracting``'s noisy targets within
+            3 rad), so ``collect(out, n, env="reach_distracting", policy="noisy")`` records the script's data.
         seed: episode ``i`` is reset with ``seed + i``.
         num_envs: parallel envs (worker processes; 1 runs in-process).
         video: encoder settings ``crf``, ``preset``, ``pix_fmt`` (defaults in ``data.video_io``).
@@ -690,7 +711,9 @@ def collect(
     branch_at = (lo, hi)
     if env != envs.GYM:  # the adapter's env is named by env_kwargs["id"]
         envs.resolve_env_id(env)  # an unknown name fails here, before any env is made
-    env_kwargs, policy_kwargs = dict(env_kwargs or {}), dict(policy_kwargs or {})
+    env_kwargs = dict(env_kwargs or {})
+    # the task's settings of the policy (collect.py's: reach_distracting's target span), under the caller's
+    policy_kwargs = {**task_policy_kwargs(env, policy), **(policy_kwargs or {})}
 
     probe = make_recording_env(env, env_kwargs)  # no rendering in this process: safe to fork later
     info = probe.env_info()

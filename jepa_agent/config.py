@@ -30,6 +30,7 @@ from typing import Any, Optional
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -110,10 +111,18 @@ def register_configs() -> None:
 
 def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """``configs/<config_name>.yaml`` composed with ``overrides`` as a script would (schemas registered),
-    outside any Hydra run: for tests, benchmarks and notebooks."""
+    for tests, benchmarks, notebooks and the Python API (e.g. :func:`jepa_agent.collect.task_policy_kwargs`).
+
+    It also works inside a running Hydra app (a script, ours or a user's, that calls the API): that app's
+    Hydra is set aside while this one composes, then put back as it was."""
     register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose(config_name=config_name, overrides=list(overrides))
+    gh = GlobalHydra.instance()
+    running, gh.hydra = gh.hydra, None
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            return compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().hydra = running  # the singleton initialize_config_dir restored on exit
 
 
 def config_error_line(error: BaseException) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import envs
 from jepa_agent.collect import collect, make_policy, make_recording_env, policy_rng, safe_start_method
@@ -148,6 +149,49 @@ def test_refuses_other_dataset(tmp_path):
         collect(root, 1, env_kwargs=ENV_KW, mp_context="threads", progress=False)
 
 
+def test_the_api_records_the_scripts_data_for_a_task(tmp_path):
+    """``collect(env="reach_distracting", policy="noisy")`` draws the task's joint targets (within 3 rad,
+    ``env.data_target_span``) as ``collect.py env=reach_distracting policy=noisy`` does, episode for
+    episode; the caller's ``policy_kwargs`` still win; and it works inside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from jepa_agent.collect import task_policy_kwargs
+    from jepa_agent.config import compose_config
+
+    assert task_policy_kwargs("reach_distracting", "noisy")["target_span"] == 3.0
+    assert task_policy_kwargs("JepaAgent/ReachDistracting-v0", "noisy")["target_span"] == 3.0  # an id
+    assert task_policy_kwargs("reach", "noisy")["target_span"] == 1.5
+    assert task_policy_kwargs("reach", "random") == {}
+    kw = {"image_size": 32, "max_episode_steps": 10}
+    api = collect(tmp_path / "api", 2, env="reach_distracting", env_kwargs=kw, policy="noisy", num_envs=1,
+                  progress=False)  # fmt: skip
+    block = OmegaConf.to_container(compose_config("collect", ["env=reach_distracting"]).noisy, resolve=True)
+    script = collect(tmp_path / "script", 2, env="reach_distracting", env_kwargs=kw, policy="noisy",
+                     policy_kwargs=block, num_envs=1, progress=False)  # fmt: skip
+    assert api["frames"] == script["frames"] == 22
+    for name in ("api", "script"):
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert meta["collection"]["policy_kwargs"]["target_span"] == 3.0, name
+    for i in range(2):
+        a, b = (np.load(episode_paths(tmp_path / n, i)[1]) for n in ("api", "script"))
+        np.testing.assert_array_equal(a["action"], b["action"])
+    narrow = collect(tmp_path / "narrow", 1, env="reach_distracting", env_kwargs=kw, policy="noisy",
+                     policy_kwargs={"target_span": 1.5}, num_envs=1, progress=False)  # fmt: skip
+    assert narrow["episodes"] == 1
+    meta = json.loads((tmp_path / "narrow" / "meta.json").read_text())
+    assert meta["collection"]["policy_kwargs"]["target_span"] == 1.5  # the caller's setting won
+    wide, plain = (np.load(episode_paths(tmp_path / n, 0)[1])["action"] for n in ("api", "narrow"))
+    assert not np.array_equal(wide, plain)  # the span is what made the API's data the script's
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "mine.yaml").write_text("steps: 7\n")
+    with initialize_config_dir(config_dir=str(tmp_path / "app"), version_base=None):  # a user's Hydra app
+        running = GlobalHydra.instance().hydra
+        assert task_policy_kwargs("reach_distracting", "noisy")["target_span"] == 3.0
+        assert GlobalHydra.instance().hydra is running  # put back as it was: the app composes on
+        assert compose(config_name="mine").steps == 7
+
+
 def test_a_dataset_recorded_before_a_policy_gained_a_setting_still_resumes(tmp_path):
     """A setting added to a policy later, at the default that draws as before, does not make an older
     dataset "another dataset"; the same setting at another value still does."""
@@ -156,6 +200,9 @@ def test_a_dataset_recorded_before_a_policy_gained_a_setting_still_resumes(tmp_p
     old = {"kd": 0.3, "coast_prob": 0.2}
     collect(root, 1, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=old, num_envs=1,
             progress=False)  # fmt: skip
+    meta = json.loads((root / "meta.json").read_text())  # as a library without the later settings wrote it
+    meta["collection"]["policy_kwargs"] = old
+    (root / "meta.json").write_text(json.dumps(meta))
     before = snapshot(root)
     newer = {**old, "settle_prob": 0.0, "jitter_prob": 0.0}  # added later, at defaults that draw as before
     m = collect(root, 2, env="reach_torque", env_kwargs=torque, policy="torque", policy_kwargs=newer,

@@ -384,6 +384,13 @@ def test_resume_continues_exactly(tmp_path):
         tiny_world_model(), Episodes(range(4)), None, cfg(), tmp_path / "b", resume=True, progress=False
     )
     assert done.steps == 12 and done.losses == [] and done.final_loss == pytest.approx(rest.final_loss)
+    assert done.frames_encoded == 0  # returned at once: no frame was encoded again
+    with_val = train_world_model(tiny_world_model(), Episodes(range(4)), Episodes([100, 101]), cfg(),
+                                 tmp_path / "c", progress=False)  # fmt: skip
+    again = train_world_model(tiny_world_model(), Episodes(range(4)), Episodes([100, 101]), cfg(),
+                              tmp_path / "c", resume=True, progress=False)  # fmt: skip
+    assert again.frames_encoded == 0 and again.losses == [] and again.steps == 12
+    assert again.val == pytest.approx(with_val.val)  # the figures saved with the last step
     a = WorldModel.from_checkpoint(tmp_path / "a", device="cpu").predictor.state_dict()
     for k, v in model.predictor.state_dict().items():
         torch.testing.assert_close(v, a[k], atol=1e-6, rtol=0)

@@ -548,6 +548,12 @@ def train_world_model(
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
+        if int(state["step"]) >= cfg.steps:  # a finished run (train_all re-runs every stage): no frame is
+            meta = load_meta(ckpt)  # encoded again; its figures are the ones saved with its last step
+            return WorldModelTrainResult(
+                checkpoint=str(ckpt), steps=int(state["step"]), final_loss=saved_loss(ckpt),
+                windows_per_s=0.0, val={k: v for k, v in meta.items() if k.startswith("val_")},
+            )  # fmt: skip
         # the anchor head was trained (and saved) before the predictor's first step
         model.meta["anchor_steps"] = int(load_meta(ckpt).get("anchor_steps", 0) or 0)
     else:
