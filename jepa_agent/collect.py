@@ -616,7 +616,7 @@ def task_policy_kwargs(env: str, policy: str) -> dict[str, Any]:
     from jepa_agent.config import CONFIGS, compose_config
 
     name = {v: k for k, v in envs.ENV_IDS.items()}.get(env, env)
-    if not (CONFIGS / "env" / f"{name}.yaml").is_file():
+    if policy not in POLICIES or not (CONFIGS / "env" / f"{name}.yaml").is_file():
         return {}
     cfg = compose_config("collect", [f"env={name}"])
     return OmegaConf.to_container(cfg[policy], resolve=True) if policy in cfg else {}

@@ -162,7 +162,8 @@ def test_the_api_records_the_scripts_data_for_a_task(tmp_path):
     assert task_policy_kwargs("reach_distracting", "noisy")["target_span"] == 3.0
     assert task_policy_kwargs("JepaAgent/ReachDistracting-v0", "noisy")["target_span"] == 3.0  # an id
     assert task_policy_kwargs("reach", "noisy")["target_span"] == 1.5
-    assert task_policy_kwargs("reach", "random") == {}
+    assert task_policy_kwargs("reach", "random") == {} == task_policy_kwargs("reach", "seed")
+    assert task_policy_kwargs("my_env", "noisy") == {}  # no config: the policy's own defaults
     kw = {"image_size": 32, "max_episode_steps": 10}
     api = collect(tmp_path / "api", 2, env="reach_distracting", env_kwargs=kw, policy="noisy", num_envs=1,
                   progress=False)  # fmt: skip

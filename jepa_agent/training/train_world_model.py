@@ -550,6 +550,16 @@ def train_world_model(
         state = load_train_state(ckpt)
         if int(state["step"]) >= cfg.steps:  # a finished run (train_all re-runs every stage): no frame is
             meta = load_meta(ckpt)  # encoded again; its figures are the ones saved with its last step
+            trained = (
+                "metric_steps",
+                "metric_joint",
+                "displacement_weight",
+                "anchor_steps",
+                "anchor_val_ratio",
+                "context_frames",
+                "encoder_tune_steps",
+            )  # as the run left them
+            model.meta.update({k: meta[k] for k in trained if k in meta})
             return WorldModelTrainResult(
                 checkpoint=str(ckpt), steps=int(state["step"]), final_loss=saved_loss(ckpt),
                 windows_per_s=0.0, val={k: v for k, v in meta.items() if k.startswith("val_")},
