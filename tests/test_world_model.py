@@ -404,6 +404,30 @@ def test_resume_continues_exactly(tmp_path):
                           resume=True, progress=False)  # fmt: skip
 
 
+def test_resume_with_a_temporal_distance_head_does_not_train_the_head_again(tmp_path):
+    """The head trains before the predictor's first step and is saved with it: a run resumed mid-predictor
+    keeps that head as saved and continues exactly (it was trained again on resume before)."""
+    from jepa_agent.training.temporal_distance import MetricTrainConfig
+
+    def model():
+        return tiny_world_model(metric={"dim": 4, "hidden": 8})
+
+    def run(out, resume=False, **kw):
+        c = cfg(metric=MetricTrainConfig(steps=20, batch_size=16), **kw)
+        return train_world_model(model(), Episodes(range(4)), None, c, tmp_path / out, resume=resume,
+                                 progress=False)  # fmt: skip
+
+    full = run("a")
+    assert "metric_loss" in full.val
+    run("b", stop_after=5)
+    head = WorldModel.from_checkpoint(tmp_path / "b", device="cpu").metric.state_dict()
+    rest = run("b", resume=True)
+    assert "metric_loss" not in rest.val and rest.steps == 12  # the head's stage did not run again
+    assert rest.losses == pytest.approx(full.losses[5:], abs=1e-6)
+    for k, v in WorldModel.from_checkpoint(tmp_path / "b", device="cpu").metric.state_dict().items():
+        torch.testing.assert_close(v, head[k], atol=0, rtol=0)  # the saved head, as the stage left it
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="rollout_steps"):
         WorldModelTrainConfig(window=3, rollout_steps=3)

@@ -483,6 +483,11 @@ def make_optimizer(modules: Sequence[nn.Module], cfg: WorldModelTrainConfig) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
+# what a run's stages record in the model's meta (saved in the checkpoint), restored when a run resumes
+RESUMED_RECORDS = ("metric_steps", "metric_joint", "displacement_weight", "anchor_steps", "anchor_val_ratio",
+                   "context_frames", "encoder_tune_steps")  # fmt: skip
+
+
 def train_world_model(
     model: WorldModel,
     train_source: EpisodeSource,
@@ -548,24 +553,15 @@ def train_world_model(
         for name in model.module_names():
             load_into(ckpt, name, getattr(model, name))
         state = load_train_state(ckpt)
+        meta = load_meta(ckpt)
+        # the stages before the predictor's first step (encoder fine-tune, heads) ran and were saved: their
+        # records come back first, so none of them runs again (a head retrained on resume broke exactness)
+        model.meta.update({k: meta[k] for k in RESUMED_RECORDS if k in meta})
         if int(state["step"]) >= cfg.steps:  # a finished run (train_all re-runs every stage): no frame is
-            meta = load_meta(ckpt)  # encoded again; its figures are the ones saved with its last step
-            trained = (
-                "metric_steps",
-                "metric_joint",
-                "displacement_weight",
-                "anchor_steps",
-                "anchor_val_ratio",
-                "context_frames",
-                "encoder_tune_steps",
-            )  # as the run left them
-            model.meta.update({k: meta[k] for k in trained if k in meta})
-            return WorldModelTrainResult(
+            return WorldModelTrainResult(  # encoded again; its figures are the ones saved at its last step
                 checkpoint=str(ckpt), steps=int(state["step"]), final_loss=saved_loss(ckpt),
                 windows_per_s=0.0, val={k: v for k, v in meta.items() if k.startswith("val_")},
             )  # fmt: skip
-        # the anchor head was trained (and saved) before the predictor's first step
-        model.meta["anchor_steps"] = int(load_meta(ckpt).get("anchor_steps", 0) or 0)
     else:
         if resume and rank == 0:
             warnings.warn(f"resume=true but no checkpoint in {ckpt}; starting from step 0", stacklevel=2)
@@ -578,9 +574,7 @@ def train_world_model(
     if model.metric is not None and cfg.metric.steps > 0 and cfg.metric.datasets is not None:
         metric_episodes = dataset_episodes(train_source, cfg.metric.datasets, "train.metric.datasets")
     tune_stats: dict[str, float] = {}
-    if state is not None:  # resumed: the encoder in the checkpoint is the fine-tuned one (if any)
-        model.meta["encoder_tune_steps"] = int(load_meta(ckpt).get("encoder_tune_steps", 0) or 0)
-    elif cfg.encoder.steps > 0:
+    if state is None and cfg.encoder.steps > 0:  # resumed: the checkpoint's encoder is the fine-tuned one
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ValueError(
                 "the encoder fine-tune (train.encoder.steps > 0) runs in one process; run it without "
@@ -627,8 +621,6 @@ def train_world_model(
         if head_frames is not None:
             head_frames.z = model.normalizer.latent(head_frames.z)
     head_stats: dict[str, float] = {}
-    if state is not None:  # resumed: the head was trained (and saved) before the predictor's first step
-        model.meta["metric_steps"] = int(load_meta(ckpt).get("metric_steps", 0) or 0)
     if model.metric is not None and model.pooler.learned:
         raise ValueError(
             "a temporal-distance head is trained on fixed latents before the predictor, but this world "
