@@ -610,16 +610,21 @@ def task_policy_kwargs(env: str, policy: str) -> dict[str, Any]:
     records the script's data.
 
     ``env`` is a config name (``reach_distracting``, ``gym``) or a registered id (``JepaAgent/Push-v0``)."""
-    from omegaconf import OmegaConf
-
     import envs
     from jepa_agent.config import CONFIGS, compose_config
 
     name = {v: k for k, v in envs.ENV_IDS.items()}.get(env, env)
     if policy not in POLICIES or not (CONFIGS / "env" / f"{name}.yaml").is_file():
         return {}
-    cfg = compose_config("collect", [f"env={name}"])
-    return OmegaConf.to_container(cfg[policy], resolve=True) if policy in cfg else {}
+    return policy_settings(compose_config("collect", [f"env={name}"]), policy)
+
+
+def policy_settings(cfg: Any, policy: str) -> dict[str, Any]:
+    """Policy ``policy``'s settings in a composed ``collect`` config: its block of the same name, resolved
+    (``{}`` for a policy with none, e.g. ``random``). ``collect.py`` passes these to :func:`collect`."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg[policy], resolve=True) if policy in POLICIES and policy in cfg else {}
 
 
 def policy_rng(episode_seed: int) -> np.random.Generator:

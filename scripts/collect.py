@@ -26,13 +26,12 @@ from jepa_agent.utils import cli_errors  # torch-free
 @cli_errors(on_interrupt="finished episodes are kept; run the same command again to continue")
 def main(cfg: DictConfig) -> None:
     import envs
-    from jepa_agent.collect import collect
+    from jepa_agent.collect import collect, policy_settings
     from jepa_agent.data import DataError
     from jepa_agent.utils import emit_json_line
 
     env_kwargs = envs.env_kwargs_from_config(cfg.env)
-    tuned = ("noisy", "torque", "push")  # policies with a settings block of the same name in collect.yaml
-    policy_kwargs = OmegaConf.to_container(cfg[cfg.policy], resolve=True) if cfg.policy in tuned else {}
+    policy_kwargs = policy_settings(cfg, cfg.policy)
     try:
         metrics = collect(
             out_dir=cfg.out,
